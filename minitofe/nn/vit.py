@@ -1,0 +1,59 @@
+"""The dense Vision Transformer: embedding, ``depth`` pre-norm blocks, head (timm's ``VisionTransformer``).
+
+``vit_forward(params, images, cfg) -> (logits, cache)`` and ``vit_backward(dlogits, cache) -> (dimages,
+grads)``; ``grads`` has exactly the keys, shapes and dtype of ``params``. The dtype follows the params:
+float32 or float64, and the images must match it (nothing is cast silently).
+"""
+import numpy as np
+
+from .block import block_backward, block_forward
+from .embed import embed_backward, embed_forward, head_backward, head_forward
+from .params import check_params
+from ..backend import get_xp
+
+
+def check_images(images, cfg, dtype):
+    """Validate a batch of images against the config and the params' dtype; raise naming the problem."""
+    xp = get_xp(images)
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        raise TypeError(f"images must be an array of shape (B, {cfg.in_chans}, {cfg.img_size}, "
+                        f"{cfg.img_size}), got {type(images).__name__}")
+    want = (cfg.in_chans, cfg.img_size, cfg.img_size)
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"images must have shape (B, {want[0]}, {want[1]}, {want[2]}) (NCHW), "
+                         f"got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images: empty batch (B = 0)")
+    if images.dtype != dtype:
+        raise TypeError(f"images have dtype {images.dtype} but the params are {np.dtype(dtype)}; "
+                        f"cast the images (or the params) explicitly")
+    if not bool(xp.isfinite(images).all()):
+        raise ValueError("images contain NaN or inf values")
+
+
+def vit_forward(params, images, cfg, check=True):
+    """params: {timm key: array}; images: (B, Cin, Hh, W) of the params' dtype -> logits (B, num_classes).
+
+    ``check=False`` skips input validation (for inner loops that already validated)."""
+    if check:
+        dtype = check_params(params, cfg)
+        check_images(images, cfg, dtype)
+    x, c_embed = embed_forward(images, params, cfg)                  # (B, N, C)
+    c_blocks = []
+    for i in range(cfg.depth):
+        x, c = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+        c_blocks.append(c)
+    logits, c_head = head_forward(x, params, cfg)
+    return logits, (c_embed, c_blocks, c_head)
+
+
+def vit_backward(dlogits, cache):
+    """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
+    c_embed, c_blocks, c_head = cache
+    dx, grads = head_backward(dlogits, c_head)
+    for c in reversed(c_blocks):
+        dx, g, _ = block_backward(dx, c)
+        grads.update(g)
+    dimages, g = embed_backward(dx, c_embed)
+    grads.update(g)
+    return dimages, grads
