@@ -1,0 +1,1 @@
+"""ToFe on the reference ViT: selector, Gumbel-Softmax, approximator, gather/scatter, stages, losses, MACs."""

@@ -1,0 +1,144 @@
+"""Reduced inference (DESIGN.md "Keep path" and "Freeze path", inference).
+
+At each stage every patch is scored (frozen ones too: that is what lets a token be *reused*), the kept
+tokens are gathered (prefix tokens + K patches, original order), the stage's blocks run on them only and
+the results are scattered back; frozen tokens go through the stage's approximator (``tofe``), are carried
+unchanged (``tofe-identity``, ``idle``), or are dropped for good (``evit``, ``dynamicvit``: they are
+never candidates again). ``topk`` keeps the same K = round(rho_i * P) in every image; ``threshold`` keeps
+``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
+
+Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
+earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
+"""
+import numpy as np
+
+from .approximator import approximator_forward
+from .params import check_tofe_params
+from .macs import cls_attention_macs, dense_macs, tofe_macs
+from .ragged import pack_rows, ragged_block_forward, unpack_rows
+from .scoring import stage_ranges, stage_scores, topk_mask
+from .tokens import gather_tokens, mask_to_indices, scatter_tokens
+from ..backend import get_xp, to_numpy
+from ..nn.block import block_forward
+from ..nn.embed import embed_forward, head_forward
+from ..nn.params import check_params
+from ..nn.vit import check_images
+
+
+def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
+    """Explicit ``keep_ratios`` > ratios learned in training (stored with the weights) > the config's."""
+    for r in (keep_ratios, learned, tcfg.keep_ratios):
+        if r is not None:
+            r = tuple(float(v) for v in r)
+            if any(not (0.0 < v <= 1.0) for v in r):
+                raise ValueError(f"keep ratios must lie in (0, 1], got {r}")
+            return r
+
+
+def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True):
+    """images: (B, Cin, Hh, W) -> logits (B, num_classes), info dict.
+
+    ``keep_ratios`` overrides the config's rho_i for ``topk``; ``kept_masks`` (one bool (B, P) per stage)
+    replaces the decision altogether (to replay a training mask, or another implementation's). info:
+
+    ``kept``, ``frozen``, ``reused``: lists (one per stage) of bool (B, P) NumPy arrays;
+    ``dropped`` (evit/dynamicvit): patches gone for good; ``kept_counts`` (B, S) patch counts;
+    ``keep_prob``: per-stage (B, P) scores; ``stage_outputs``: per-stage (B, N, C) tokens;
+    ``macs`` (B,) realised MACs; ``macs_ratio`` (B,) of dense.
+    """
+    if check:
+        dtype = check_params(params, cfg, extra_ok=("tofe.",))
+        check_images(images, cfg, dtype)
+        check_tofe_params(params, cfg, tcfg)
+    xp = get_xp(images)
+    stages = tcfg.resolved_stages(cfg.depth)
+    B, T, P = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches
+    info = {"kept": [], "frozen": [], "reused": [], "dropped": [], "keep_prob": [], "stage_outputs": [],
+            "stages": stages}
+    x, _ = embed_forward(images, params, cfg)
+    if tcfg.method == "dense":
+        for i in range(cfg.depth):
+            x, _ = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+        logits, _ = head_forward(x, params, cfg)
+        macs = np.full(B, dense_macs(cfg), dtype=np.float64)
+        info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((B, 0), int))
+        return logits, info
+    ratios = resolve_keep_ratios(tcfg, keep_ratios)
+    if len(ratios) != len(stages):
+        raise ValueError(f"{len(stages)} stages but {len(ratios)} keep ratios {ratios}")
+    drop = not tcfg.reuses_tokens
+    for i in range(stages[0]):
+        x, _ = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+    alive = xp.ones((B, P), dtype=bool) if drop else None
+    ever_frozen = xp.zeros((B, P), dtype=bool)
+    candidates = []
+    prefix_mask = xp.ones((B, T), dtype=bool)
+    for s, (lo, hi) in enumerate(stage_ranges(cfg, stages)):
+        candidates.append(P if alive is None else to_numpy(alive.sum(axis=1)))
+        scores, _ = stage_scores(x, params, cfg, tcfg, s, f"blocks.{lo}.", alive)
+        if kept_masks is not None:
+            kept = _given_mask(kept_masks, s, B, P, xp)
+            if alive is not None and bool((kept & ~alive).any()):
+                raise ValueError(f"kept_masks[{s}] keeps a token that method {tcfg.method!r} already dropped")
+        elif tcfg.inference == "threshold" and tcfg.learned_selector:
+            kept = scores > tcfg.threshold
+            if alive is not None:
+                kept &= alive
+        else:
+            kept = topk_mask(scores, int(round(ratios[s] * P)), alive)
+        token_mask = xp.concatenate([prefix_mask, kept], axis=1)     # (B, N)
+        counts = kept.sum(axis=1)
+        if bool((counts == counts[0]).all()):
+            idx = mask_to_indices(token_mask)                         # (B, T + K)
+            h = gather_tokens(x, idx)
+            for j in range(lo, hi):
+                h, _ = block_forward(h, params, f"blocks.{j}.", cfg.num_heads)
+            x_new = scatter_tokens(x, h, idx)
+        else:                                                         # ragged: pack real tokens only
+            idx_list = [xp.nonzero(row)[0] for row in token_mask]
+            h, offsets = pack_rows(x, idx_list)
+            for j in range(lo, hi):
+                h = ragged_block_forward(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
+            x_new = unpack_rows(x, h, idx_list, offsets)
+        frozen = ~kept if alive is None else xp.zeros_like(kept)         # drop methods never freeze
+        if tcfg.uses_approximator and bool(frozen.any()):
+            rows = xp.nonzero(frozen)
+            a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.")
+            x_new[rows[0], rows[1] + T] = a
+        info["kept"].append(to_numpy(kept))
+        info["frozen"].append(to_numpy(frozen))
+        info["reused"].append(to_numpy(kept & ever_frozen))
+        info["dropped"].append(to_numpy(~kept) if alive is not None else np.zeros((B, P), bool))
+        info["keep_prob"].append(to_numpy(scores))
+        info["stage_outputs"].append(x_new)
+        ever_frozen |= frozen
+        if alive is not None:
+            alive = kept
+        x = x_new
+    logits, _ = head_forward(x, params, cfg)
+    kept_counts = np.stack([k.sum(axis=1) for k in info["kept"]], axis=1)    # (B, S)
+    macs = realised_macs(cfg, tcfg, stages, kept_counts, candidates)
+    info.update(kept_counts=kept_counts, macs=macs, macs_ratio=macs / dense_macs(cfg))
+    return logits, info
+
+
+def _given_mask(kept_masks, s, B, P, xp):
+    if len(kept_masks) <= s:
+        raise ValueError(f"kept_masks has {len(kept_masks)} entries, stage {s} needs one")
+    m = xp.asarray(kept_masks[s])
+    if m.shape != (B, P) or m.dtype != bool:
+        raise ValueError(f"kept_masks[{s}] must be bool of shape ({B}, {P}), got {m.dtype} {m.shape}")
+    return m
+
+
+def realised_macs(cfg, tcfg, stages, kept_counts, candidates):
+    """MACs per image (B,) for patch counts (B, S); ``candidates[s]`` = tokens scored at stage s."""
+    T = cfg.num_prefix_tokens
+    kept = kept_counts.astype(np.float64) + T
+    macs, _ = tofe_macs(cfg, stages, kept, selector=tcfg.learned_selector,
+                        approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
+                        drop=not tcfg.reuses_tokens)
+    if not tcfg.learned_selector:  # evit / idle: the class-attention scorer
+        for s, n in enumerate(candidates):
+            macs = macs + cls_attention_macs(np.asarray(n, dtype=np.float64) + T, cfg.embed_dim)
+    return macs

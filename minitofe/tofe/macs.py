@@ -1,0 +1,102 @@
+"""The ONE compute-cost function of minitofe (DESIGN.md "FLOPs"), used by the FLOPs loss, the benchmarks,
+the notebooks and the README.
+
+It counts multiply-accumulates (MACs): one ``a * b + c`` is one MAC, a matmul (n, k) @ (k, m) is n k m.
+Papers usually call these "FLOPs" (DeiT-S "4.6 GFLOPs" is 4.6 G MACs); here they are named MACs
+everywhere. Only matmuls are counted (LayerNorm, softmax, GELU, adds are O(nC), negligible), and the counts
+are exact for the matmuls minitofe's code runs (a test counts them independently):
+
+    block (n tokens)      qkv 3nC^2 + q@k^T n^2 C + A@v n^2 C + proj nC^2 + MLP 2 mlp_ratio nC^2
+                          = (4 + 2 mlp_ratio) n C^2 + 2 n^2 C
+    selector (n tokens)   n C (C/2) + n (2 (C/2)) (C/4) + n (C/4) 2          ~ 0.75 n C^2
+    approximator (n)      n (C (C/r) + (C/r) C)                               = 2 n C^2 / r
+    class-attention score n candidate tokens: class query C^2 + keys n C^2 + dot products n C
+                          (evit / idle scorer, ``scoring.cls_attention_scores``)
+    patch embedding       P C (in_chans p^2);   head  C num_classes (twice when distilled)
+
+``tofe_macs`` takes the kept token counts per stage as FLOATS (from a straight-through mask sum), so the
+FLOPs loss can differentiate through it; it returns the exact derivative as well.
+"""
+from ..backend import get_xp
+
+
+def block_macs(n, C, mlp_ratio):
+    """MACs of one transformer block on n tokens (n may be an array)."""
+    return (4 + 2 * mlp_ratio) * n * C * C + 2 * n * n * C
+
+
+def _dblock_macs_dn(n, C, mlp_ratio):
+    return (4 + 2 * mlp_ratio) * C * C + 4 * n * C
+
+
+def selector_macs(n, C):
+    """MACs of one token selector scoring n tokens (selector.py's three matmuls)."""
+    return n * C * (C // 2) + n * (2 * (C // 2)) * (C // 4) + n * (C // 4) * 2
+
+
+def approximator_macs(n, C, r):
+    """MACs of one approximator on n tokens (approximator.py's two matmuls)."""
+    return n * (C * (C // r) + (C // r) * C)
+
+
+def cls_attention_macs(n, C):
+    """MACs of scoring n candidate tokens (prefix included; n may be an array) by the class token's
+    attention: the class token's query projection, n key projections, n query-key dot products."""
+    return C * C + n * C * C + n * C
+
+
+def patch_embed_macs(cfg):
+    return cfg.num_patches * cfg.embed_dim * cfg.in_chans * cfg.patch_size ** 2
+
+
+def head_macs(cfg):
+    return cfg.embed_dim * cfg.num_classes * (2 if cfg.distilled else 1)
+
+
+def dense_macs(cfg):
+    """MACs of the dense ViT ``cfg`` (ViTConfig) on one image."""
+    return (patch_embed_macs(cfg) + cfg.depth * block_macs(cfg.num_tokens, cfg.embed_dim, cfg.mlp_ratio)
+            + head_macs(cfg))
+
+
+def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False):
+    """Per-image MACs of a reduced ViT and their derivative with respect to ``kept``.
+
+    cfg: ViTConfig; stages: S increasing block indices; kept: (B, S) or (S,) float token counts per stage
+    INCLUDING prefix tokens. Blocks before stages[0] run on N tokens, stage i's blocks on kept[:, i].
+    selector: one selector per stage scores N tokens, or with ``drop`` (DynamicViT: dropped tokens are
+    gone) the tokens alive before the stage, kept[:, i-1] (N at stage 0). approximator: one per stage on
+    the N - kept[:, i] frozen tokens. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+    """
+    xp = get_xp(kept)
+    kept = xp.asarray(kept)
+    if kept.dtype.kind != "f":
+        kept = kept.astype(xp.float64)
+    stages = tuple(int(s) for s in stages)
+    S, depth, N = len(stages), cfg.depth, cfg.num_tokens
+    if kept.ndim not in (1, 2) or kept.shape[-1] != S:
+        raise ValueError(f"tofe_macs: kept must be (B, {S}) or ({S},) for stages {stages}, "
+                         f"got shape {tuple(kept.shape)}")
+    if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
+    single = kept.ndim == 1
+    k = kept[None] if single else kept                                  # (B, S)
+    C, mr = cfg.embed_dim, cfg.mlp_ratio
+    ends = stages[1:] + (depth,)
+    macs = xp.full(k.shape[:1], float(patch_embed_macs(cfg) + head_macs(cfg)
+                                      + stages[0] * block_macs(N, C, mr)), dtype=k.dtype)  # (B,)
+    dmacs = xp.zeros_like(k)                                            # (B, S)
+    for i in range(S):
+        nb = ends[i] - stages[i]                                        # blocks in stage i
+        macs += nb * block_macs(k[:, i], C, mr)
+        dmacs[:, i] += nb * _dblock_macs_dn(k[:, i], C, mr)
+        if selector:
+            if drop and i > 0:
+                macs += selector_macs(k[:, i - 1], C)
+                dmacs[:, i - 1] += selector_macs(1, C)
+            else:
+                macs += selector_macs(N, C)
+        if approximator:
+            macs += approximator_macs(N - k[:, i], C, approx_reduction)
+            dmacs[:, i] -= approximator_macs(1, C, approx_reduction)
+    return (macs[0], dmacs[0]) if single else (macs, dmacs)

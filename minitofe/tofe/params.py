@@ -1,0 +1,105 @@
+"""The ToFe parameters: their keys and shapes, initialisation, and validation (DESIGN.md "Token
+selector", "Freeze path").
+
+They sit in the same flat dict as the backbone's timm keys (STYLE.md §2), under ``tofe.``:
+
+    tofe.selector.{i}.norm.{weight,bias}   (C,)          only when the method has a learned selector
+    tofe.selector.{i}.fc1.weight           (C/2, C)      u = GELU(LN(x) W1.T + b1)
+    tofe.selector.{i}.fc2.weight           (C/4, C)      input is concat(u, g): 2 * (C/2) = C
+    tofe.selector.{i}.fc3.weight           (2, C/4)      [keep, freeze]
+    tofe.approx.{i}.norm.{weight,bias}     (C,)          only when the method uses the MLP approximator
+    tofe.approx.{i}.fc1.weight             (C/r, C)
+    tofe.approx.{i}.fc2.weight             (C, C/r)      zero at init: a fresh approximator is the identity
+
+(each ``.weight`` with its ``.bias``), for i in range(number of stages).
+"""
+import numpy as np
+
+from ..nn.params import trunc_normal
+
+
+def selector_shapes(prefix, C):
+    if C % 4:
+        raise ValueError(f"the token selector needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
+    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
+            prefix + "fc1.weight": (C // 2, C), prefix + "fc1.bias": (C // 2,),
+            prefix + "fc2.weight": (C // 4, 2 * (C // 2)), prefix + "fc2.bias": (C // 4,),
+            prefix + "fc3.weight": (2, C // 4), prefix + "fc3.bias": (2,)}
+
+
+def approximator_shapes(prefix, C, r):
+    if C % r:
+        raise ValueError(f"the approximator needs embed_dim divisible by approx_reduction r, "
+                         f"got embed_dim={C}, r={r}")
+    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
+            prefix + "fc1.weight": (C // r, C), prefix + "fc1.bias": (C // r,),
+            prefix + "fc2.weight": (C, C // r), prefix + "fc2.bias": (C,)}
+
+
+def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
+    """Ordered ``{key: shape}`` of the ToFe modules for backbone ``cfg`` (ViTConfig) and ``tcfg``
+    (ToFeConfig). ``selector`` / ``approximator`` override what the method needs (None: ask tcfg)."""
+    S = len(tcfg.resolved_stages(cfg.depth))
+    selector = tcfg.learned_selector if selector is None else selector
+    approximator = tcfg.uses_approximator if approximator is None else approximator
+    C = cfg.embed_dim
+    shapes = {}
+    for i in range(S):
+        if selector:
+            shapes.update(selector_shapes(f"tofe.selector.{i}.", C))
+    for i in range(S):
+        if approximator:
+            shapes.update(approximator_shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
+    return shapes
+
+
+def init_tofe_params(cfg, tcfg, rng, dtype=np.float64):
+    """Fresh ToFe parameters: Linear weights trunc-normal(0.02) with zero biases, LayerNorm ones/zeros,
+    and the approximator's ``fc2`` weight and bias zero (so it starts as the identity)."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"init_tofe_params: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    params = {}
+    for key, shape in tofe_param_shapes(cfg, tcfg).items():
+        if ".norm." in key:
+            v = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
+        elif key.startswith("tofe.approx.") and ".fc2." in key:
+            v = np.zeros(shape)
+        elif key.endswith(".weight"):
+            v = trunc_normal(rng, shape, 0.02)
+        else:
+            v = np.zeros(shape)
+        params[key] = np.ascontiguousarray(v, dtype=dtype)
+    return params
+
+
+def check_tofe_params(params, cfg, tcfg):
+    """Raise ``ValueError`` naming missing, mis-shaped and unknown ``tofe.*`` keys for the method in
+    ``tcfg``. Extra keys a method does not use are fine (e.g. a ``tofe`` checkpoint run as
+    ``tofe-identity``), but ``tofe.*`` keys no method of this config has (another stage count, another C)
+    are reported. Returns the list of the ToFe keys the method needs."""
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    want = tofe_param_shapes(cfg, tcfg)
+    C, r = cfg.embed_dim, tcfg.approx_reduction
+    known = tofe_param_shapes(cfg, tcfg, selector=tcfg.learned_selector or C % 4 == 0,
+                              approximator=tcfg.uses_approximator or C % r == 0)
+    present = [k for k in params if k.startswith("tofe.")]
+    if want and not present:
+        raise ValueError(f"weights have no ToFe selector/approximator parameters; method "
+                         f"'{tcfg.method}' needs them — train or init them first "
+                         f"(minitofe.tofe.params.init_tofe_params); missing keys {list(want)}")
+    missing = [k for k in want if k not in params]
+    misshaped = [f"{k}: expected {known[k]}, got {tuple(params[k].shape)}"
+                 for k in present if k in known and tuple(params[k].shape) != known[k]]
+    unknown = [k for k in present if k not in known]
+    if missing or misshaped or unknown:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing}")
+        if misshaped:
+            parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
+        if unknown:
+            parts.append(f"unknown keys {unknown}")
+        raise ValueError(f"ToFe parameters do not match method '{tcfg.method}' with stages "
+                         f"{tcfg.resolved_stages(cfg.depth)}: " + ", ".join(parts))
+    return list(want)

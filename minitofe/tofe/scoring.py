@@ -1,0 +1,81 @@
+"""How each method scores patch tokens at a stage boundary, and how scores become a keep decision.
+
+- learned methods (``tofe*``, ``dynamicvit``): the stage's token selector, ``keep_prob`` (B, P);
+- ``evit`` and ``idle``: the class token's attention to each patch in the stage's first block, averaged
+  over heads, with every candidate token as a key (EViT's score). For ``idle`` the candidates are all
+  tokens, frozen ones included, so a frozen token can be reused; for ``evit`` they are the tokens still
+  alive. [ours: computed with the stage's first block so frozen tokens are scored too; its MACs are
+  counted by ``macs.cls_attention_macs``.]
+
+Decisions: ``topk`` keeps the K highest-scoring candidates in every image (ties go to the lower index);
+``threshold`` keeps the patches with ``keep_prob > threshold`` (a ragged batch).
+"""
+from .selector import keep_probability, selector_forward
+from .tokens import gather_tokens, mask_to_indices
+from ..nn.layers import layernorm_forward, softmax_forward
+from ..backend import get_xp
+
+
+def stage_ranges(cfg, stages):
+    """[(first block, last block + 1)] for each stage; blocks before stages[0] run dense."""
+    ends = list(stages[1:]) + [cfg.depth]
+    return list(zip(stages, ends))
+
+
+def cls_attention_scores(x, params, block_prefix, cfg, candidates=None):
+    """x: (B, N, C) -> (B, P): mean over heads of the class token's attention to each patch, with keys
+    only for the ``candidates`` (B, N) bool (the same count in every image; prefix tokens included) when
+    given; non-candidates score 0."""
+    xp = get_xp(x)
+    B, N, C = x.shape
+    H, hs, T = cfg.num_heads, C // cfg.num_heads, cfg.num_prefix_tokens
+    idx = None
+    if candidates is not None:
+        idx = mask_to_indices(candidates)                             # (B, n) ascending, prefix first
+        x = gather_tokens(x, idx)
+    n = x.shape[1]
+    h, _ = layernorm_forward(x, params[block_prefix + "norm1.weight"], params[block_prefix + "norm1.bias"])
+    w = params[block_prefix + "attn.qkv.weight"]                      # (3C, C): rows [q; k; v]
+    b = params.get(block_prefix + "attn.qkv.bias")
+    q = h[:, 0] @ w[:C].T                                             # (B, C) class-token query
+    k = h @ w[C:2 * C].T                                              # (B, n, C) keys of the candidates
+    if b is not None:
+        q = q + b[:C]
+        k = k + b[C:2 * C]
+    q = q.reshape(B, H, 1, hs)
+    k = k.reshape(B, n, H, hs).transpose(0, 2, 3, 1)                   # (B, H, hs, n)
+    s = (q @ k)[:, :, 0] * hs ** -0.5                                 # (B, H, n)
+    attn, _ = softmax_forward(s)
+    score = attn.mean(axis=1)                                         # (B, n)
+    if idx is not None:
+        full = xp.zeros((B, N), dtype=score.dtype)
+        full[xp.arange(B)[:, None], idx] = score
+        score = full
+    return score[:, T:]
+
+
+def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None):
+    """Keep scores (B, P) at the start of ``stage`` and, for learned methods, the selector logits."""
+    if tcfg.learned_selector:
+        logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", cfg.num_prefix_tokens)
+        return keep_probability(logits[:, cfg.num_prefix_tokens:]), logits
+    xp = get_xp(x)
+    candidates = None
+    if alive is not None:
+        prefix = xp.ones((x.shape[0], cfg.num_prefix_tokens), dtype=bool)
+        candidates = xp.concatenate([prefix, alive], axis=1)
+    return cls_attention_scores(x, params, block_prefix, cfg, candidates), None
+
+
+def topk_mask(scores, K, alive=None):
+    """scores: (B, P) -> bool (B, P) with the K best per image (only among ``alive`` when given)."""
+    xp = get_xp(scores)
+    B, P = scores.shape
+    if alive is not None:
+        scores = xp.where(alive, scores, -xp.inf)
+    order = xp.argsort(-scores, axis=1, kind="stable")[:, :K]        # ties -> lower index first
+    mask = xp.zeros((B, P), dtype=bool)
+    mask[xp.arange(B)[:, None], order] = True
+    if alive is not None:
+        mask &= alive
+    return mask

@@ -1,0 +1,65 @@
+"""The token selector: a 3-layer MLP with a global-context step (DESIGN.md "Token selector").
+
+    u      = GELU(LN(x) @ W1.T + b1)                  # (B, N, C/2)
+    g      = mean of u over the patch tokens           # (B, 1, C/2)   global context
+    v      = concat(u, broadcast(g))                   # (B, N, C)
+    w      = GELU(v @ W2.T + b2)                       # (B, N, C/4)
+    logits = w @ W3.T + b3                             # (B, N, 2)     [keep, freeze]
+
+Column 0 of ``logits`` is "keep", column 1 is "freeze"; ``keep_probability`` is softmax column 0. The
+selector scores every token, frozen or not (that is what lets a frozen token be reused later); prefix
+tokens are scored too, but the caller always keeps them and they do not enter the global context ``g``.
+Parameters live under ``prefix`` (e.g. ``"tofe.selector.0."``): ``norm``, ``fc1``, ``fc2``, ``fc3``.
+"""
+from ..nn.layers import (gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
+                         linear_backward, linear_forward, softmax_forward)
+from ..backend import get_xp
+
+
+def selector_forward(x, params, prefix, num_prefix):
+    """x: (B, N, C); num_prefix: T, the number of prefix tokens (0 <= T < N) -> logits (B, N, 2), cache."""
+    xp = get_xp(x)
+    if x.ndim != 3:
+        raise ValueError(f"selector: x must be (B, N, C), got shape {tuple(x.shape)}")
+    N = x.shape[1]
+    if not 0 <= num_prefix < N:
+        raise ValueError(f"selector: need 0 <= num_prefix < N = {N} (at least one patch token), "
+                         f"got num_prefix={num_prefix}")
+    n, c_ln = layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
+    h1, c_fc1 = linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])
+    u, c_g1 = gelu_forward(h1)                                          # (B, N, C/2)
+    g = u[:, num_prefix:].mean(axis=1, keepdims=True)                   # (B, 1, C/2)
+    v = xp.concatenate([u, xp.broadcast_to(g, u.shape)], axis=-1)       # (B, N, C)
+    h2, c_fc2 = linear_forward(v, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])
+    w, c_g2 = gelu_forward(h2)                                          # (B, N, C/4)
+    logits, c_fc3 = linear_forward(w, params[prefix + "fc3.weight"], params[prefix + "fc3.bias"])
+    return logits, (prefix, num_prefix, u.shape[-1], c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3)
+
+
+def selector_backward(dlogits, cache):
+    """dlogits: (B, N, 2) -> dx (B, N, C), grads {full key: array} for norm / fc1 / fc2 / fc3.
+
+    The global context g is the mean of u over the P patch tokens, so its gradient (summed over the N
+    tokens that received it) flows back to every patch token's u divided by P.
+    """
+    prefix, T, half, c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3 = cache
+    grads = {}
+    dw, grads[prefix + "fc3.weight"], grads[prefix + "fc3.bias"] = linear_backward(dlogits, c_fc3)
+    dh2 = gelu_backward(dw, c_g2)
+    dv, grads[prefix + "fc2.weight"], grads[prefix + "fc2.bias"] = linear_backward(dh2, c_fc2)
+    du = dv[..., :half].copy()                                          # (B, N, C/2) local part
+    dg = dv[..., half:].sum(axis=1, keepdims=True)                      # (B, 1, C/2) global part
+    P = du.shape[1] - T
+    du[:, T:] += dg / P
+    dh1 = gelu_backward(du, c_g1)
+    dn, grads[prefix + "fc1.weight"], grads[prefix + "fc1.bias"] = linear_backward(dh1, c_fc1)
+    dx, grads[prefix + "norm.weight"], grads[prefix + "norm.bias"] = layernorm_backward(dn, c_ln)
+    return dx, grads
+
+
+def keep_probability(logits):
+    """logits: (..., 2) [keep, freeze] -> keep_prob (...,) = softmax(logits)[..., 0]."""
+    if logits.shape[-1] != 2:
+        raise ValueError(f"keep_probability: logits must end in 2 = [keep, freeze], got {tuple(logits.shape)}")
+    p, _ = softmax_forward(logits)
+    return p[..., 0]

@@ -1,0 +1,80 @@
+"""Gather and scatter tokens by index: the NumPy reference (DESIGN.md "Keep path", inference).
+
+Indices are ``kept_idx`` arrays of shape (B, K): for every image the token positions to keep, in
+ascending (original) order, prefix tokens included. ``gather`` copies those rows out; ``scatter`` writes
+rows back into a copy of a base array. Both have backwards, so the gather/scatter path is differentiable
+too. The Numba kernels of ``minitofe.kernels`` have the same signatures and are checked against these.
+"""
+from ..backend import get_xp
+
+
+def check_kept_idx(kept_idx, B, N):
+    """Validate (B, K) integer indices: in range, strictly increasing per row (original order, no repeats)."""
+    xp = get_xp(kept_idx)
+    if kept_idx.ndim != 2 or kept_idx.shape[0] != B or kept_idx.dtype.kind not in "iu":
+        raise ValueError(f"kept_idx must be integers of shape ({B}, K), got {kept_idx.dtype} {kept_idx.shape}")
+    if kept_idx.shape[1] > N:
+        raise ValueError(f"kept_idx keeps {kept_idx.shape[1]} tokens but there are only N = {N}")
+    if kept_idx.size and (int(kept_idx.min()) < 0 or int(kept_idx.max()) >= N):
+        raise ValueError(f"kept_idx out of range [0, {N}): min {int(kept_idx.min())}, max {int(kept_idx.max())}")
+    if kept_idx.shape[1] > 1 and not bool(xp.all(xp.diff(kept_idx, axis=1) > 0)):
+        raise ValueError("kept_idx rows must be strictly increasing (original token order, no repeats)")
+
+
+def gather_tokens(x, kept_idx):
+    """x: (B, N, C), kept_idx: (B, K) -> (B, K, C) with out[b, k] = x[b, kept_idx[b, k]]."""
+    xp = get_xp(x)
+    return x[xp.arange(x.shape[0])[:, None], kept_idx]
+
+
+def gather_tokens_backward(dout, kept_idx, N):
+    """dout: (B, K, C) -> dx: (B, N, C), zero on the rows that were not gathered."""
+    xp = get_xp(dout)
+    B, K, C = dout.shape
+    dx = xp.zeros((B, N, C), dtype=dout.dtype)
+    dx[xp.arange(B)[:, None], kept_idx] = dout      # indices are unique per row: no accumulation needed
+    return dx
+
+
+def scatter_tokens(base, rows, kept_idx):
+    """base: (B, N, C), rows: (B, K, C) -> a copy of base with out[b, kept_idx[b, k]] = rows[b, k]."""
+    xp = get_xp(base)
+    out = base.copy()
+    out[xp.arange(base.shape[0])[:, None], kept_idx] = rows
+    return out
+
+
+def scatter_tokens_backward(dout, kept_idx):
+    """-> dbase (B, N, C) (dout with the overwritten rows zeroed), drows (B, K, C)."""
+    xp = get_xp(dout)
+    batch = xp.arange(dout.shape[0])[:, None]
+    drows = dout[batch, kept_idx]
+    dbase = dout.copy()
+    dbase[batch, kept_idx] = 0
+    return dbase, drows
+
+
+def mask_to_indices(keep_mask):
+    """keep_mask: (B, N) bool with the SAME count per row -> kept_idx (B, K) ascending. For ragged masks
+    use ``ragged_indices``."""
+    xp = get_xp(keep_mask)
+    counts = keep_mask.sum(axis=1)
+    if keep_mask.shape[0] and not bool((counts == counts[0]).all()):
+        raise ValueError(f"mask_to_indices: rows keep different counts {counts.tolist()}; use ragged_indices")
+    K = int(counts[0]) if keep_mask.shape[0] else 0
+    # a stable argsort of ~mask puts the kept positions first, in ascending order
+    return xp.argsort(~keep_mask, axis=1, kind="stable")[:, :K]
+
+
+def ragged_indices(keep_mask):
+    """keep_mask: (B, N) bool, any count per row -> list of B ascending 1-D index arrays."""
+    xp = get_xp(keep_mask)
+    return [xp.nonzero(row)[0] for row in keep_mask]
+
+
+def indices_to_mask(kept_idx, N):
+    """(B, K) indices -> (B, N) bool mask."""
+    xp = get_xp(kept_idx)
+    mask = xp.zeros((kept_idx.shape[0], N), dtype=bool)
+    mask[xp.arange(kept_idx.shape[0])[:, None], kept_idx] = True
+    return mask
