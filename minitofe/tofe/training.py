@@ -11,7 +11,8 @@ soft relaxation instead: smooth, so the whole forward can be checked by finite d
 
     L = L_cls + alpha L_kd + beta L_approx + L_flops
 
-where L_approx is summed over stages (each a mean over that stage's frozen patches) [ours], and is not
+where L_approx is summed over stages (each a mean over that stage's frozen patches, those with m < 0.5:
+the decision is a constant for this term, so it sends no gradient into the mask) [ours], and is not
 used with the identity approximator (it would have no parameters to train and would only pull the stage
 *input* toward the teacher's stage *output*) [ours]. ``dynamicvit`` multiplies each stage's decision by
 the previous one (a dropped token never returns) and carries dropped tokens unchanged (they are masked
@@ -110,7 +111,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
         if tcfg.uses_approximator:
             a, c_a = approximator_forward(x, params, f"tofe.approx.{s}.")
             if tcfg.beta > 0:
-                frozen_w = 1.0 - m_patch                                              # constant here
+                frozen_w = (m_patch < 0.5).astype(m_patch.dtype)   # the frozen decisions, a constant
                 term, c_al = approx_loss_forward(a[:, T:], teacher["tokens"][s][:, T:], frozen_w)
                 approx_terms.append(term)
         else:
