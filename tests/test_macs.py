@@ -119,3 +119,24 @@ def test_bad_inputs():
         tofe_macs(CFG, (4, 1), np.ones(2))
     with pytest.raises(ValueError, match="strictly increasing"):
         tofe_macs(CFG, (1, 6), np.ones(2))
+
+
+@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "dynamicvit", "idle", "evit",
+                                    "dense"])
+@pytest.mark.parametrize("inference", ["topk", "threshold"])
+def test_realised_macs_equal_the_matmuls_reduced_inference_runs(method, inference):
+    """The MACs that ``tofe_inference`` reports per image add up to the matmuls it actually executes,
+    for every method, with equal counts (topk) and ragged batches (threshold)."""
+    from minitofe.tofe.inference import tofe_inference
+    rng = np.random.default_rng(5)
+    tcfg = ToFeConfig(method=method, stages=(1, 3, 4), keep_ratios=(0.75, 0.5, 0.25), inference=inference,
+                      threshold=0.5)
+    params = {k: v + 0.5 * rng.standard_normal(v.shape) for k, v in init_params(CFG, rng).items()}
+    if tcfg.learned_selector:
+        params.update({k: v + rng.standard_normal(v.shape) for k, v in init_tofe_params(CFG, tcfg, rng).items()})
+    images = rng.standard_normal((3, 3, 8, 8))
+    result = {}
+    macs = counted(lambda p, x: result.update(info=tofe_inference(p, x, CFG, tcfg)[1]), params, images)
+    assert macs == int(round(float(np.sum(result["info"]["macs"]))))
+    if inference == "threshold" and tcfg.learned_selector:   # the batch really was ragged
+        assert any(len(set(k.sum(axis=1).tolist())) > 1 for k in result["info"]["kept"])

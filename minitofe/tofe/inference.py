@@ -75,7 +75,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     prefix_mask = xp.ones((B, T), dtype=bool)
     for s, (lo, hi) in enumerate(stage_ranges(cfg, stages)):
         candidates.append(P if alive is None else to_numpy(alive.sum(axis=1)))
-        scores, _ = stage_scores(x, params, cfg, tcfg, s, f"blocks.{lo}.", alive)
+        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{lo}.", alive)
         if kept_masks is not None:
             kept = _given_mask(kept_masks, s, B, P, xp)
             if alive is not None and bool((kept & ~alive).any()):
@@ -139,6 +139,7 @@ def realised_macs(cfg, tcfg, stages, kept_counts, candidates):
                         approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
                         drop=not tcfg.reuses_tokens)
     if not tcfg.learned_selector:  # evit / idle: the class-attention scorer
-        for s, n in enumerate(candidates):
-            macs = macs + cls_attention_macs(np.asarray(n, dtype=np.float64) + T, cfg.embed_dim)
+        for n in candidates:                                  # nothing is scored once no patch is left
+            n = np.asarray(n, dtype=np.float64)
+            macs = macs + np.where(n > 0, cls_attention_macs(n + T, cfg.embed_dim), 0.0)
     return macs

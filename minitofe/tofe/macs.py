@@ -66,7 +66,8 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     INCLUDING prefix tokens. Blocks before stages[0] run on N tokens, stage i's blocks on kept[:, i].
     selector: one selector per stage scores N tokens, or with ``drop`` (DynamicViT: dropped tokens are
     gone) the tokens alive before the stage, kept[:, i-1] (N at stage 0). approximator: one per stage on
-    the N - kept[:, i] frozen tokens. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+    the N - kept[:, i] frozen tokens. (With ``drop``, a stage whose images have no patch left alive
+scores nothing.) Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     """
     xp = get_xp(kept)
     kept = xp.asarray(kept)
@@ -92,8 +93,10 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
         dmacs[:, i] += nb * _dblock_macs_dn(k[:, i], C, mr)
         if selector:
             if drop and i > 0:
-                macs += selector_macs(k[:, i - 1], C)
-                dmacs[:, i - 1] += selector_macs(1, C)
+                # nothing is scored once every patch is gone (only prefix tokens alive)
+                scored = xp.where(k[:, i - 1] > cfg.num_prefix_tokens, 1.0, 0.0)
+                macs += scored * selector_macs(k[:, i - 1], C)
+                dmacs[:, i - 1] += scored * selector_macs(1, C)
             else:
                 macs += selector_macs(N, C)
         if approximator:

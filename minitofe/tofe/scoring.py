@@ -22,23 +22,16 @@ def stage_ranges(cfg, stages):
     return list(zip(stages, ends))
 
 
-def cls_attention_scores(x, params, block_prefix, cfg, candidates=None):
-    """x: (B, N, C) -> (B, P): mean over heads of the class token's attention to each patch, with keys
-    only for the ``candidates`` (B, N) bool (the same count in every image; prefix tokens included) when
-    given; non-candidates score 0."""
-    xp = get_xp(x)
-    B, N, C = x.shape
+def cls_attention_scores(x, params, block_prefix, cfg):
+    """x: (B, n, C) -> (B, n - T): mean over heads of the class token's attention to each patch, every
+    token given as a key."""
+    B, n, C = x.shape
     H, hs, T = cfg.num_heads, C // cfg.num_heads, cfg.num_prefix_tokens
-    idx = None
-    if candidates is not None:
-        idx = mask_to_indices(candidates)                             # (B, n) ascending, prefix first
-        x = gather_tokens(x, idx)
-    n = x.shape[1]
     h, _ = layernorm_forward(x, params[block_prefix + "norm1.weight"], params[block_prefix + "norm1.bias"])
     w = params[block_prefix + "attn.qkv.weight"]                      # (3C, C): rows [q; k; v]
     b = params.get(block_prefix + "attn.qkv.bias")
     q = h[:, 0] @ w[:C].T                                             # (B, C) class-token query
-    k = h @ w[C:2 * C].T                                              # (B, n, C) keys of the candidates
+    k = h @ w[C:2 * C].T                                              # (B, n, C)
     if b is not None:
         q = q + b[:C]
         k = k + b[C:2 * C]
@@ -46,25 +39,42 @@ def cls_attention_scores(x, params, block_prefix, cfg, candidates=None):
     k = k.reshape(B, n, H, hs).transpose(0, 2, 3, 1)                   # (B, H, hs, n)
     s = (q @ k)[:, :, 0] * hs ** -0.5                                 # (B, H, n)
     attn, _ = softmax_forward(s)
-    score = attn.mean(axis=1)                                         # (B, n)
-    if idx is not None:
-        full = xp.zeros((B, N), dtype=score.dtype)
-        full[xp.arange(B)[:, None], idx] = score
-        score = full
-    return score[:, T:]
+    return attn.mean(axis=1)[:, T:]
 
 
 def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None):
-    """Keep scores (B, P) at the start of ``stage`` and, for learned methods, the selector logits."""
-    if tcfg.learned_selector:
-        logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", cfg.num_prefix_tokens)
-        return keep_probability(logits[:, cfg.num_prefix_tokens:]), logits
+    """Keep scores (B, P) at the start of ``stage``; ``alive`` (B, P) bool limits the candidates (drop
+    methods: only alive tokens are scored, and only they are computed on). Non-candidates score 0."""
     xp = get_xp(x)
-    candidates = None
-    if alive is not None:
-        prefix = xp.ones((x.shape[0], cfg.num_prefix_tokens), dtype=bool)
-        candidates = xp.concatenate([prefix, alive], axis=1)
-    return cls_attention_scores(x, params, block_prefix, cfg, candidates), None
+    T = cfg.num_prefix_tokens
+    if alive is None:
+        if tcfg.learned_selector:
+            logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", T)
+            return keep_probability(logits[:, T:])
+        return cls_attention_scores(x, params, block_prefix, cfg)
+    scores = xp.zeros(alive.shape, dtype=x.dtype)
+    for b, rows in _same_count_groups(alive):                         # one group per distinct count
+        if not bool(alive[b[0]].any()):
+            continue                                                  # nothing left to score
+        cand = xp.concatenate([xp.ones((len(b), T), dtype=bool), alive[b]], axis=1)
+        idx = mask_to_indices(cand)                                   # (b, T + n) alive tokens only
+        xs = gather_tokens(x[b], idx)
+        if tcfg.learned_selector:
+            logits, _ = selector_forward(xs, params, f"tofe.selector.{stage}.", T)
+            sc = keep_probability(logits[:, T:])
+        else:
+            sc = cls_attention_scores(xs, params, block_prefix, cfg)
+        sub = xp.zeros((len(b), alive.shape[1]), dtype=x.dtype)
+        sub[xp.arange(len(b))[:, None], idx[:, T:] - T] = sc
+        scores[b] = sub
+    return scores
+
+
+def _same_count_groups(alive):
+    """Split the batch into groups of images with the same number of alive tokens: [(indices, count)]."""
+    xp = get_xp(alive)
+    counts = alive.sum(axis=1)
+    return [(xp.nonzero(counts == c)[0], int(c)) for c in sorted(set(int(v) for v in counts))]
 
 
 def topk_mask(scores, K, alive=None):

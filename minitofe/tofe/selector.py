@@ -9,6 +9,9 @@
 Column 0 of ``logits`` is "keep", column 1 is "freeze"; ``keep_probability`` is softmax column 0. The
 selector scores every token, frozen or not (that is what lets a frozen token be reused later); prefix
 tokens are scored too, but the caller always keeps them and they do not enter the global context ``g``.
+``patch_weight`` (B, P), a constant 0/1 array, restricts ``g`` to the weighted patches: ``dynamicvit``
+passes the tokens still alive, so that training (all N tokens, masked mean) and inference (the alive
+tokens gathered, plain mean) compute the same context.
 Parameters live under ``prefix`` (e.g. ``"tofe.selector.0."``): ``norm``, ``fc1``, ``fc2``, ``fc3``.
 """
 from ..nn.layers import (gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
@@ -16,8 +19,9 @@ from ..nn.layers import (gelu_backward, gelu_forward, layernorm_backward, layern
 from ..backend import get_xp
 
 
-def selector_forward(x, params, prefix, num_prefix):
-    """x: (B, N, C); num_prefix: T, the number of prefix tokens (0 <= T < N) -> logits (B, N, 2), cache."""
+def selector_forward(x, params, prefix, num_prefix, patch_weight=None):
+    """x: (B, N, C); num_prefix: T, the number of prefix tokens (0 <= T < N); patch_weight: None or
+    (B, P) constant weights of the patches in the global mean -> logits (B, N, 2), cache."""
     xp = get_xp(x)
     if x.ndim != 3:
         raise ValueError(f"selector: x must be (B, N, C), got shape {tuple(x.shape)}")
@@ -28,29 +32,37 @@ def selector_forward(x, params, prefix, num_prefix):
     n, c_ln = layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
     h1, c_fc1 = linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])
     u, c_g1 = gelu_forward(h1)                                          # (B, N, C/2)
-    g = u[:, num_prefix:].mean(axis=1, keepdims=True)                   # (B, 1, C/2)
+    if patch_weight is None:
+        wgt = xp.full((x.shape[0], N - num_prefix, 1), 1.0 / (N - num_prefix), dtype=x.dtype)
+    else:
+        if tuple(patch_weight.shape) != (x.shape[0], N - num_prefix):
+            raise ValueError(f"selector: patch_weight must be (B, P) = {(x.shape[0], N - num_prefix)}, "
+                             f"got {tuple(patch_weight.shape)}")
+        total = xp.maximum(patch_weight.sum(axis=1, keepdims=True), 1.0)
+        wgt = (patch_weight / total)[..., None]                         # (B, P, 1), rows sum to 1 (or 0)
+    g = (wgt * u[:, num_prefix:]).sum(axis=1, keepdims=True)            # (B, 1, C/2)
     v = xp.concatenate([u, xp.broadcast_to(g, u.shape)], axis=-1)       # (B, N, C)
     h2, c_fc2 = linear_forward(v, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])
     w, c_g2 = gelu_forward(h2)                                          # (B, N, C/4)
     logits, c_fc3 = linear_forward(w, params[prefix + "fc3.weight"], params[prefix + "fc3.bias"])
-    return logits, (prefix, num_prefix, u.shape[-1], c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3)
+    return logits, (prefix, num_prefix, u.shape[-1], wgt, c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3)
 
 
 def selector_backward(dlogits, cache):
     """dlogits: (B, N, 2) -> dx (B, N, C), grads {full key: array} for norm / fc1 / fc2 / fc3.
 
-    The global context g is the mean of u over the P patch tokens, so its gradient (summed over the N
-    tokens that received it) flows back to every patch token's u divided by P.
+    The global context g is a weighted mean of u over the patch tokens (weights 1/P by default), so its
+    gradient (summed over the N tokens that received it) flows back to each patch token's u times its
+    weight.
     """
-    prefix, T, half, c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3 = cache
+    prefix, T, half, wgt, c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3 = cache
     grads = {}
     dw, grads[prefix + "fc3.weight"], grads[prefix + "fc3.bias"] = linear_backward(dlogits, c_fc3)
     dh2 = gelu_backward(dw, c_g2)
     dv, grads[prefix + "fc2.weight"], grads[prefix + "fc2.bias"] = linear_backward(dh2, c_fc2)
     du = dv[..., :half].copy()                                          # (B, N, C/2) local part
     dg = dv[..., half:].sum(axis=1, keepdims=True)                      # (B, 1, C/2) global part
-    P = du.shape[1] - T
-    du[:, T:] += dg / P
+    du[:, T:] += wgt * dg
     dh1 = gelu_backward(du, c_g1)
     dn, grads[prefix + "fc1.weight"], grads[prefix + "fc1.bias"] = linear_backward(dh1, c_fc1)
     dx, grads[prefix + "norm.weight"], grads[prefix + "norm.bias"] = layernorm_backward(dn, c_ln)

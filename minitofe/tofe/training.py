@@ -99,7 +99,8 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     m_prev = xp.ones((B, P), dtype=images.dtype)
     c_stages, approx_terms = [], []
     for s, (lo, hi) in enumerate(stage_ranges(cfg, stages)):
-        sel_logits, c_sel = selector_forward(x, params, f"tofe.selector.{s}.", T)   # (B, N, 2)
+        alive = (m_prev > 0.5).astype(m_prev.dtype) if drop else None                 # constant weights
+        sel_logits, c_sel = selector_forward(x, params, f"tofe.selector.{s}.", T, alive)  # (B, N, 2)
         y, c_g = gumbel_softmax_forward(sel_logits[:, T:], noise[s], tau, hard=hard)
         m_patch = y[..., 0] * m_prev if drop else y[..., 0]                          # (B, P)
         m = xp.concatenate([ones_prefix, m_patch], axis=1)                            # (B, N)
