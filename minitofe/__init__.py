@@ -1,2 +1,12 @@
-"""minitofe: a readable NumPy reference of ToFe (lagged token freezing and reusing) for ViTs."""
+"""minitofe: a readable NumPy reference of ToFe (lagged token freezing and reusing) for ViTs.
+
+The public API lives in ``minitofe.model`` and is re-exported here; see the README.
+"""
+from .config import PRESETS, ViTConfig, get_config
+from .model import (Model, draw_noise, load_model, new_model, predict, save_model, teacher_forward,
+                    train_backward, train_forward, update_learned_ratios)
+from .nn.vit import vit_backward, vit_forward
+from .tofe.config import METHODS, ToFeConfig
+from .tofe.macs import dense_macs, tofe_macs
+
 __version__ = "0.1.0"

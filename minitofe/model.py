@@ -1,0 +1,105 @@
+"""The public API: a model is plain data (weights + configs), and a handful of functions use it.
+
+    model = load_model("weights/tofe_fmnist.npz")          # or new_model(cfg, tcfg, rng)
+    logits, info = predict(model, images)                   # ToFe inference (model.tofe.method)
+    logits, _ = predict(model, images, method="dense")      # the dense backbone
+    out, cache = train_forward(model, images, labels, noise, teacher)
+    dimages, grads = train_backward(cache)                  # grads.keys() == model.params.keys()
+
+A developer validating another implementation feeds both the same ``params``, images and Gumbel ``noise``
+(``draw_noise`` or their own arrays) and compares ``out`` (selector logits, masks, stage outputs, per-term
+losses) and ``grads`` entry by entry.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .config import ViTConfig
+from .nn.params import init_params
+from .tofe.config import ToFeConfig
+from .tofe.inference import tofe_inference
+from .tofe.params import init_tofe_params
+from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+
+__all__ = ["Model", "new_model", "load_model", "save_model", "predict", "train_forward", "train_backward",
+           "draw_noise", "teacher_forward", "update_learned_ratios"]
+
+
+@dataclass
+class Model:
+    params: dict                            # {timm key or tofe.* key: array}
+    cfg: ViTConfig
+    tofe: ToFeConfig = field(default_factory=ToFeConfig)
+    learned_keep_ratios: tuple = None       # running mean of the per-stage keep ratios seen in training
+
+    def backbone_params(self):
+        return {k: v for k, v in self.params.items() if not k.startswith("tofe.")}
+
+
+def new_model(cfg, tofe=None, rng=None, dtype=np.float64):
+    """Fresh backbone (timm init) and ToFe modules for ``tofe.method``."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    tofe = ToFeConfig() if tofe is None else tofe
+    params = init_params(cfg, rng, dtype)
+    params.update(init_tofe_params(cfg, tofe, rng, dtype))
+    return Model(params, cfg, tofe)
+
+
+def load_model(path, model=None, num_heads=None):
+    """Load a ``.npz`` (minitofe: config, ToFe config and learned ratios inside), ``.safetensors`` or
+    ``.pth`` (timm layout: backbone only, so the ToFe method defaults to ``dense`` until ToFe modules are
+    initialised or trained)."""
+    from .io.weights import load_weights
+    params, cfg, meta = load_weights(path, model=model, num_heads=num_heads)
+    meta = meta or {}
+    if "tofe" in meta:
+        tofe = ToFeConfig.from_dict(meta["tofe"])
+    else:
+        tofe = ToFeConfig(method="dense")
+    ratios = meta.get("learned_keep_ratios")
+    return Model(params, cfg, tofe, tuple(ratios) if ratios is not None else None)
+
+
+def save_model(path, model):
+    """Save as minitofe ``.npz`` with the configs and learned keep ratios in its metadata."""
+    from .io.weights import save_npz
+    meta = {"tofe": model.tofe.to_dict()}
+    if model.learned_keep_ratios is not None:
+        meta["learned_keep_ratios"] = [float(r) for r in model.learned_keep_ratios]
+    save_npz(path, model.params, model.cfg, meta)
+
+
+def predict(model, images, method=None, keep_ratios=None, inference=None, kept_masks=None):
+    """Reduced (or dense) inference. ``method`` overrides ``model.tofe.method``; ``keep_ratios`` the
+    per-stage rho_i for ``topk`` (default: the learned ratios, else the config's); ``inference`` is
+    ``"topk"`` or ``"threshold"``. Returns logits (B, num_classes) and the info dict of
+    ``tofe_inference`` (kept / frozen / reused per stage, realised MACs per image)."""
+    tcfg = model.tofe
+    if method is not None or inference is not None:
+        tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
+    learned_here = tcfg.learned_selector and tcfg.method != "tofe-uniform"   # uniform: fixed ratios
+    if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
+        keep_ratios = model.learned_keep_ratios
+    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks)
+
+
+def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True):
+    """The training forward of ``model.tofe.method`` with the given noise (see ``tofe_train_forward``)."""
+    return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard)
+
+
+def train_backward(cache):
+    """Gradients of the total training loss: (dimages, grads) with ``grads.keys() == params.keys()``."""
+    return tofe_train_backward(cache)
+
+
+def update_learned_ratios(model, batch_keep_ratios, momentum=0.99):
+    """Running mean of the per-stage keep ratios seen in training (stored with the weights and used by
+    ``topk`` inference): r <- momentum * r + (1 - momentum) * batch (the first batch initialises it)."""
+    new = np.asarray(batch_keep_ratios, dtype=np.float64)
+    if model.learned_keep_ratios is None:
+        model.learned_keep_ratios = tuple(float(v) for v in new)
+    else:
+        old = np.asarray(model.learned_keep_ratios)
+        model.learned_keep_ratios = tuple(float(v) for v in momentum * old + (1 - momentum) * new)
+    return model.learned_keep_ratios
