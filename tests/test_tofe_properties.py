@@ -108,6 +108,8 @@ def test_masked_training_forward_equals_gather_inference(case):
         assert np.all(m[:, :T] == 1.0) and set(np.unique(m)) <= {0.0, 1.0}   # prefix kept, hard 0/1
     logits, info = tofe_inference(params, images, cfg, tcfg, kept_masks=masks)
     assert np.max(np.abs(logits - out["logits"])) <= 1e-12
+    for key in ("kept", "frozen", "reused"):                   # the same records in both modes
+        assert all(np.array_equal(a, b) for a, b in zip(out[key], info[key]))
     for s, kept in enumerate(masks):
         keep_rows = np.concatenate([np.ones((B, T), bool), kept], axis=1)
         diff = np.abs(info["stage_outputs"][s] - out["stage_outputs"][s])[keep_rows]

@@ -29,7 +29,7 @@ from .macs import dense_macs, tofe_macs
 from .params import check_tofe_params
 from .scoring import stage_ranges
 from .selector import selector_backward, selector_forward
-from ..backend import get_xp
+from ..backend import get_xp, to_numpy
 from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_backward, embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
@@ -80,6 +80,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
 
     Returns ``out`` with ``loss`` (total), ``losses`` {cls, kd, approx, flops, total}, ``logits``,
     ``selector_logits`` / ``masks`` / ``stage_outputs`` (one per stage: (B, N, 2), (B, N), (B, N, C)),
+    ``kept`` / ``frozen`` / ``reused`` (one bool (B, P) NumPy array per stage, as in ``tofe_inference``),
     ``keep_ratios`` (S,) batch-mean fraction of patches kept, ``macs`` and ``macs_ratio`` (B,); and the
     cache for ``tofe_train_backward``.
     """
@@ -90,7 +91,8 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     drop = not tcfg.reuses_tokens
     ones_prefix = xp.ones((B, T), dtype=images.dtype)
-    out = {"selector_logits": [], "masks": [], "stage_outputs": []}
+    out = {"selector_logits": [], "masks": [], "stage_outputs": [], "kept": [], "frozen": [], "reused": []}
+    ever_frozen = xp.zeros((B, P), dtype=bool)
     x, c_embed = embed_forward(images, params, cfg)
     c_pre = []
     for i in range(stages[0]):
@@ -123,6 +125,12 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
         out["selector_logits"].append(sel_logits)
         out["masks"].append(m)
         out["stage_outputs"].append(x_new)
+        kept_now = m_patch > 0.5
+        frozen_now = ~kept_now if not drop else xp.zeros_like(kept_now)   # drop methods never freeze
+        out["kept"].append(to_numpy(kept_now))
+        out["frozen"].append(to_numpy(frozen_now))
+        out["reused"].append(to_numpy(kept_now & ever_frozen))
+        ever_frozen |= frozen_now
         m_prev, x = m_patch, x_new
     logits, c_head = head_forward(x, params, cfg)
     out["logits"] = logits
