@@ -16,9 +16,9 @@ def param_shapes(cfg):
     s = {}
     if cfg.class_token:
         s["cls_token"] = (1, 1, C)
-    if cfg.distilled:
-        s["dist_token"] = (1, 1, C)
     s["pos_embed"] = (1, cfg.num_tokens, C)
+    if cfg.distilled:                                # timm registers it after the parent's tokens
+        s["dist_token"] = (1, 1, C)
     s["patch_embed.proj.weight"] = (C, patch_in)     # timm: (C, in_chans, p, p), flattened
     s["patch_embed.proj.bias"] = (C,)
     for i in range(cfg.depth):

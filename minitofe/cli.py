@@ -1,0 +1,131 @@
+"""The ``minitofe`` command line: one small ``add_<name>`` (its arguments) and ``run_<name>`` (what it
+does) per subcommand, registered in ``COMMANDS``.
+
+    minitofe convert SRC DST [--model NAME] [--heads N] [--dtype float32|float64] [--force]
+    minitofe demo [--batch B] [--weights FILE] [--dtype float32|float64]
+
+Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time
+(OSError, a missing optional dependency). Errors print ``minitofe: error: <message>`` on stderr, never a
+traceback.
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+from . import __version__
+from .config import PRESETS, get_config
+
+DEMO_MODEL = "vit_fmnist_patch2_28"
+
+
+def describe(cfg):
+    """One line: sizes and token counts of a config (DESIGN.md notation)."""
+    return (f"{cfg.img_size}x{cfg.img_size}x{cfg.in_chans} images, {cfg.patch_size}x{cfg.patch_size} "
+            f"patches -> P={cfg.num_patches} + T={cfg.num_prefix_tokens} = N={cfg.num_tokens} tokens, "
+            f"C={cfg.embed_dim}, depth {cfg.depth}, H={cfg.num_heads} heads, {cfg.num_classes} classes")
+
+
+def count_params(params):
+    return sum(int(v.size) for v in params.values())
+
+
+# ---- convert ----
+
+def add_convert(sub):
+    p = sub.add_parser("convert", help="convert weights: timm .safetensors/.pth <-> minitofe .npz",
+                       description="Read SRC (.npz, .safetensors, .pth/.pt/.bin) and write DST (.npz or "
+                                   "timm-layout .safetensors). Shapes and key names are checked.")
+    p.add_argument("src", help="weight file to read")
+    p.add_argument("dst", help="file to write (.npz or .safetensors)")
+    p.add_argument("--model", metavar="NAME", help="preset the weights must match (gives the number of "
+                                                     f"heads); one of {', '.join(sorted(PRESETS))}")
+    p.add_argument("--heads", metavar="N", type=int, help="number of attention heads (when no --model)")
+    p.add_argument("--dtype", choices=["float32", "float64"], help="cast every array (default: keep)")
+    p.add_argument("--force", action="store_true", help="overwrite DST if it exists (never SRC)")
+
+
+def run_convert(args):
+    from .io.weights import convert
+    if args.model is not None:
+        get_config(args.model)                   # an unknown name fails first, listing the presets
+    params, cfg, _ = convert(args.src, args.dst, model=args.model, num_heads=args.heads,
+                             dtype=args.dtype, overwrite=args.force)
+    dtype = next(iter(params.values())).dtype
+    print(f"wrote {args.dst}: {len(params)} arrays, {count_params(params):,} parameters ({dtype})")
+    print(f"  {describe(cfg)}")
+    return 0
+
+
+# ---- demo ----
+
+def add_demo(sub):
+    p = sub.add_parser("demo", help="run the ViT forward on random images and say what it did")
+    p.add_argument("--batch", type=int, default=4, help="number of random images (default 4)")
+    p.add_argument("--weights", help="weight file to use instead of random weights")
+    p.add_argument("--dtype", choices=["float32", "float64"],
+                   help="cast the weights (default: the file's dtype; float32 for random weights)")
+
+
+def run_demo(args):
+    from .io.weights import load_weights
+    from .nn.params import init_params
+    from .nn.vit import vit_forward
+    if args.batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {args.batch}")
+    rng = np.random.default_rng(0)
+    if args.weights:
+        params, cfg, _ = load_weights(args.weights, dtype=args.dtype)
+        source = f"weights from {args.weights}"
+    else:
+        cfg = get_config(DEMO_MODEL)
+        params = init_params(cfg, rng, dtype=args.dtype or "float32")
+        source = f"{DEMO_MODEL} with random weights (numpy.random.default_rng(0)); no trained weights yet"
+    dtype = next(iter(params.values())).dtype
+    images = rng.standard_normal((args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)).astype(dtype)
+    start = time.perf_counter()
+    logits, _ = vit_forward(params, images, cfg)
+    seconds = time.perf_counter() - start
+    print(f"minitofe demo: {source}")
+    print(f"  config:  {describe(cfg)}")
+    print(f"  params:  {count_params(params):,} ({dtype})")
+    print(f"  forward: {args.batch} random images {images.shape} -> logits {logits.shape} "
+          f"in {seconds:.3f} s")
+    print(f"  predicted classes: {logits.argmax(axis=-1).tolist()}")
+    return 0
+
+
+COMMANDS = {"convert": (add_convert, run_convert), "demo": (add_demo, run_demo)}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="minitofe", description="ToFe token freezing on a NumPy ViT.")
+    parser.add_argument("--version", action="version", version=f"minitofe {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add, run in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def error(message, code):
+    print(f"minitofe: error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv=None):
+    """Entry point of the ``minitofe`` command (and ``python -m minitofe``) -> exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:                      # argparse has printed usage / help already
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return COMMANDS[args.command][1](args)
+    except (ValueError, TypeError) as e:
+        return error(e, 2)
+    except (OSError, ImportError) as e:
+        return error(e, 1)

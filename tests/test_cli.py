@@ -1,0 +1,124 @@
+"""The ``minitofe`` command line: ``convert`` and ``demo``, exit codes, and error messages without
+tracebacks (``main([...])`` in-process, plus ``python -m minitofe`` in a subprocess)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import safetensors.numpy as stnp
+
+from minitofe.cli import main
+from minitofe.config import ViTConfig
+from minitofe.io import weights as W
+from minitofe.io.timm import to_timm_state_dict
+from minitofe.nn.params import init_params
+
+CFG = ViTConfig(img_size=8, patch_size=2, in_chans=3, num_classes=5, embed_dim=12, depth=2, num_heads=3)
+
+
+@pytest.fixture
+def timm_file(tmp_path):
+    params = init_params(CFG, np.random.default_rng(0), np.float32)
+    path = tmp_path / "model.safetensors"
+    stnp.save_file(to_timm_state_dict(params, CFG), str(path), metadata={"format": "pt"})
+    return path
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_convert_round_trip(tmp_path, timm_file, capsys):
+    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3)
+    assert code == 0 and "w.npz" in out and "N=17 tokens" in out
+    code, _, _ = run(capsys, "convert", tmp_path / "w.npz", tmp_path / "back.safetensors")
+    assert code == 0
+    assert (tmp_path / "back.safetensors").read_bytes() == timm_file.read_bytes()
+
+
+def test_convert_dtype_is_explicit(tmp_path, timm_file, capsys):
+    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3, "--dtype", "float64")
+    assert code == 0 and "float64" in out
+    assert W.load_npz(tmp_path / "w.npz")[0]["head.weight"].dtype == np.float64
+
+
+def test_convert_overwrite_rules(tmp_path, timm_file, capsys):
+    dst = tmp_path / "w.npz"
+    assert run(capsys, "convert", timm_file, dst, "--heads", 3)[0] == 0
+    code, _, err = run(capsys, "convert", timm_file, dst, "--heads", 3)
+    assert code == 2 and err.startswith("minitofe: error:") and "--force" in err
+    assert run(capsys, "convert", timm_file, dst, "--heads", 3, "--force")[0] == 0
+    before = timm_file.read_bytes()
+    code, _, err = run(capsys, "convert", timm_file, timm_file, "--heads", 3, "--force")
+    assert code == 2 and "refusing to write over the source" in err
+    assert timm_file.read_bytes() == before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["{src}", "{tmp}/w.npz"], "--heads N"),
+    (["{src}", "{tmp}/w.npz", "--model", "deit_tiny_patch16_224"], "embed_dim: preset 192, weights 12"),
+    (["{src}", "{tmp}/w.npz", "--heads", "5"], "not divisible by num_heads 5"),
+    (["{src}", "{tmp}/w.h5", "--heads", "3"], "w.h5: unknown weight file extension"),
+    (["{src}", "{tmp}/w.pth", "--heads", "3"], "w.pth: minitofe writes .npz or .safetensors"),
+    (["{tmp}/missing.safetensors", "{tmp}/w.npz"], "missing.safetensors: no such file"),
+    (["{src}", "{tmp}/no/such/dir/w.npz", "--heads", "3"], "does not exist"),
+])
+def test_convert_errors(tmp_path, timm_file, capsys, argv, message):
+    argv = [a.format(src=timm_file, tmp=tmp_path) for a in argv]
+    code, out, err = run(capsys, "convert", *argv)
+    assert code == 2 and err.startswith("minitofe: error:") and message in err
+    assert not (tmp_path / "w.npz").exists()
+
+
+def test_convert_corrupt_source(tmp_path, timm_file, capsys):
+    timm_file.write_bytes(timm_file.read_bytes()[:100])
+    code, _, err = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3)
+    assert code == 2 and "model.safetensors: not a readable safetensors file" in err
+
+
+def test_torch_missing_is_a_runtime_failure(tmp_path, capsys, monkeypatch):
+    (tmp_path / "model.pth").write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "torch", None)
+    code, _, err = run(capsys, "convert", tmp_path / "model.pth", tmp_path / "w.npz", "--heads", 3)
+    assert code == 1 and 'pip install "minitofe[torch]"' in err
+
+
+def test_os_error_is_a_runtime_failure(tmp_path, timm_file, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(W, "atomic_write", full)
+    code, _, err = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3)
+    assert code == 1 and "No space left on device" in err
+
+
+def test_usage_errors(capsys):
+    assert run(capsys, "convert")[0] == 2                                      # argparse: missing SRC
+    code, _, err = run(capsys, "convert", "a.npz", "b.npz", "--model", "nope")
+    assert code == 2 and "unknown model 'nope'" in err and "vit_fmnist_patch2_28" in err
+    assert run(capsys, "frobnicate")[0] == 2
+    code, _, err = run(capsys)
+    assert code == 2 and "convert" in err and "demo" in err
+    assert run(capsys, "--help")[0] == 0
+
+
+def test_demo_in_process(capsys):
+    code, out, _ = run(capsys, "demo", "--batch", 2)
+    assert code == 0
+    assert "vit_fmnist_patch2_28" in out and "N=197 tokens" in out and "logits (2, 10)" in out
+    assert run(capsys, "demo", "--batch", 0)[0] == 2
+
+
+def test_demo_with_weights(tmp_path, capsys):
+    W.save_npz(tmp_path / "w.npz", init_params(CFG, np.random.default_rng(1), np.float64), CFG)
+    code, out, _ = run(capsys, "demo", "--weights", tmp_path / "w.npz", "--batch", 3)
+    assert code == 0 and "logits (3, 5)" in out and "float64" in out
+
+
+def test_python_dash_m_demo():
+    done = subprocess.run([sys.executable, "-m", "minitofe", "demo", "--batch", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "N=197 tokens" in done.stdout and "logits (2, 10)" in done.stdout
