@@ -1,0 +1,63 @@
+"""Training checkpoints: parameters, AdamW moments, step and configs in one ``.npz``, written atomically.
+
+A checkpoint is written to a temporary file beside its destination, fsync'd, then renamed over it, so a
+crash or a kill during a save leaves the previous checkpoint intact. Loading checks that the checkpoint
+belongs to the run being resumed (same backbone config, ToFe config and training config apart from the
+number of steps), and names the first difference otherwise. Read with ``allow_pickle=False``.
+"""
+import json
+import os
+
+import numpy as np
+
+from .config import ViTConfig
+from .io.weights import _read_npz, _write_npz, atomic_write
+
+META_KEY = "__checkpoint__"
+
+
+def save_checkpoint(path, params, opt_state, meta):
+    """params: {key: array}; opt_state: AdamW state {"step", "m", "v"}; meta: JSON-able dict (configs,
+    learned keep ratios, metrics)."""
+    arrays = {f"param/{k}": v for k, v in params.items()}
+    arrays.update({f"adam_m/{k}": v for k, v in opt_state["m"].items()})
+    arrays.update({f"adam_v/{k}": v for k, v in opt_state["v"].items()})
+    meta = dict(meta, opt_step=int(opt_state["step"]))
+    arrays[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
+    atomic_write(path, lambda f: _write_npz(f, arrays))
+
+
+def load_checkpoint(path):
+    """-> params, opt_state, meta."""
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: no such checkpoint file")
+    arrays = _read_npz(path)
+    if META_KEY not in arrays:
+        raise ValueError(f"{path}: not a minitofe training checkpoint (no {META_KEY!r} entry)")
+    meta = json.loads(str(arrays.pop(META_KEY)))
+    params, m, v = {}, {}, {}
+    for key, arr in arrays.items():
+        group, _, name = key.partition("/")
+        {"param": params, "adam_m": m, "adam_v": v}.get(group, {})[name] = arr
+    if set(m) != set(v) or not set(m) <= set(params):
+        raise ValueError(f"{path}: optimizer moments do not match the parameters")
+    return params, {"step": int(meta["opt_step"]), "m": m, "v": v}, meta
+
+
+def check_same_run(path, meta, expected):
+    """Raise ``ValueError`` naming the first field where the checkpoint ``meta`` differs from
+    ``expected`` (dict of config dicts: 'model', 'tofe', 'train')."""
+    for section, want in expected.items():
+        have = meta.get(section)
+        if have is None:
+            raise ValueError(f"{path}: checkpoint has no {section!r} config; it is from another kind of run")
+        for key in sorted(set(want) | set(have)):
+            if key in ("steps", "epochs", "out_dir", "eval_every", "checkpoint_every", "log_every"):
+                continue                                  # may change between a run and its resume
+            if have.get(key) != want.get(key):
+                raise ValueError(f"{path}: cannot resume: {section}.{key} is {have.get(key)!r} in the "
+                                 f"checkpoint but {want.get(key)!r} now (another config)")
+
+
+def model_config_from_meta(meta):
+    return ViTConfig.from_dict(meta["model"])
