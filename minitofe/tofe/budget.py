@@ -1,0 +1,57 @@
+"""Keep ratios for a MACs budget: every method compared "at equal MACs" uses this (DESIGN.md "Baselines").
+
+``ratios_for_budget(cfg, tcfg, budget)`` scales a base ratio profile (the learned ratios, or the config's
+``keep_ratios``) by one factor, found by bisection, so that the ``topk`` MACs of the method equal
+``budget`` x dense MACs (to within one token per stage). The MACs are those ``macs.tofe_macs`` reports
+for that method (selectors, approximators and class-attention scorers included).
+"""
+import numpy as np
+
+from .macs import cls_attention_macs, dense_macs, tofe_macs
+
+
+def topk_macs(cfg, tcfg, ratios):
+    """MACs of ``topk`` inference with keep ratios ``ratios`` for method ``tcfg.method`` (one image)."""
+    stages = tcfg.resolved_stages(cfg.depth)
+    T, P = cfg.num_prefix_tokens, cfg.num_patches
+    counts = [int(round(r * P)) for r in ratios]
+    if not tcfg.reuses_tokens:                      # drop methods: never more than is still alive
+        for s in range(1, len(counts)):
+            counts[s] = min(counts[s], counts[s - 1])
+    kept = np.asarray(counts, dtype=np.float64) + T
+    macs, _ = tofe_macs(cfg, stages, kept, selector=tcfg.learned_selector,
+                        approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
+                        drop=not tcfg.reuses_tokens)
+    if not tcfg.learned_selector:
+        alive = [P] + counts[:-1] if not tcfg.reuses_tokens else [P] * len(counts)
+        macs += sum(cls_attention_macs(n + T, cfg.embed_dim) for n in alive if n > 0)
+    return float(macs)
+
+
+def ratios_for_budget(cfg, tcfg, budget, base=None, iters=60):
+    """Keep ratios (one per stage) whose ``topk`` MACs are ``budget`` (a fraction of dense MACs).
+
+    base: the profile to scale (default ``tcfg.keep_ratios``). Raises ValueError when the budget is
+    below what the method costs with a single patch per stage, or above keeping everything."""
+    if not 0.0 < budget <= 1.5:
+        raise ValueError(f"budget must be a fraction of the dense MACs in (0, 1.5], got {budget}")
+    base = np.asarray(tcfg.keep_ratios if base is None else base, dtype=np.float64)
+    if np.any(base <= 0) or np.any(base > 1):
+        raise ValueError(f"base keep ratios must lie in (0, 1], got {base.tolist()}")
+    P, dense = cfg.num_patches, dense_macs(cfg)
+    lo_r = np.full_like(base, 1.0 / P)
+    hi_r = np.ones_like(base)
+    if topk_macs(cfg, tcfg, lo_r) > budget * dense:
+        raise ValueError(f"budget {budget:.3f} is below the cheapest {tcfg.method} setting "
+                         f"({topk_macs(cfg, tcfg, lo_r) / dense:.3f} of dense MACs)")
+    if topk_macs(cfg, tcfg, hi_r) <= budget * dense:
+        return tuple(hi_r.tolist())
+    lo, hi = 0.0, 1.0 / base.max()
+    for _ in range(iters):                        # MACs are monotone in the scale
+        mid = 0.5 * (lo + hi)
+        r = np.clip(base * mid, 1.0 / P, 1.0)
+        if topk_macs(cfg, tcfg, r) > budget * dense:
+            hi = mid
+        else:
+            lo = mid
+    return tuple(float(v) for v in np.clip(base * lo, 1.0 / P, 1.0))
