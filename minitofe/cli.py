@@ -1,8 +1,12 @@
 """The ``minitofe`` command line: one small ``add_<name>`` (its arguments) and ``run_<name>`` (what it
 does) per subcommand, registered in ``COMMANDS``.
 
+    minitofe demo [--weights FILE] [--out PNG]
+    minitofe predict IMAGE... [--weights FILE] [--method M] [--budget B] [--json]
+    minitofe viz [IMAGE...] [--out PNG] [--method M] [--budget B]
+    minitofe eval [--weights FILE] [--data fashion-mnist|DIR] [--method M] [--budget B] [--json]
+    minitofe train --init WEIGHTS [--method M] [--target G] [--steps N] ... [--resume]
     minitofe convert SRC DST [--model NAME] [--heads N] [--dtype float32|float64] [--force]
-    minitofe demo [--batch B] [--weights FILE] [--dtype float32|float64]
 
 Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time
 (OSError, a missing optional dependency). Errors print ``minitofe: error: <message>`` on stderr, never a
@@ -10,14 +14,12 @@ traceback.
 """
 import argparse
 import sys
-import time
-
-import numpy as np
 
 from . import __version__
+from .cli_infer import (add_demo, add_eval, add_predict, add_viz, run_demo, run_eval, run_predict,
+                        run_viz)
+from .cli_train import add_train, run_train
 from .config import PRESETS, get_config
-
-DEMO_MODEL = "vit_fmnist_patch2_28"
 
 
 def describe(cfg):
@@ -58,45 +60,9 @@ def run_convert(args):
     return 0
 
 
-# ---- demo ----
-
-def add_demo(sub):
-    p = sub.add_parser("demo", help="run the ViT forward on random images and say what it did")
-    p.add_argument("--batch", type=int, default=4, help="number of random images (default 4)")
-    p.add_argument("--weights", help="weight file to use instead of random weights")
-    p.add_argument("--dtype", choices=["float32", "float64"],
-                   help="cast the weights (default: the file's dtype; float32 for random weights)")
-
-
-def run_demo(args):
-    from .io.weights import load_weights
-    from .nn.params import init_params
-    from .nn.vit import vit_forward
-    if args.batch < 1:
-        raise ValueError(f"--batch must be at least 1, got {args.batch}")
-    rng = np.random.default_rng(0)
-    if args.weights:
-        params, cfg, _ = load_weights(args.weights, dtype=args.dtype)
-        source = f"weights from {args.weights}"
-    else:
-        cfg = get_config(DEMO_MODEL)
-        params = init_params(cfg, rng, dtype=args.dtype or "float32")
-        source = f"{DEMO_MODEL} with random weights (numpy.random.default_rng(0)); no trained weights yet"
-    dtype = next(iter(params.values())).dtype
-    images = rng.standard_normal((args.batch, cfg.in_chans, cfg.img_size, cfg.img_size)).astype(dtype)
-    start = time.perf_counter()
-    logits, _ = vit_forward(params, images, cfg)
-    seconds = time.perf_counter() - start
-    print(f"minitofe demo: {source}")
-    print(f"  config:  {describe(cfg)}")
-    print(f"  params:  {count_params(params):,} ({dtype})")
-    print(f"  forward: {args.batch} random images {images.shape} -> logits {logits.shape} "
-          f"in {seconds:.3f} s")
-    print(f"  predicted classes: {logits.argmax(axis=-1).tolist()}")
-    return 0
-
-
-COMMANDS = {"convert": (add_convert, run_convert), "demo": (add_demo, run_demo)}
+COMMANDS = {"demo": (add_demo, run_demo), "predict": (add_predict, run_predict), "viz": (add_viz, run_viz),
+            "eval": (add_eval, run_eval), "train": (add_train, run_train),
+            "convert": (add_convert, run_convert)}
 
 
 def build_parser():

@@ -1,0 +1,227 @@
+"""CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in ``cli.py``).
+
+Weights default to the ones the project ships (``weights/`` in a checkout, or installed to
+``<prefix>/share/minitofe/weights``; ``MINITOFE_WEIGHTS`` overrides): the ToFe model when present, else
+the dense backbone run with the training-free ``idle`` method.
+"""
+import json
+import os
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+BACKBONE_FILE = "vit_fmnist_patch2_28.safetensors"
+TOFE_FILE = "tofe_fmnist_50.npz"
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def weights_dirs():
+    dirs = []
+    if os.environ.get("MINITOFE_WEIGHTS"):
+        dirs.append(pathlib.Path(os.environ["MINITOFE_WEIGHTS"]))
+    dirs.append(pathlib.Path(__file__).resolve().parents[1] / "weights")
+    dirs.append(pathlib.Path(sys.prefix) / "share" / "minitofe" / "weights")
+    return dirs
+
+
+def find_shipped(name):
+    for d in weights_dirs():
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def sample_images():
+    """The bundled Fashion-MNIST test images (one per class): sorted paths."""
+    folder = pathlib.Path(__file__).resolve().parent / "samples"
+    return sorted(folder.glob("*.png"))
+
+
+def load_for_inference(weights=None, random_fallback=False):
+    """-> (model, source text). ``weights``: a path, or None for the shipped ones (with
+    ``random_fallback``, random weights when none are found, said in the source text)."""
+    import minitofe
+    if weights:
+        model = minitofe.load_model(weights)
+        return model, str(weights)
+    path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
+    if path is None and random_fallback:
+        from .config import get_config
+        model = minitofe.new_model(get_config("vit_fmnist_patch2_28"), minitofe.ToFeConfig(method="idle"),
+                                   np.random.default_rng(0), np.float32)
+        return model, "RANDOM weights (no shipped weights found: predictions are meaningless)"
+    if path is None:
+        raise ValueError(f"no shipped weights found (looked for {TOFE_FILE} and {BACKBONE_FILE} in "
+                         f"{', '.join(map(str, weights_dirs()))}); pass --weights FILE")
+    model = minitofe.load_model(str(path), model=None if path.suffix == ".npz" else "vit_fmnist_patch2_28")
+    if model.tofe.method == "dense":                  # a bare backbone: training-free ToFe-style reuse
+        model.tofe = model.tofe.replace(method="idle")
+        return model, f"{path} (backbone only: method 'idle', training-free freeze + reuse)"
+    return model, str(path)
+
+
+def normalisation(cfg):
+    from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    if cfg.in_chans == 1:
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def read_images(paths, model):
+    from .data import load_images
+    mean, std = normalisation(model.cfg)
+    x = load_images(paths, model.cfg.img_size, mean, std, grey=model.cfg.in_chans == 1)
+    dtype = next(iter(model.params.values())).dtype
+    return x.astype(dtype)
+
+
+def class_names(cfg):
+    if cfg.num_classes == 10 and cfg.in_chans == 1:
+        from .data import FASHION_MNIST_CLASSES
+        return list(FASHION_MNIST_CLASSES)
+    return [str(i) for i in range(cfg.num_classes)]
+
+
+def budget_ratios(model, method, budget):
+    """Keep ratios for ``method`` at ``budget`` x dense MACs (None when no budget is asked for): the
+    learned profile scaled, for learned methods with recorded ratios; the config's otherwise."""
+    from .tofe.budget import ratios_for_budget
+    tcfg = model.tofe.replace(method=method)
+    if budget is None or method == "dense":
+        return None
+    base = model.learned_keep_ratios if (tcfg.learned_selector and model.learned_keep_ratios) else None
+    return ratios_for_budget(model.cfg, tcfg, budget, base)
+
+
+def run_model(model, images, method=None, budget=None, inference=None):
+    """Reduced inference with optional budget -> logits, info, seconds, keep ratios used."""
+    import minitofe
+    method = method or model.tofe.method
+    ratios = budget_ratios(model, method, budget)
+    start = time.perf_counter()
+    logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference)
+    return logits, info, time.perf_counter() - start, ratios
+
+
+def add_model_args(p):
+    from .tofe.config import METHODS
+    p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
+    p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
+    p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")
+    p.add_argument("--inference", choices=["topk", "threshold"], help="decision rule (default: topk)")
+
+
+def add_predict(sub):
+    p = sub.add_parser("predict", help="classify image files (any format Pillow reads)")
+    p.add_argument("images", nargs="+", help="image files")
+    add_model_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def run_predict(args):
+    model, source = load_for_inference(args.weights)
+    x = read_images(args.images, model)
+    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference)
+    names = class_names(model.cfg)
+    probs = np.exp(logits - logits.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    rows = [{"image": str(path), "class": names[int(k)], "index": int(k), "prob": float(probs[i, k]),
+             "macs": float(info["macs"][i]), "macs_ratio": float(info["macs_ratio"][i])}
+            for i, (path, k) in enumerate(zip(args.images, logits.argmax(1)))]
+    if args.json:
+        print(json.dumps({"weights": source, "method": args.method or model.tofe.method, "seconds": seconds,
+                          "predictions": rows}))
+        return 0
+    print(f"weights: {source}")
+    for r in rows:
+        print(f"{r['image']}: {r['class']} (p={r['prob']:.2f}), {r['macs'] / 1e6:.1f} M MACs "
+              f"({100 * r['macs_ratio']:.0f} % of dense)")
+    return 0
+
+
+def add_viz(sub):
+    p = sub.add_parser("viz", help="draw kept / frozen / reused patches per stage to a PNG")
+    p.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
+    add_model_args(p)
+    p.add_argument("--out", default="minitofe_tokens.png", help="PNG to write (default minitofe_tokens.png)")
+
+
+def run_viz(args):
+    from .viz import save_token_maps
+    model, source = load_for_inference(args.weights)
+    paths = args.images or sample_images()
+    x = read_images(paths, model)
+    logits, info, _, _ = run_model(model, x, args.method, args.budget, args.inference)
+    names = class_names(model.cfg)
+    titles = [f"{pathlib.Path(p).name}: {names[int(k)]}" for p, k in zip(paths, logits.argmax(1))]
+    save_token_maps(args.out, x, info, model.cfg, titles)
+    print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, weights {source})")
+    return 0
+
+
+def add_demo(sub):
+    p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture")
+    p.add_argument("--weights", help="weight file (default: the shipped ones)")
+    p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default minitofe_demo.png)")
+
+
+def run_demo(args):
+    from .viz import save_token_maps
+    model, source = load_for_inference(args.weights, random_fallback=True)
+    paths = sample_images()
+    x = read_images(paths, model)
+    run_model(model, x[:1], method="dense")          # warm-up (imports, BLAS threads) before timing
+    dense, _, t_dense, _ = run_model(model, x, method="dense")
+    logits, info, t_tofe, _ = run_model(model, x)
+    names = class_names(model.cfg)
+    print(f"minitofe demo: weights {source}; method {model.tofe.method}; {len(paths)} bundled images")
+    print(f"{'image':34s} {'dense':12s} {model.tofe.method:12s} MACs (M, % of dense)")
+    for i, p in enumerate(paths):
+        print(f"{p.name:34s} {names[int(dense[i].argmax())]:12s} {names[int(logits[i].argmax())]:12s} "
+              f"{info['macs'][i] / 1e6:7.1f} ({100 * info['macs_ratio'][i]:.0f} %)")
+    print(f"time for {len(paths)} images: dense {t_dense:.3f} s, {model.tofe.method} {t_tofe:.3f} s")
+    titles = [f"{names[int(k)]}" for k in logits.argmax(1)]
+    save_token_maps(args.out, x, info, model.cfg, titles)
+    print(f"wrote {os.path.abspath(args.out)}: kept / frozen / reused patches per stage")
+    return 0
+
+
+def add_eval(sub):
+    p = sub.add_parser("eval", help="top-1, MACs, keep ratios and img/s on a data set")
+    add_model_args(p)
+    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
+                                                           "subfolder per class)")
+    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--limit", type=int, help="evaluate the first N images only")
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_eval(args):
+    from .train import evaluate
+    model, source = load_for_inference(args.weights)
+    if args.data == "fashion-mnist":
+        from .data import load_fashion_mnist
+        images, labels = load_fashion_mnist("test", args.data_root)
+    else:
+        from .data import load_image_folder
+        mean, std = normalisation(model.cfg)
+        images, labels, _ = load_image_folder(args.data, model.cfg.img_size, mean, std,
+                                              grey=model.cfg.in_chans == 1)
+    if args.limit:
+        images, labels = images[:args.limit], labels[:args.limit]
+    images = images.astype(next(iter(model.params.values())).dtype)
+    method = args.method or model.tofe.method
+    ratios = budget_ratios(model, method, args.budget)
+    res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
+                   keep_ratios=ratios, inference=args.inference)
+    res.update(weights=source, method=method, macs_g=res["macs"] / 1e9)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"{source} [{method}]: top-1 {100 * res['top1']:.2f} % on {res['n']} images, "
+              f"{res['macs_g']:.3f} G MACs ({100 * res['macs_ratio']:.1f} % of dense), keep ratios "
+              f"{[round(r, 3) for r in res['keep_ratios']]}, {res['img_per_s']:.1f} img/s")
+    return 0

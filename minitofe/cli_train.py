@@ -1,0 +1,90 @@
+"""The ``train`` subcommand: fine-tune ToFe (or a baseline, or the dense backbone) on Fashion-MNIST or an
+image folder with minitofe's own trainer (``minitofe.train``). Flags, or a JSON config file whose keys
+are the flag names (flags given on the command line win)."""
+import json
+
+import numpy as np
+
+
+def add_train(sub):
+    from .tofe.config import METHODS
+    p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)")
+    p.add_argument("--config", help="JSON file of options (keys = the flag names, with underscores)")
+    p.add_argument("--init", help="initial weights (backbone .safetensors / .npz); also the teacher")
+    p.add_argument("--model", default="vit_fmnist_patch2_28",
+                   help="preset a timm-layout --init file must match (.npz files carry their config)")
+    p.add_argument("--method", choices=METHODS, default=None)
+    p.add_argument("--target", type=float, help="MACs budget gamma (fraction of dense)")
+    p.add_argument("--keep-ratios", type=float, nargs="+", help="fixed ratios (tofe-uniform / topk eval)")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--backbone-lr-scale", type=float, help="backbone lr factor; 0 freezes the backbone")
+    p.add_argument("--alpha", type=float, help="distillation weight")
+    p.add_argument("--beta", type=float, help="approximation-loss weight")
+    p.add_argument("--lam", type=float, help="FLOPs-loss weight lambda")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--limit", type=int, help="use the first N training images")
+    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--out", help="output folder (checkpoint.npz, log.jsonl, final.npz)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--dtype", choices=["float32", "float64"])
+    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
+    p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps (resume later)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+DEFAULTS = dict(method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
+                backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
+                data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None)
+
+
+def options(args):
+    """Defaults < config file < command-line flags."""
+    opts = dict(DEFAULTS)
+    if args.config:
+        try:
+            with open(args.config) as f:
+                from_file = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{args.config}: cannot read the config file ({e})") from None
+        unknown = sorted(set(from_file) - set(DEFAULTS))
+        if unknown:
+            raise ValueError(f"{args.config}: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
+        opts.update(from_file)
+    for key in DEFAULTS:
+        if getattr(args, key, None) is not None:
+            opts[key] = getattr(args, key)
+    return opts
+
+
+def run_train(args):
+    import minitofe
+    from .data import load_fashion_mnist
+    from .tofe.params import init_tofe_params
+    from .train import TrainConfig, train
+    o = options(args)
+    if not o["init"]:
+        raise ValueError("--init WEIGHTS is required: the backbone to fine-tune (and the teacher)")
+    timm_file = not str(o["init"]).endswith(".npz")     # .npz carries its own config
+    base = minitofe.load_model(o["init"], model=args.model if timm_file else None)
+    dtype = np.dtype(o["dtype"])
+    params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
+    tkw = dict(method=o["method"], target_ratio=o["target"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
+               label_smoothing=o["label_smoothing"])
+    if o["keep_ratios"]:
+        tkw["keep_ratios"] = tuple(o["keep_ratios"])
+    tcfg = minitofe.ToFeConfig(**tkw)
+    teacher = dict(params)
+    params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
+    model = minitofe.Model(params, base.cfg, tcfg)
+    images, labels = load_fashion_mnist("train", o["data_root"])
+    test_images, test_labels = load_fashion_mnist("test", o["data_root"])
+    if o["limit"]:
+        images, labels = images[:o["limit"]], labels[:o["limit"]]
+    cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
+                      backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"])
+    train(model, teacher, (images.astype(dtype), labels), (test_images.astype(dtype), test_labels), cfg,
+          resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
+    print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")
+    return 0

@@ -1,0 +1,119 @@
+"""The model-using CLI subcommands end to end: demo, predict, viz, eval, train (small weights, real
+image files through Pillow, tiny IDX data sets); exit codes and messages on bad input."""
+import gzip
+import json
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import minitofe
+from minitofe.cli import main
+from minitofe.config import ViTConfig
+
+CFG = ViTConfig(img_size=28, patch_size=4, in_chans=1, num_classes=10, embed_dim=8, depth=4, num_heads=2,
+                mlp_ratio=2.0)
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def weights(tmp_path):
+    tcfg = minitofe.ToFeConfig(method="tofe", keep_ratios=(0.5, 0.3, 0.2))
+    model = minitofe.new_model(CFG, tcfg, np.random.default_rng(0), np.float32)
+    path = tmp_path / "tofe.npz"
+    minitofe.save_model(str(path), model)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, (mode, size) in enumerate([("L", (28, 28)), ("RGB", (40, 30)), ("RGBA", (28, 28)), ("I;16", (5, 5))]):
+        arr = rng.integers(0, 255, size[::-1] + ((3,) if mode == "RGB" else (4,) if mode == "RGBA" else ()))
+        img = Image.fromarray(arr.astype(np.uint16 if mode == "I;16" else np.uint8), mode=mode if mode != "I;16" else None)
+        p = tmp_path / f"img{i}.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def test_demo_writes_a_picture(tmp_path, capsys, weights):
+    code, out, _ = run(capsys, "demo", "--weights", weights, "--out", tmp_path / "d.png")
+    assert code == 0 and "tofe" in out and (tmp_path / "d.png").is_file()
+    with Image.open(tmp_path / "d.png") as im:
+        assert im.size[0] > 100
+
+
+def test_predict_table_and_json(capsys, weights, images):
+    code, out, _ = run(capsys, "predict", *images, "--weights", weights)
+    assert code == 0 and out.count("MACs") == len(images)
+    code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json", "--method", "idle",
+                       "--budget", "0.5")
+    res = json.loads(out)
+    assert res["method"] == "idle" and res["predictions"][0]["macs_ratio"] <= 0.5
+
+
+def test_viz(tmp_path, capsys, weights, images):
+    code, out, _ = run(capsys, "viz", *images[:2], "--weights", weights, "--out", tmp_path / "v.png")
+    assert code == 0 and (tmp_path / "v.png").is_file()
+
+
+def test_eval_on_an_image_folder(tmp_path, capsys, weights):
+    for c in ("a", "b"):
+        (tmp_path / "data" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(tmp_path / "data" / c / f"{i}.png")
+    code, out, _ = run(capsys, "eval", "--weights", weights, "--data", tmp_path / "data", "--json")
+    res = json.loads(out)
+    assert code == 0 and res["n"] == 4 and 0 <= res["top1"] <= 1 and len(res["keep_ratios"]) == 3
+
+
+def _idx(path, array, magic):
+    with gzip.open(path, "wb") as f:
+        f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in array.shape) + array.tobytes())
+
+
+def test_train_then_eval_then_resume(tmp_path, capsys, weights):
+    rng = np.random.default_rng(2)
+    root = tmp_path / "fm"
+    root.mkdir()
+    for split, n in (("train", 16), ("t10k", 8)):
+        _idx(root / f"{split}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)).astype(np.uint8), 0x803)
+        _idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8), 0x801)
+    out_dir = tmp_path / "run"
+    args = ["train", "--init", weights, "--data-root", root, "--steps", 3, "--batch", 4, "--out", out_dir,
+            "--no-progress", "--target", 0.6]
+    code, out, err = run(capsys, *args, "--stop-at", 2)
+    assert code == 0, err
+    code, out, err = run(capsys, *args, "--resume")
+    assert code == 0 and "learned keep ratios" in out, err
+    code, out, err = run(capsys, *args)                      # refuses to overwrite without --resume
+    assert code == 2 and "exists" in err
+    code, out, _ = run(capsys, "eval", "--weights", out_dir / "final.npz", "--data-root", root, "--json")
+    assert code == 0 and json.loads(out)["n"] == 8
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["predict", "nope.png"], "nope.png: no such file"),
+    (["predict", "."], "is a folder"),
+    (["train"], "--init"),
+    (["eval", "--data", "/nonexistent-folder"], "not a folder"),
+])
+def test_bad_input_exit_codes(capsys, weights, argv, match):
+    extra = ["--weights", str(weights)] if argv[0] in ("predict", "eval") else []
+    code, _, err = run(capsys, *argv, *extra)
+    assert code == 2 and match in err and "Traceback" not in err
+
+
+def test_unreadable_image(tmp_path, capsys, weights):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    code, _, err = run(capsys, "predict", bad, "--weights", weights)
+    assert code == 2 and "bad.png: unreadable image" in err
