@@ -265,3 +265,23 @@ def test_param_shapes_match_deit_tiny_count():
     from minitofe.config import get_config
     n = sum(int(np.prod(s)) for s in param_shapes(get_config("deit_tiny_patch16_224")).values())
     assert n == 5_717_416  # timm's deit_tiny_patch16_224 parameter count
+
+
+@pytest.mark.parametrize("mask", [[0.0, 0.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 1.0]])
+def test_masked_attention_finite_differences_with_diagonal_only_rows(mask):
+    """Hard 0/1 masks, including rows where every key but the diagonal is masked: values finite and
+    gradients (scores, mask, inputs, params) equal central differences."""
+    rng = _rng(13)
+    B, N, C, H = 1, 4, 6, 2
+    p = {"a.qkv.weight": rng.standard_normal((3 * C, C)) * 0.5, "a.qkv.bias": rng.standard_normal(3 * C),
+         "a.proj.weight": rng.standard_normal((C, C)) * 0.5, "a.proj.bias": rng.standard_normal(C)}
+    x = rng.standard_normal((B, N, C))
+    m = np.array([mask])
+    out, cache = attention_forward(x, p, "a.", H, m)
+    assert np.all(np.isfinite(out))
+    R = rng.standard_normal(out.shape)
+    dx, grads, dm = attention_backward(R, cache)
+    f = lambda: np.sum(attention_forward(x, p, "a.", H, m)[0] * R)
+    assert rel_error(numerical_grad(f, x), dx) < TOL
+    assert rel_error(numerical_grad(f, m), dm) < TOL
+    assert max(check_param_grads(f, p, grads).values()) < TOL
