@@ -104,7 +104,8 @@ def load_fashion_mnist(split="train", root=None):
     if len(labels) and labels.max() >= len(FASHION_MNIST_CLASSES):
         bad = int(np.flatnonzero(labels >= len(FASHION_MNIST_CLASSES))[0])
         raise ValueError(f"{lbl_path}: label {labels[bad]} at index {bad} is out of range 0..9")
-    images = (pixels.astype(np.float32) / 255.0 - np.float32(FASHION_MNIST_MEAN)) / np.float32(FASHION_MNIST_STD)
+    mean, std = np.float32(FASHION_MNIST_MEAN), np.float32(FASHION_MNIST_STD)
+    images = (pixels.astype(np.float32) / 255.0 - mean) / std
     return images[:, None], labels.astype(np.int64)  # (n, 1, 28, 28), (n,)
 
 
@@ -144,12 +145,13 @@ def load_image_folder(root, img_size, mean, std, grey=False, crop_pct=1.0, inter
     if interpolation not in resamples:
         raise ValueError(f"interpolation must be one of {sorted(resamples)}, got {interpolation!r}")
     if not (isinstance(img_size, int) and img_size > 0) or not 0 < crop_pct <= 1:
-        raise ValueError(f"need img_size a positive int and 0 < crop_pct <= 1, got {img_size!r}, {crop_pct!r}")
-    C = 1 if grey else 3
-    mean = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (C,)) if np.size(mean) in (1, C) else None
-    std = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (C,)) if np.size(std) in (1, C) else None
-    if mean is None or std is None or np.any(std <= 0):
-        raise ValueError(f"mean and std need 1 or {C} values (std > 0) for {'grey' if grey else 'RGB'} images")
+        raise ValueError(f"need a positive int img_size and 0 < crop_pct <= 1, "
+                         f"got {img_size!r}, {crop_pct!r}")
+    C, mode = (1, "L") if grey else (3, "RGB")
+    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
+    if mean.size not in (1, C) or std.size not in (1, C) or np.any(std <= 0):
+        raise ValueError(f"mean and std need 1 or {C} values (std > 0) for {mode} images, "
+                         f"got {mean.size} and {std.size}")
     root = pathlib.Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
@@ -162,7 +164,7 @@ def load_image_folder(root, img_size, mean, std, grey=False, crop_pct=1.0, inter
         if not files:
             raise ValueError(f"{folder}: class folder holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
         for path in files:
-            images.append(_load_one_image(path, img_size, crop_pct, "L" if grey else "RGB", resamples[interpolation]))
+            images.append(_load_one_image(path, img_size, crop_pct, mode, resamples[interpolation]))
             labels.append(label)
     x = (np.stack(images) - mean) / std  # (n, img_size, img_size, C)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32), np.asarray(labels, np.int64), \
