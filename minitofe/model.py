@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .backend import to_numpy
 from .config import ViTConfig
 from .nn.params import init_params
 from .tofe.config import ToFeConfig
@@ -21,7 +22,7 @@ from .tofe.inference import tofe_inference
 from .tofe.params import init_tofe_params
 from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
 
-__all__ = ["Model", "new_model", "load_model", "save_model", "predict", "train_forward", "train_backward",
+__all__ = ["Model", "new_model", "load_model", "add_tofe", "save_model", "predict", "train_forward", "train_backward",
            "draw_noise", "teacher_forward", "update_learned_ratios"]
 
 
@@ -45,12 +46,12 @@ def new_model(cfg, tofe=None, rng=None, dtype=np.float64):
     return Model(params, cfg, tofe)
 
 
-def load_model(path, model=None, num_heads=None):
+def load_model(path, model=None, num_heads=None, dtype=None):
     """Load a ``.npz`` (minitofe: config, ToFe config and learned ratios inside), ``.safetensors`` or
-    ``.pth`` (timm layout: backbone only, so the ToFe method defaults to ``dense`` until ToFe modules are
-    initialised or trained)."""
+    ``.pth`` (timm layout: backbone only, so the ToFe method is ``dense`` until ``add_tofe``).
+    ``model`` / ``num_heads`` name the preset or head count a timm file needs; ``dtype`` casts."""
     from .io.weights import load_weights
-    params, cfg, meta = load_weights(path, model=model, num_heads=num_heads)
+    params, cfg, meta = load_weights(path, model=model, num_heads=num_heads, dtype=dtype)
     meta = meta or {}
     if "tofe" in meta:
         tofe = ToFeConfig.from_dict(meta["tofe"])
@@ -58,6 +59,17 @@ def load_model(path, model=None, num_heads=None):
         tofe = ToFeConfig(method="dense")
     ratios = meta.get("learned_keep_ratios")
     return Model(params, cfg, tofe, tuple(ratios) if ratios is not None else None)
+
+
+def add_tofe(model, tofe, rng=None):
+    """Give a (backbone) model fresh ToFe modules for ``tofe.method`` (selectors, approximators at
+    identity), in the params' dtype; existing ``tofe.*`` parameters are replaced. Returns the model."""
+    rng = np.random.default_rng(0) if rng is None else rng
+    dtype = next(iter(model.params.values())).dtype
+    params = model.backbone_params()
+    params.update(init_tofe_params(model.cfg, tofe, rng, dtype))
+    model.params, model.tofe, model.learned_keep_ratios = params, tofe, None
+    return model
 
 
 def save_model(path, model):
@@ -96,7 +108,7 @@ def train_backward(cache):
 def update_learned_ratios(model, batch_keep_ratios, momentum=0.99):
     """Running mean of the per-stage keep ratios seen in training (stored with the weights and used by
     ``topk`` inference): r <- momentum * r + (1 - momentum) * batch (the first batch initialises it)."""
-    new = np.asarray(batch_keep_ratios, dtype=np.float64)
+    new = np.asarray(to_numpy(batch_keep_ratios), dtype=np.float64)     # may be a device array
     if model.learned_keep_ratios is None:
         model.learned_keep_ratios = tuple(float(v) for v in new)
     else:

@@ -75,7 +75,7 @@ def render_token_maps(images, info, cfg, titles=None, scale=8):
             canvas.paste(_panel(rgb, grid, patch, states, scale), (pad + (s + 1) * (W + pad), y))
             n_kept = int(info["kept"][s][b].sum())
             draw.text((pad + (s + 1) * (W + pad), y + H + 2),
-                      f"kept {n_kept}/{cfg.num_patches}, reused {int(info['reused'][s][b].sum())}",
+                      f"kept {n_kept}, reused {int(info['reused'][s][b].sum())}",
                       fill="black", font=font)
         if titles is not None:
             draw.text((pad, y + H + 2), str(titles[b]), fill="black", font=font)

@@ -102,3 +102,12 @@ def test_bad_images_rejected():
         minitofe.predict(m, images[:, :, :4])
     with pytest.raises(TypeError, match="float32"):
         minitofe.predict(m, images.astype(np.float32))
+
+
+def test_add_tofe_to_a_backbone():
+    m, images = _model("dense")
+    bare = minitofe.Model(m.backbone_params(), m.cfg, m.tofe)
+    minitofe.add_tofe(bare, ToFeConfig(method="tofe", stages=(1, 2, 3), keep_ratios=(1.0, 1.0, 1.0)))
+    assert any(k.startswith("tofe.approx.") for k in bare.params)
+    logits, _ = minitofe.predict(bare, images)
+    assert np.array_equal(logits, minitofe.vit_forward(m.backbone_params(), images, CFG)[0])
