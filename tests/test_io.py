@@ -317,7 +317,10 @@ def test_save_safetensors_defaults_and_checks(tmp_path):
     W.save_safetensors(tmp_path / "m.safetensors", params, CFG)
     from safetensors import safe_open
     with safe_open(str(tmp_path / "m.safetensors"), framework="np") as f:
-        assert f.metadata() == {"format": "pt"} and set(f.keys()) == set(param_shapes(CFG))
+        assert f.metadata() == {"format": "pt", "minitofe.num_heads": str(CFG.num_heads)}
+        assert set(f.keys()) == set(param_shapes(CFG))
+    params2, cfg2, _ = W.load_weights(tmp_path / "m.safetensors")      # no --model needed: heads stored
+    assert cfg2.num_heads == CFG.num_heads
     with pytest.raises(TypeError, match="str -> str"):
         W.save_safetensors(tmp_path / "m.safetensors", params, CFG, metadata={"epoch": 3})
 

@@ -30,6 +30,7 @@ from .timm import (TOFE_PREFIX, from_timm_model, from_timm_state_dict, infer_con
 
 CONFIG_KEY, META_KEY = "__config__", "__meta__"
 TIMM_METADATA = {"format": "pt"}
+HEADS_KEY = "minitofe.num_heads"      # safetensors metadata written by minitofe (timm ignores it)
 TORCH_EXTS = (".pth", ".pt", ".bin")
 TORCH_HINT = 'reading .pth/.pt/.bin files needs torch: pip install "minitofe[torch]"'
 
@@ -195,15 +196,25 @@ def load_safetensors(path, cfg=None, model=None, num_heads=None, dtype=None):
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     except TypeError as e:                                   # e.g. bfloat16: NumPy has no such dtype
         raise TypeError(f"{path}: cannot read a tensor with NumPy ({e})") from None
+    if cfg is None and model is None and num_heads is None and metadata and HEADS_KEY in metadata:
+        num_heads = _heads_from_metadata(path, metadata[HEADS_KEY])      # a file minitofe wrote
     params, cfg = _timm_params(path, state, cfg, model, num_heads, dtype)
     return params, cfg, metadata
 
 
+def _heads_from_metadata(path, value):
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{path}: metadata {HEADS_KEY!r} is {value!r}, not an integer") from None
+
+
 def save_safetensors(path, params, cfg, metadata=None):
     """Write the backbone in timm's layout (``tofe.*`` keys left out); ``metadata`` defaults to timm's
-    ``{'format': 'pt'}`` and must map str -> str."""
+    ``{'format': 'pt'}`` plus the head count (the one size the shapes do not tell), so minitofe reads
+    its own files back without ``--model``; given metadata (a converted timm file's) is kept as is."""
     from safetensors.numpy import save
-    metadata = dict(TIMM_METADATA) if metadata is None else metadata
+    metadata = dict(TIMM_METADATA, **{HEADS_KEY: str(cfg.num_heads)}) if metadata is None else metadata
     if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
                                                  for k, v in metadata.items()):
         raise TypeError(f"safetensors metadata must be a dict of str -> str, got {metadata!r}")
