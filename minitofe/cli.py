@@ -7,6 +7,9 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe eval [--weights FILE] [--data fashion-mnist|DIR] [--method M] [--budget B] [--json]
     minitofe train --init WEIGHTS [--method M] [--target G] [--steps N] ... [--resume]
     minitofe convert SRC DST [--model NAME] [--heads N] [--dtype float32|float64] [--force]
+    minitofe bench [--json] [--quick]
+
+Inference commands run on the Numba kernels when Numba is installed (``--no-fast``: the NumPy reference).
 
 Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time
 (OSError, a missing optional dependency). Errors print ``minitofe: error: <message>`` on stderr, never a
@@ -60,9 +63,22 @@ def run_convert(args):
     return 0
 
 
+def add_bench(sub):
+    p = sub.add_parser("bench", help="speed: reference vs fast vs timm, ToFe vs dense, gather/scatter, "
+                                     "training step, start-up (one process, interleaved medians)")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the benchmark")
+
+
+def run_bench(args):
+    from .bench import run_bench as bench
+    bench(json=args.json, quick=args.quick)
+    return 0
+
+
 COMMANDS = {"demo": (add_demo, run_demo), "predict": (add_predict, run_predict), "viz": (add_viz, run_viz),
             "eval": (add_eval, run_eval), "train": (add_train, run_train),
-            "convert": (add_convert, run_convert)}
+            "convert": (add_convert, run_convert), "bench": (add_bench, run_bench)}
 
 
 def build_parser():

@@ -4,6 +4,7 @@ Weights default to the ones the project ships (``weights/`` in a checkout, or in
 ``<prefix>/share/minitofe/weights``; ``MINITOFE_WEIGHTS`` overrides): the ToFe model when present, else
 the dense backbone run with the training-free ``idle`` method.
 """
+import argparse
 import json
 import os
 import pathlib
@@ -95,13 +96,14 @@ def budget_ratios(model, method, budget):
     return ratios_for_budget(model.cfg, tcfg, budget, base)
 
 
-def run_model(model, images, method=None, budget=None, inference=None):
+def run_model(model, images, method=None, budget=None, inference=None, fast=True):
     """Reduced inference with optional budget -> logits, info, seconds, keep ratios used."""
     import minitofe
     method = method or model.tofe.method
     ratios = budget_ratios(model, method, budget)
     start = time.perf_counter()
-    logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference)
+    logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference,
+                                    fast=fast)
     return logits, info, time.perf_counter() - start, ratios
 
 
@@ -111,6 +113,12 @@ def add_model_args(p):
     p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
     p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")
     p.add_argument("--inference", choices=["topk", "threshold"], help="decision rule (default: topk)")
+    add_fast_arg(p)
+
+
+def add_fast_arg(p):
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="Numba kernels when installed (default); --no-fast runs the pure-NumPy reference")
 
 
 def add_predict(sub):
@@ -123,7 +131,7 @@ def add_predict(sub):
 def run_predict(args):
     model, source = load_for_inference(args.weights)
     x = read_images(args.images, model)
-    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference)
+    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference, args.fast)
     names = class_names(model.cfg)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
@@ -153,7 +161,7 @@ def run_viz(args):
     model, source = load_for_inference(args.weights)
     paths = args.images or sample_images()
     x = read_images(paths, model)
-    logits, info, _, _ = run_model(model, x, args.method, args.budget, args.inference)
+    logits, info, _, _ = run_model(model, x, args.method, args.budget, args.inference, args.fast)
     names = class_names(model.cfg)
     titles = [f"{pathlib.Path(p).name}: {names[int(k)]}" for p, k in zip(paths, logits.argmax(1))]
     save_token_maps(args.out, x, info, model.cfg, titles)
@@ -165,6 +173,7 @@ def add_demo(sub):
     p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture")
     p.add_argument("--weights", help="weight file (default: the shipped ones)")
     p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default minitofe_demo.png)")
+    add_fast_arg(p)
 
 
 def run_demo(args):
@@ -172,9 +181,9 @@ def run_demo(args):
     model, source = load_for_inference(args.weights, random_fallback=True)
     paths = sample_images()
     x = read_images(paths, model)
-    run_model(model, x[:1], method="dense")          # warm-up (imports, BLAS threads) before timing
-    dense, _, t_dense, _ = run_model(model, x, method="dense")
-    logits, info, t_tofe, _ = run_model(model, x)
+    run_model(model, x[:1], method="dense", fast=args.fast)   # warm-up (imports, BLAS threads) before timing
+    dense, _, t_dense, _ = run_model(model, x, method="dense", fast=args.fast)
+    logits, info, t_tofe, _ = run_model(model, x, fast=args.fast)
     names = class_names(model.cfg)
     print(f"minitofe demo: weights {source}; method {model.tofe.method}; {len(paths)} bundled images")
     print(f"{'image':34s} {'dense':12s} {model.tofe.method:12s} MACs (M, % of dense)")
@@ -216,7 +225,7 @@ def run_eval(args):
     method = args.method or model.tofe.method
     ratios = budget_ratios(model, method, args.budget)
     res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
-                   keep_ratios=ratios, inference=args.inference)
+                   keep_ratios=ratios, inference=args.inference, fast=args.fast)
     res.update(weights=source, method=method, macs_g=res["macs"] / 1e9)
     if args.json:
         print(json.dumps(res))

@@ -1,6 +1,7 @@
 """The ``train`` subcommand: fine-tune ToFe (or a baseline, or the dense backbone) on Fashion-MNIST or an
 image folder with minitofe's own trainer (``minitofe.train``). Flags, or a JSON config file whose keys
 are the flag names (flags given on the command line win)."""
+import argparse
 import json
 
 import numpy as np
@@ -32,11 +33,19 @@ def add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps (resume later)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="Numba kernels for the blocks (default: on when Numba is installed); --no-fast runs "
+                        "the pure-NumPy reference")
+    p.add_argument("--eval-every", type=int, help="evaluate on the test set every N steps")
+    p.add_argument("--eval-images", type=int, help="how many test images each evaluation uses")
+    p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps")
+    p.add_argument("--warmup-steps", type=int)
 
 
 DEFAULTS = dict(method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
                 backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None)
+                data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None, fast=True, eval_every=200,
+                eval_images=1000, checkpoint_every=100, warmup_steps=50)
 
 
 def options(args):
@@ -83,7 +92,9 @@ def run_train(args):
     if o["limit"]:
         images, labels = images[:o["limit"]], labels[:o["limit"]]
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
-                      backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"])
+                      backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],
+                      eval_every=o["eval_every"], eval_images=o["eval_images"],
+                      checkpoint_every=o["checkpoint_every"], warmup_steps=o["warmup_steps"])
     train(model, teacher, (images.astype(dtype), labels), (test_images.astype(dtype), test_labels), cfg,
           resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")

@@ -81,23 +81,26 @@ def save_model(path, model):
     save_npz(path, model.params, model.cfg, meta)
 
 
-def predict(model, images, method=None, keep_ratios=None, inference=None, kept_masks=None):
+def predict(model, images, method=None, keep_ratios=None, inference=None, kept_masks=None, fast=False):
     """Reduced (or dense) inference. ``method`` overrides ``model.tofe.method``; ``keep_ratios`` the
     per-stage rho_i for ``topk`` (default: the learned ratios, else the config's); ``inference`` is
     ``"topk"`` or ``"threshold"``. Returns logits (B, num_classes) and the info dict of
-    ``tofe_inference`` (kept / frozen / reused per stage, realised MACs per image)."""
+    ``tofe_inference`` (kept / frozen / reused per stage, realised MACs per image). ``fast=True`` runs
+    on the Numba kernels (``minitofe.kernels``; the reference path when Numba is absent)."""
     tcfg = model.tofe
     if method is not None or inference is not None:
         tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
     learned_here = tcfg.learned_selector and tcfg.method != "tofe-uniform"   # uniform: fixed ratios
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
-    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks)
+    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks,
+                          fast=fast)
 
 
-def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True):
+def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):
     """The training forward of ``model.tofe.method`` with the given noise (see ``tofe_train_forward``)."""
-    return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard)
+    return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard,
+                              fast=fast)
 
 
 def train_backward(cache):

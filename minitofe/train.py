@@ -46,6 +46,7 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     out_dir: str = "runs/train"
+    fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
@@ -75,17 +76,18 @@ def train_step(model, teacher_params, images, labels, step, train_cfg):
     """Forward + backward of one batch -> (out dict with 'loss', 'losses', ..., grads)."""
     cfg, tcfg = model.cfg, model.tofe
     if tcfg.method == "dense":
-        logits, cache = vit_forward(model.params, images, cfg)
+        logits, cache = vit_forward(model.params, images, cfg, fast=train_cfg.fast)
         loss, c_ce = cross_entropy_forward(logits, labels, tcfg.label_smoothing)
         _, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
         return {"loss": float(loss), "losses": {"cls": float(loss), "total": float(loss)}}, grads
     stages = tcfg.resolved_stages(cfg.depth)
     teacher = None
     if tcfg.alpha > 0 or (tcfg.beta > 0 and tcfg.uses_approximator):
-        teacher = teacher_forward(teacher_params, images, cfg, stages)
+        teacher = teacher_forward(teacher_params, images, cfg, stages, fast=train_cfg.fast)
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
     tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
-    out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau)
+    out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
+                                    fast=train_cfg.fast)
     out["tau"] = tau
     if not math.isfinite(out["loss"]):
         return out, None
@@ -219,8 +221,8 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
                 save(done)
             if eval_data is not None and (done % train_cfg.eval_every == 0 or done == train_cfg.steps):
                 n = min(train_cfg.eval_images, len(eval_data[0]))
-                log.write(json.dumps({"step": step, "eval": evaluate(model, eval_data[0][:n],
-                                                                     eval_data[1][:n])}) + "\n")
+                res = evaluate(model, eval_data[0][:n], eval_data[1][:n], fast=train_cfg.fast)
+                log.write(json.dumps({"step": step, "eval": res}) + "\n")
                 log.flush()
             if pause:                      # Ctrl-C or stop_at: finish the step, checkpoint it, stop cleanly
                 bar.close()

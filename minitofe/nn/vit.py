@@ -10,6 +10,7 @@ from .block import block_backward, block_forward
 from .embed import embed_backward, embed_forward, head_backward, head_forward
 from .params import check_params
 from ..backend import get_xp
+from ..kernels import choose, use_fast
 
 
 def check_images(images, cfg, dtype):
@@ -31,28 +32,33 @@ def check_images(images, cfg, dtype):
         raise ValueError("images contain NaN or inf values")
 
 
-def vit_forward(params, images, cfg, check=True):
+def vit_forward(params, images, cfg, check=True, fast=False):
     """params: {timm key: array}; images: (B, Cin, Hh, W) of the params' dtype -> logits (B, num_classes).
 
-    ``check=False`` skips input validation (for inner loops that already validated)."""
+    ``check=False`` skips input validation (for inner loops that already validated). ``fast=True`` runs
+    the blocks on the Numba kernels of ``minitofe.kernels`` (the reference when Numba is absent or the
+    arrays are on a GPU); ``vit_backward`` then uses the matching fast backward."""
     if check:
         dtype = check_params(params, cfg)
         check_images(images, cfg, dtype)
+    fast = use_fast(fast, images)
+    block = choose(fast, block_forward)
     x, c_embed = embed_forward(images, params, cfg)                  # (B, N, C)
     c_blocks = []
     for i in range(cfg.depth):
-        x, c = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+        x, c = block(x, params, f"blocks.{i}.", cfg.num_heads)
         c_blocks.append(c)
     logits, c_head = head_forward(x, params, cfg)
-    return logits, (c_embed, c_blocks, c_head)
+    return logits, (c_embed, c_blocks, c_head, fast)
 
 
 def vit_backward(dlogits, cache):
     """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
-    c_embed, c_blocks, c_head = cache
+    c_embed, c_blocks, c_head, fast = cache
+    block_bwd = choose(fast, block_backward)
     dx, grads = head_backward(dlogits, c_head)
     for c in reversed(c_blocks):
-        dx, g, _ = block_backward(dx, c)
+        dx, g, _ = block_bwd(dx, c)
         grads.update(g)
     dimages, g = embed_backward(dx, c_embed)
     grads.update(g)

@@ -19,6 +19,7 @@ from .ragged import pack_rows, ragged_block_forward, unpack_rows
 from .scoring import stage_ranges, stage_scores, topk_mask
 from .tokens import gather_tokens, mask_to_indices, scatter_tokens
 from ..backend import get_xp, to_numpy
+from ..kernels import choose
 from ..nn.block import block_forward
 from ..nn.embed import embed_forward, head_forward
 from ..nn.params import check_params
@@ -35,7 +36,14 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
             return r
 
 
-def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True):
+def run_blocks(x, params, cfg, lo, hi):
+    """Blocks lo .. hi-1 on tokens x (B, n, C), keeping no caches (inference)."""
+    for j in range(lo, hi):
+        x, _ = block_forward(x, params, f"blocks.{j}.", cfg.num_heads)
+    return x
+
+
+def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, fast=False):
     """images: (B, Cin, Hh, W) -> logits (B, num_classes), info dict.
 
     ``keep_ratios`` overrides the config's rho_i for ``topk``; ``kept_masks`` (one bool (B, P) per stage)
@@ -45,20 +53,25 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     ``dropped`` (evit/dynamicvit): patches gone for good; ``kept_counts`` (B, S) patch counts;
     ``keep_prob``: per-stage (B, P) scores; ``stage_outputs``: per-stage (B, N, C) tokens;
     ``macs`` (B,) realised MACs; ``macs_ratio`` (B,) of dense.
+    ``fast=True`` runs the blocks, gather/scatter and pack/unpack on the Numba kernels of
+    ``minitofe.kernels`` (same results up to float rounding; the reference when Numba is absent or the
+    arrays are on a GPU).
     """
     if check:
         dtype = check_params(params, cfg, extra_ok=("tofe.",))
         check_images(images, cfg, dtype)
         check_tofe_params(params, cfg, tcfg)
     xp = get_xp(images)
+    run, gather, scatter, pack, unpack, ragged_block = choose(
+        fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows, ragged_block_forward,
+        like=images)
     stages = tcfg.resolved_stages(cfg.depth)
     B, T, P = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches
     info = {"kept": [], "frozen": [], "reused": [], "dropped": [], "keep_prob": [], "stage_outputs": [],
             "stages": stages}
     x, _ = embed_forward(images, params, cfg)
     if tcfg.method == "dense":
-        for i in range(cfg.depth):
-            x, _ = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+        x = run(x, params, cfg, 0, cfg.depth)
         logits, _ = head_forward(x, params, cfg)
         macs = np.full(B, dense_macs(cfg), dtype=np.float64)
         info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((B, 0), int))
@@ -67,8 +80,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     if len(ratios) != len(stages):
         raise ValueError(f"{len(stages)} stages but {len(ratios)} keep ratios {ratios}")
     drop = not tcfg.reuses_tokens
-    for i in range(stages[0]):
-        x, _ = block_forward(x, params, f"blocks.{i}.", cfg.num_heads)
+    x = run(x, params, cfg, 0, stages[0])
     alive = xp.ones((B, P), dtype=bool) if drop else None
     ever_frozen = xp.zeros((B, P), dtype=bool)
     candidates = []
@@ -90,16 +102,14 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         counts = kept.sum(axis=1)
         if bool((counts == counts[0]).all()):
             idx = mask_to_indices(token_mask)                         # (B, T + K)
-            h = gather_tokens(x, idx)
-            for j in range(lo, hi):
-                h, _ = block_forward(h, params, f"blocks.{j}.", cfg.num_heads)
-            x_new = scatter_tokens(x, h, idx)
+            h = run(gather(x, idx), params, cfg, lo, hi)
+            x_new = scatter(x, h, idx)
         else:                                                         # ragged: pack real tokens only
             idx_list = [xp.nonzero(row)[0] for row in token_mask]
-            h, offsets = pack_rows(x, idx_list)
+            h, offsets = pack(x, idx_list)
             for j in range(lo, hi):
-                h = ragged_block_forward(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
-            x_new = unpack_rows(x, h, idx_list, offsets)
+                h = ragged_block(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
+            x_new = unpack(x, h, idx_list, offsets)
         frozen = ~kept if alive is None else xp.zeros_like(kept)         # drop methods never freeze
         if tcfg.uses_approximator and bool(frozen.any()):
             rows = xp.nonzero(frozen)

@@ -29,7 +29,9 @@ from .macs import dense_macs, tofe_macs
 from .params import check_tofe_params
 from .scoring import stage_ranges
 from .selector import selector_backward, selector_forward
+from .inference import run_blocks
 from ..backend import get_xp, to_numpy
+from ..kernels import choose, use_fast
 from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_backward, embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
@@ -37,15 +39,16 @@ from ..nn.params import check_params
 from ..nn.vit import check_images
 
 
-def teacher_forward(teacher_params, images, cfg, stages):
-    """The dense teacher: logits (B, K) and its tokens at the end of every stage, list of (B, N, C)."""
+def teacher_forward(teacher_params, images, cfg, stages, fast=False):
+    """The dense teacher: logits (B, K) and its tokens at the end of every stage, list of (B, N, C).
+    ``fast=True`` runs the blocks on the Numba kernels (see ``minitofe.kernels``)."""
+    run = choose(fast, run_blocks, like=images)
     x, _ = embed_forward(images, teacher_params, cfg)
-    ends = {hi - 1: s for s, (lo, hi) in enumerate(stage_ranges(cfg, stages))}
-    tokens = [None] * len(stages)
-    for i in range(cfg.depth):
-        x, _ = block_forward(x, teacher_params, f"blocks.{i}.", cfg.num_heads)
-        if i in ends:
-            tokens[ends[i]] = x
+    x = run(x, teacher_params, cfg, 0, stages[0])
+    tokens = []
+    for lo, hi in stage_ranges(cfg, stages):
+        x = run(x, teacher_params, cfg, lo, hi)
+        tokens.append(x)
     logits, _ = head_forward(x, teacher_params, cfg)
     return {"logits": logits, "tokens": tokens}
 
@@ -75,7 +78,8 @@ def _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher):
                          "teacher=teacher_forward(teacher_params, images, cfg, stages), or set alpha=beta=0")
 
 
-def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True):
+def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
+                       fast=False):
     """One training forward with the given Gumbel noise (list of S arrays (B, P, 2), see ``draw_noise``).
 
     Returns ``out`` with ``loss`` (total), ``losses`` {cls, kd, approx, flops, total}, ``logits``,
@@ -83,9 +87,15 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     ``kept`` / ``frozen`` / ``reused`` (one bool (B, P) NumPy array per stage, as in ``tofe_inference``),
     ``keep_ratios`` (S,) batch-mean fraction of patches kept, ``macs`` and ``macs_ratio`` (B,); and the
     cache for ``tofe_train_backward``.
+
+    ``fast=True`` runs the blocks on the Numba kernels of ``minitofe.kernels`` (equal to the reference up
+    to float rounding; the reference when Numba is absent or the arrays are on a GPU); the backward then
+    uses the matching fast block backward.
     """
     _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
     xp = get_xp(images)
+    fast = use_fast(fast, images)
+    block_fwd = choose(fast, block_forward)
     tau = tcfg.tau if tau is None else tau
     stages = tcfg.resolved_stages(cfg.depth)
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
@@ -96,7 +106,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     x, c_embed = embed_forward(images, params, cfg)
     c_pre = []
     for i in range(stages[0]):
-        x, c = block_forward(x, params, f"blocks.{i}.", H)
+        x, c = block_fwd(x, params, f"blocks.{i}.", H)
         c_pre.append(c)
     m_prev = xp.ones((B, P), dtype=images.dtype)
     c_stages, approx_terms = [], []
@@ -108,7 +118,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
         m = xp.concatenate([ones_prefix, m_patch], axis=1)                            # (B, N)
         h, c_blocks = x, []
         for j in range(lo, hi):
-            h, c = block_forward(h, params, f"blocks.{j}.", H, key_mask=m)
+            h, c = block_fwd(h, params, f"blocks.{j}.", H, key_mask=m)
             c_blocks.append(c)
         c_a = c_al = None
         if tcfg.uses_approximator:
@@ -158,13 +168,14 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     out["losses"] = {"cls": float(l_cls), "kd": float(l_kd), "approx": l_approx, "flops": l_flops, "total": total}
     out["loss"] = total
     out.update(macs=macs, macs_ratio=macs / dense, keep_ratios=keep_frac.mean(axis=0))
-    cache = (cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dmacs / dense)
+    cache = (cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dmacs / dense, fast)
     return out, cache
 
 
 def tofe_train_backward(cache):
     """Gradient of the total loss -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
-    cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dratio_dkept = cache
+    cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dratio_dkept, fast = cache
+    block_bwd = choose(fast, block_backward)
     T, S = cfg.num_prefix_tokens, len(stages)
     dlogits = cross_entropy_backward(1.0, c_ce)
     if c_kd is not None:
@@ -183,7 +194,7 @@ def tofe_train_backward(cache):
         da = (1.0 - mm) * dx
         dm = ((h - a) * dx).sum(axis=-1)                                              # (B, N)
         for c in reversed(c_blocks):
-            dh, g, dkm = block_backward(dh, c)
+            dh, g, dkm = block_bwd(dh, c)
             grads.update(g)
             dm = dm + dkm
         if c_al is not None:
@@ -203,7 +214,7 @@ def tofe_train_backward(cache):
         grads.update(g)
         dx = dh + da + dxs
     for c in reversed(c_pre):
-        dx, g, _ = block_backward(dx, c)
+        dx, g, _ = block_bwd(dx, c)
         grads.update(g)
     dimages, g = embed_backward(dx, c_embed)
     grads.update(g)

@@ -1,0 +1,78 @@
+"""Fast twins of reference functions: Numba kernels on the CPU (STYLE.md §5, "reference first, fast second").
+
+Every fast function here has the *name and signature* of a NumPy reference elsewhere in the package
+(``gather_tokens`` of ``tofe.tokens``, ``layernorm_forward`` of ``nn.layers``, ``block_forward`` of
+``nn.block`` ...) and ``tests/test_kernels.py`` checks it against that reference on random and
+non-contiguous inputs. A caller picks implementations with ``choose``:
+
+    gather, scatter = choose(fast, gather_tokens, scatter_tokens, like=x)
+
+which returns the references unchanged unless ``fast`` is true, Numba is installed (and not disabled
+with ``MINITOFE_NO_NUMBA=1``) and the ``like`` arrays are NumPy arrays; on CuPy arrays the reference,
+written against ``get_xp``, *is* the GPU path. Numba is imported only when a fast function is first
+asked for, so the reference path never pays its import or compile time; compiled code is cached on
+disk (``cache=True``), so later processes do not compile again either.
+
+Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
+unpack), ``layers`` (LayerNorm, GELU, masked softmax and their backwards), ``block`` (the block
+forward/backward, the cache-free inference runner with buffer reuse) and ``fakedevice`` (a strict fake
+GPU array type for tests; not a kernel, no Numba needed).
+"""
+import importlib
+import importlib.util
+import os
+from types import SimpleNamespace
+
+from ..backend import is_host
+
+# reference name -> module of this package holding its fast twin
+REGISTRY = {
+    "gather_tokens": "tokens", "scatter_tokens": "tokens", "pack_rows": "tokens", "unpack_rows": "tokens",
+    "layernorm_forward": "layers", "layernorm_backward": "layers", "gelu_forward": "layers",
+    "gelu_backward": "layers", "masked_softmax_forward": "layers", "masked_softmax_backward": "layers",
+    "block_forward": "block", "block_backward": "block", "run_blocks": "block",
+    "ragged_block_forward": "block",
+}
+_fast = None
+
+
+def available():
+    """True when the Numba kernels can be used (Numba importable, ``MINITOFE_NO_NUMBA`` not set)."""
+    if os.environ.get("MINITOFE_NO_NUMBA", "") not in ("", "0"):
+        return False
+    return importlib.util.find_spec("numba") is not None      # not imported here: see kernels.mathf
+
+
+def fast_kernels():
+    """The namespace of fast functions (``REGISTRY``'s names), or None when Numba is unavailable."""
+    global _fast
+    if _fast is None and available():
+        _fast = SimpleNamespace(**{name: getattr(importlib.import_module(f"{__name__}.{mod}"), name)
+                                   for name, mod in REGISTRY.items()})
+    return _fast if available() else None
+
+
+def use_fast(fast, like=()):
+    """Whether ``choose`` would return fast functions for these arrays."""
+    like = like if isinstance(like, (tuple, list)) else (like,)
+    return bool(fast) and is_host(*like) and fast_kernels() is not None
+
+
+def choose(fast, *refs, like=()):
+    """For each reference function, its fast twin if ``use_fast(fast, like)``, else the reference.
+
+    Returns a single function for a single reference, else a tuple in the same order."""
+    for f in refs:
+        if f.__name__ not in REGISTRY:
+            raise ValueError(f"no fast kernel is registered for {f.__name__!r}; known: {sorted(REGISTRY)}")
+    out = tuple(refs)
+    if use_fast(fast, like):
+        k = fast_kernels()
+        out = tuple(getattr(k, f.__name__) for f in refs)
+    return out[0] if len(out) == 1 else out
+
+
+def release_buffers():
+    """Free the fast inference workspace (see ``kernels.block``); a no-op when it was never used."""
+    if _fast is not None:
+        importlib.import_module(f"{__name__}.block").release_buffers()

@@ -1,0 +1,254 @@
+"""Every Numba kernel equals its NumPy reference (STYLE.md §5) on random and non-contiguous inputs, and
+the fast paths of the ViT and of ToFe inference equal the reference paths end to end."""
+import inspect
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+pytest.importorskip("numba")
+
+import minitofe.kernels as kernels                                       # noqa: E402
+from minitofe.config import ViTConfig                                    # noqa: E402
+from minitofe.kernels.fakedevice import to_device                        # noqa: E402
+from minitofe.nn import attention, block, layers                         # noqa: E402
+from minitofe.nn.params import init_params                               # noqa: E402
+from minitofe.nn.vit import vit_backward, vit_forward                    # noqa: E402
+from minitofe.tofe import inference, ragged, tokens                      # noqa: E402
+from minitofe.tofe.config import METHODS, ToFeConfig                     # noqa: E402
+from minitofe.tofe.params import init_tofe_params                        # noqa: E402
+
+REFERENCES = {"gather_tokens": tokens, "scatter_tokens": tokens, "pack_rows": ragged, "unpack_rows": ragged,
+              "layernorm_forward": layers, "layernorm_backward": layers, "gelu_forward": layers,
+              "gelu_backward": layers, "masked_softmax_forward": attention,
+              "masked_softmax_backward": attention, "block_forward": block, "block_backward": block,
+              "run_blocks": inference, "ragged_block_forward": ragged}
+K = kernels.fast_kernels()
+EXAMPLES = settings(max_examples=40, deadline=None)
+TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-5)}
+dtypes = st.sampled_from([np.float64, np.float32])
+
+
+def _close(a, b, dtype):
+    np.testing.assert_allclose(a, b, **TOL[dtype])
+
+
+def _maybe_strided(draw, a):
+    """The same values, as a non-contiguous view, half of the time."""
+    if draw(st.booleans()):
+        big = np.stack([a, np.full_like(a, np.nan)], axis=-1)          # interleave NaN decoys
+        return big[..., 0]
+    return a
+
+
+@st.composite
+def arrays(draw, shape, dtype, scale=1.0):
+    rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
+    return _maybe_strided(draw, (scale * rng.standard_normal(shape)).astype(dtype))
+
+
+def test_every_fast_kernel_has_a_reference_with_the_same_signature():
+    assert set(REFERENCES) == set(kernels.REGISTRY)
+    for name, module in REFERENCES.items():
+        ref, fast = getattr(module, name), getattr(K, name)
+        assert list(inspect.signature(fast).parameters) == list(inspect.signature(ref).parameters), name
+
+
+def test_choose_falls_back_to_the_reference(monkeypatch):
+    x = np.zeros((1, 2, 3))
+    assert kernels.choose(False, tokens.gather_tokens, like=x) is tokens.gather_tokens
+    assert kernels.choose(True, tokens.gather_tokens, like=x) is K.gather_tokens
+    assert kernels.choose(True, tokens.gather_tokens, like=to_device(x)) is tokens.gather_tokens  # on a GPU
+    monkeypatch.setenv("MINITOFE_NO_NUMBA", "1")                          # as if Numba were absent
+    assert kernels.choose(True, tokens.gather_tokens, tokens.scatter_tokens, like=x) == (
+        tokens.gather_tokens, tokens.scatter_tokens)
+    with pytest.raises(ValueError, match="no fast kernel"):
+        kernels.choose(True, np.copy)
+
+
+def test_compiled_kernels_are_cached_on_disk():
+    from minitofe.kernels import attention as katt, block as kblock, layers as klayers, tokens as ktok
+    jitted = [f for m in (katt, klayers, ktok) for f in vars(m).values() if hasattr(f, "py_func")]
+    assert len(jitted) >= 15 and kblock
+    assert all(type(f._cache).__name__ == "FunctionCache" for f in jitted)
+
+
+@EXAMPLES
+@given(st.data(), dtypes, st.integers(1, 3), st.integers(1, 9), st.integers(1, 5))
+def test_gather_scatter_pack_unpack_equal_the_reference(data, dtype, B, N, C):
+    x = data.draw(arrays((B, N, C), dtype))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    K_ = data.draw(st.integers(0, N))
+    idx = np.sort(np.stack([rng.permutation(N)[:K_] for _ in range(B)]), axis=1).astype(
+        data.draw(st.sampled_from([np.int64, np.int32])))
+    rows = data.draw(arrays((B, K_, C), dtype))
+    np.testing.assert_array_equal(K.gather_tokens(x, idx), tokens.gather_tokens(x, idx))
+    np.testing.assert_array_equal(K.scatter_tokens(x, rows, idx), tokens.scatter_tokens(x, rows, idx))
+    idx_list = [np.flatnonzero(rng.random(N) < 0.5) for _ in range(B)]
+    packed, offsets = K.pack_rows(x, idx_list)
+    ref_packed, ref_offsets = ragged.pack_rows(x, idx_list)
+    np.testing.assert_array_equal(packed, ref_packed)
+    assert offsets == ref_offsets
+    new = data.draw(arrays(packed.shape, dtype))
+    np.testing.assert_array_equal(K.unpack_rows(x, new, idx_list, offsets),
+                                  ragged.unpack_rows(x, new, idx_list, offsets))
+
+
+def test_token_kernels_check_their_indices():
+    x = np.zeros((1, 4, 2))
+    with pytest.raises(IndexError):
+        K.gather_tokens(x, np.array([[0, 4]]))
+    with pytest.raises(IndexError):
+        K.scatter_tokens(x, np.zeros((1, 1, 2)), np.array([[-5]]))
+    with pytest.raises(ValueError, match="offsets"):
+        K.unpack_rows(x, np.zeros((2, 2)), [np.array([0, 1])], [0, 1])
+
+
+@EXAMPLES
+@given(st.data(), dtypes, st.integers(1, 40), st.integers(2, 24))   # C = 1: var 0, rstd 1e3 amplifies rounding
+def test_layernorm_and_gelu_equal_the_reference(data, dtype, M, C):
+    x = data.draw(arrays((M, C), dtype, scale=3.0))
+    w, b, dy = (data.draw(arrays(s, dtype)) for s in ((C,), (C,), (M, C)))
+    y, cache = K.layernorm_forward(x, w, b)
+    y_ref, cache_ref = layers.layernorm_forward(x, w, b)
+    _close(y, y_ref, dtype)
+    for got, want in zip(K.layernorm_backward(dy, cache_ref), layers.layernorm_backward(dy, cache_ref)):
+        _close(got, want, dtype)
+    for got, want in zip(layers.layernorm_backward(dy, cache), layers.layernorm_backward(dy, cache_ref)):
+        _close(got, want, dtype)                                  # the fast cache is the reference's
+    g, cache = K.gelu_forward(x)
+    g_ref, cache_ref = layers.gelu_forward(x)
+    _close(g, g_ref, dtype)
+    _close(K.gelu_backward(dy, cache_ref), layers.gelu_backward(dy, cache_ref), dtype)
+
+
+@EXAMPLES
+@given(st.data(), dtypes, st.integers(1, 3), st.integers(1, 3), st.integers(1, 9), st.booleans())
+def test_masked_softmax_equals_the_reference(data, dtype, B, H, N, masked):
+    s = data.draw(arrays((B, H, N, N), dtype, scale=4.0))
+    dA = data.draw(arrays((B, H, N, N), dtype))
+    mask = None
+    if masked:
+        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+        mask = np.where(rng.random((B, N)) < 0.3, 0.0, rng.random((B, N))).astype(dtype)
+    A, _ = K.masked_softmax_forward(s, mask)
+    A_ref, cache_ref = attention.masked_softmax_forward(s, mask)
+    _close(A, A_ref, dtype)
+    got, want = K.masked_softmax_backward(dA, cache_ref), attention.masked_softmax_backward(dA, cache_ref)
+    _close(got[0], want[0], dtype)
+    if masked:
+        _close(got[1], want[1], dtype)
+    else:
+        assert got[1] is None and want[1] is None
+
+
+def _block_params(rng, C, dtype, layer_scale, qkv_bias, prefix="blocks.0."):
+    shapes = {"norm1.weight": (C,), "norm1.bias": (C,), "attn.qkv.weight": (3 * C, C),
+              "attn.proj.weight": (C, C), "attn.proj.bias": (C,), "norm2.weight": (C,), "norm2.bias": (C,),
+              "mlp.fc1.weight": (2 * C, C), "mlp.fc1.bias": (2 * C,), "mlp.fc2.weight": (C, 2 * C),
+              "mlp.fc2.bias": (C,)}
+    if qkv_bias:
+        shapes["attn.qkv.bias"] = (3 * C,)
+    if layer_scale:
+        shapes.update({"ls1.gamma": (C,), "ls2.gamma": (C,)})
+    return {prefix + k: (0.5 * rng.standard_normal(s)).astype(dtype) for k, s in shapes.items()}
+
+
+@EXAMPLES
+@given(st.data(), dtypes, st.integers(1, 3), st.integers(1, 9), st.sampled_from([(4, 1), (8, 2), (12, 3)]),
+       st.booleans(), st.booleans(), st.booleans())
+def test_block_forward_backward_and_runners_equal_the_reference(data, dtype, B, N, CH, masked, ls, qkv_bias):
+    C, H = CH
+    rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1)))
+    params = _block_params(rng, C, dtype, ls, qkv_bias)
+    x, dout = data.draw(arrays((B, N, C), dtype)), data.draw(arrays((B, N, C), dtype))
+    mask = (rng.random((B, N)) < 0.6).astype(dtype) if masked else None
+    out, cache = K.block_forward(x, params, "blocks.0.", H, mask)
+    out_ref, cache_ref = block.block_forward(x, params, "blocks.0.", H, mask)
+    _close(out, out_ref, dtype)
+    dx, grads, dmask = K.block_backward(dout, cache)
+    dx_ref, grads_ref, dmask_ref = block.block_backward(dout, cache_ref)
+    _close(dx, dx_ref, dtype)
+    assert grads.keys() == grads_ref.keys()
+    for k in grads:
+        assert grads[k].dtype == dtype
+        _close(grads[k], grads_ref[k], dtype)
+    if masked:
+        _close(dmask, dmask_ref, dtype)
+    cfg = ViTConfig(img_size=4, patch_size=1, embed_dim=C, num_heads=H, depth=1)
+    _close(K.run_blocks(x, params, cfg, 0, 1), inference.run_blocks(x, params, cfg, 0, 1), dtype)
+    idx_list = [np.flatnonzero((rng.random(N) < 0.6) | (np.arange(N) == 0)) for _ in range(B)]  # prefix kept
+    packed, offsets = ragged.pack_rows(x, idx_list)
+    _close(K.ragged_block_forward(packed, offsets, params, "blocks.0.", H),
+           ragged.ragged_block_forward(packed, offsets, params, "blocks.0.", H), dtype)
+
+
+CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=4, embed_dim=8, depth=4, num_heads=2,
+                distilled=True, init_values=0.5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_vit_forward_backward_equal_the_reference(dtype):
+    rng = np.random.default_rng(0)
+    params = {k: v + (0.3 * rng.standard_normal(v.shape)).astype(dtype)
+              for k, v in init_params(CFG, rng, dtype).items()}
+    images = rng.standard_normal((3, 1, 8, 8)).astype(dtype)
+    dlogits = rng.standard_normal((3, 4)).astype(dtype)
+    logits, cache = vit_forward(params, images, CFG, fast=True)
+    logits_ref, cache_ref = vit_forward(params, images, CFG)
+    _close(logits, logits_ref, dtype)
+    (dimg, grads), (dimg_ref, grads_ref) = vit_backward(dlogits, cache), vit_backward(dlogits, cache_ref)
+    _close(dimg, dimg_ref, dtype)
+    assert grads.keys() == grads_ref.keys() == params.keys()
+    for k in grads:
+        _close(grads[k], grads_ref[k], dtype)
+
+
+@pytest.mark.parametrize("inference_mode", ["topk", "threshold"])
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_tofe_inference_equals_the_reference(method, inference_mode):
+    rng = np.random.default_rng(5)
+    tcfg = ToFeConfig(method=method, stages=(1, 2, 3), keep_ratios=(0.5, 0.25, 0.25),
+                      inference=inference_mode, threshold=0.45)
+    params = init_params(CFG, rng)
+    params.update(init_tofe_params(CFG, tcfg, rng))
+    params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
+    images = rng.standard_normal((4, 1, 8, 8))
+    logits, info = inference.tofe_inference(params, images, CFG, tcfg, fast=True)
+    logits_ref, info_ref = inference.tofe_inference(params, images, CFG, tcfg)
+    _close(logits, logits_ref, np.float64)
+    for key in ("kept", "frozen", "reused"):
+        for a, b in zip(info[key], info_ref[key]):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(info["stage_outputs"], info_ref["stage_outputs"]):
+        _close(a, b, np.float64)
+
+
+@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "dynamicvit"])
+def test_fast_tofe_training_forward_backward_equal_the_reference(method):
+    """The trainer's default (``TrainConfig.fast``): same losses, masks, teacher tokens and gradients."""
+    from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+    rng = np.random.default_rng(7)
+    tcfg = ToFeConfig(method=method, stages=(1, 2, 3), keep_ratios=(0.5, 0.25, 0.25))
+    backbone = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in init_params(CFG, rng).items()}
+    params = dict(backbone, **init_tofe_params(CFG, tcfg, rng))
+    images, labels = rng.standard_normal((4, 1, 8, 8)), np.array([0, 1, 2, 3])
+    noise = draw_noise(rng, CFG, tcfg, 4, np.float64)
+    stages = tcfg.resolved_stages(CFG.depth)
+    runs = []
+    for fast in (True, False):
+        teacher = teacher_forward(backbone, images, CFG, stages, fast=fast)
+        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, fast=fast)
+        assert cache[-1] is fast                                        # the fast path really ran
+        runs.append((teacher, out, *tofe_train_backward(cache)))
+    (t, out, dimg, grads), (t_ref, out_ref, dimg_ref, grads_ref) = runs
+    for a, b in zip(t["tokens"] + [t["logits"]], t_ref["tokens"] + [t_ref["logits"]]):
+        _close(a, b, np.float64)
+    for name in out_ref["losses"]:
+        np.testing.assert_allclose(out["losses"][name], out_ref["losses"][name], rtol=1e-10, atol=1e-12)
+    for a, b in zip(out["masks"], out_ref["masks"]):
+        np.testing.assert_array_equal(a, b)
+    _close(dimg, dimg_ref, np.float64)
+    assert grads.keys() == grads_ref.keys() == params.keys()
+    for k in grads:
+        _close(grads[k], grads_ref[k], np.float64)
