@@ -141,3 +141,24 @@ def test_learned_keep_ratios_update_from_device_statistics():
                                 CFG, m.tofe, noise)
     ratios = minitofe.update_learned_ratios(m, out["keep_ratios"])     # a device array in, floats out
     assert ratios == tuple(float(r) for r in to_numpy(out["keep_ratios"]))
+
+
+def test_gpu_check_script_runs_against_the_fake_device(monkeypatch, capsys):
+    """scripts/gpu_check.py (run by hand on a GPU machine) with the fake device standing in for CuPy."""
+    import importlib.util
+    import pathlib
+    import sys
+    from types import SimpleNamespace
+    fake_cupy = SimpleNamespace(
+        asarray=to_device,
+        cuda=SimpleNamespace(Device=lambda: SimpleNamespace(synchronize=lambda: None),
+                             runtime=SimpleNamespace(getDeviceProperties=lambda i: {"name": "fake device"})))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    path = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.py"
+    spec = importlib.util.spec_from_file_location("gpu_check", path)
+    gpu_check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_check)
+    code = gpu_check.main(["--model", "vit_fmnist_patch2_28", "--batch", "1", "--reps", "1", "--dtype", "float64"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.rstrip().endswith("OK"), out
+    assert "train step" in out and "tofe threshold" in out
