@@ -26,6 +26,8 @@ def add_train(sub):
     p.add_argument("--lam", type=float, help="FLOPs-loss weight lambda")
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--limit", type=int, help="use the first N training images")
+    p.add_argument("--data", help="'fashion-mnist' (default) or an image folder: DIR/train and DIR/val "
+                                  "(one subfolder per class each; val optional), or DIR itself as train")
     p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
     p.add_argument("--out", help="output folder (checkpoint.npz, log.jsonl, final.npz)")
     p.add_argument("--seed", type=int)
@@ -44,7 +46,7 @@ def add_train(sub):
 
 DEFAULTS = dict(method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
                 backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None, fast=True, eval_every=200,
+                data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None, fast=True, eval_every=200,
                 eval_images=1000, checkpoint_every=100, warmup_steps=50)
 
 
@@ -67,9 +69,33 @@ def options(args):
     return opts
 
 
+def load_data(o, cfg):
+    """-> (train images, labels), (eval images, labels) or None: Fashion-MNIST's train/test splits, or an
+    image folder's ``train``/``val`` subfolders (the folder itself is the training set when it has no
+    ``train``), normalised as ``minitofe predict`` normalises single images."""
+    import pathlib
+    from .cli_infer import normalisation
+    from .data import load_fashion_mnist, load_image_folder
+    if o["data"] == "fashion-mnist":
+        return load_fashion_mnist("train", o["data_root"]), load_fashion_mnist("test", o["data_root"])
+    root = pathlib.Path(o["data"])
+    if not root.is_dir():
+        raise ValueError(f"--data {root}: not a folder (give 'fashion-mnist' or an image folder)")
+    mean, std = normalisation(cfg)
+
+    def load(folder):
+        x, y, classes = load_image_folder(folder, cfg.img_size, mean, std, grey=cfg.in_chans == 1)
+        if len(classes) > cfg.num_classes:
+            raise ValueError(f"{folder}: {len(classes)} class folders but the model has {cfg.num_classes} "
+                             f"classes")
+        return x, y
+    train_dir = root / "train" if (root / "train").is_dir() else root
+    val_dir = root / "val"
+    return load(train_dir), (load(val_dir) if val_dir.is_dir() else None)
+
+
 def run_train(args):
     import minitofe
-    from .data import load_fashion_mnist
     from .tofe.params import init_tofe_params
     from .train import TrainConfig, train
     o = options(args)
@@ -87,15 +113,16 @@ def run_train(args):
     teacher = dict(params)
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
     model = minitofe.Model(params, base.cfg, tcfg)
-    images, labels = load_fashion_mnist("train", o["data_root"])
-    test_images, test_labels = load_fashion_mnist("test", o["data_root"])
+    (images, labels), eval_data = load_data(o, base.cfg)
     if o["limit"]:
         images, labels = images[:o["limit"]], labels[:o["limit"]]
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
                       backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],
                       eval_every=o["eval_every"], eval_images=o["eval_images"],
                       checkpoint_every=o["checkpoint_every"], warmup_steps=o["warmup_steps"])
-    train(model, teacher, (images.astype(dtype), labels), (test_images.astype(dtype), test_labels), cfg,
+    if eval_data is not None:
+        eval_data = (eval_data[0].astype(dtype), eval_data[1])
+    train(model, teacher, (images.astype(dtype), labels), eval_data, cfg,
           resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
     print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")
     return 0
