@@ -13,6 +13,7 @@ exactly these numbers.
 The core needs NumPy and gzip only; Pillow is imported inside ``load_image_folder``.
 """
 import gzip
+import numbers
 import os
 import pathlib
 
@@ -109,13 +110,24 @@ def load_fashion_mnist(split="train", root=None):
     return images[:, None], labels.astype(np.int64)  # (n, 1, 28, 28), (n,)
 
 
+def _to_8bit(im):
+    """16-bit grey images (Pillow modes "I;16*", and "I", which Pillow < 10 gives 16-bit PNGs) -> "L",
+    scaled by 255 / 65535. Pillow's own ``convert("L")`` clips them at 255 instead: nearly all white."""
+    from PIL import Image
+    if im.mode != "I" and not im.mode.startswith("I;16"):
+        return im
+    a = np.clip(np.asarray(im, dtype=np.float64), 0, 65535) * (255.0 / 65535.0)
+    return Image.fromarray(np.round(a).astype(np.uint8))
+
+
 def _load_one_image(path, img_size, crop_pct, mode, resample):
-    """Open ``path``, convert to ``mode``, resize its shorter side to ``floor(img_size / crop_pct)``
-    (as timm's eval transform does), centre-crop ``img_size``; return float32 (H, W, C) in [0, 1]."""
+    """Open ``path``, convert to ``mode`` (16-bit grey scaled to 8 bits first, alpha dropped, palettes
+    expanded), resize its shorter side to ``floor(img_size / crop_pct)`` (as timm's eval transform does;
+    a smaller image, down to 1x1, is upscaled), centre-crop ``img_size``; return float32 (H, W, C) in [0, 1]."""
     from PIL import Image
     try:
         with Image.open(path) as im:
-            im = im.convert(mode)  # also forces the decode, so a truncated file fails here
+            im = _to_8bit(im).convert(mode)  # also forces the decode, so a truncated file fails here
     except (OSError, SyntaxError, ValueError) as e:  # UnidentifiedImageError is an OSError
         raise ValueError(f"{path}: unreadable image: {e}") from None
     w, h = im.size
@@ -126,6 +138,20 @@ def _load_one_image(path, img_size, crop_pct, mode, resample):
     im = im.crop((left, top, left + img_size, top + img_size))
     x = np.asarray(im, dtype=np.float32) / 255.0
     return x[:, :, None] if x.ndim == 2 else x
+
+
+def _check_transform(img_size, crop_pct, mean, std, C, mode):
+    """Validate the resize / normalisation arguments -> mean, std as float32 (1,) or (C,) arrays."""
+    ok_size = isinstance(img_size, (int, np.integer)) and not isinstance(img_size, bool) and img_size > 0
+    if not ok_size or not isinstance(crop_pct, numbers.Real) or not 0 < crop_pct <= 1:
+        raise ValueError(f"need a positive int img_size and 0 < crop_pct <= 1, "
+                         f"got {img_size!r}, {crop_pct!r}")
+    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
+    finite = np.isfinite(mean).all() and np.isfinite(std).all()
+    if mean.size not in (1, C) or std.size not in (1, C) or np.any(std <= 0) or not finite:
+        raise ValueError(f"mean and std need 1 or {C} values (std > 0) for {mode} images, "
+                         f"got {mean.tolist()} and {std.tolist()}")
+    return mean, std
 
 
 def load_image_folder(root, img_size, mean, std, grey=False, crop_pct=1.0, interpolation="bicubic"):
@@ -144,14 +170,8 @@ def load_image_folder(root, img_size, mean, std, grey=False, crop_pct=1.0, inter
     resamples = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
     if interpolation not in resamples:
         raise ValueError(f"interpolation must be one of {sorted(resamples)}, got {interpolation!r}")
-    if not (isinstance(img_size, int) and img_size > 0) or not 0 < crop_pct <= 1:
-        raise ValueError(f"need a positive int img_size and 0 < crop_pct <= 1, "
-                         f"got {img_size!r}, {crop_pct!r}")
     C, mode = (1, "L") if grey else (3, "RGB")
-    mean, std = (np.asarray(v, np.float32).reshape(-1) for v in (mean, std))
-    if mean.size not in (1, C) or std.size not in (1, C) or np.any(std <= 0):
-        raise ValueError(f"mean and std need 1 or {C} values (std > 0) for {mode} images, "
-                         f"got {mean.size} and {std.size}")
+    mean, std = _check_transform(img_size, crop_pct, mean, std, C, mode)
     root = pathlib.Path(root)
     if not root.is_dir():
         raise ValueError(f"{root}: not a folder")
@@ -196,6 +216,9 @@ def load_images(paths, img_size, mean, std, grey=False, crop_pct=1.0):
         from PIL import Image
     except ImportError:
         raise ImportError("loading images needs Pillow: pip install Pillow") from None
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        raise TypeError(f"paths must be a list of image files, got one {type(paths).__name__} {paths!r}: "
+                        f"wrap it in a list")
     paths = [pathlib.Path(p) for p in paths]
     if not paths:
         raise ValueError("no image files given")
@@ -205,8 +228,7 @@ def load_images(paths, img_size, mean, std, grey=False, crop_pct=1.0):
         if p.is_dir():
             raise ValueError(f"{p}: is a folder, not an image file")
     C = 1 if grey else 3
-    mean = np.broadcast_to(np.asarray(mean, np.float32).reshape(-1), (C,))
-    std = np.broadcast_to(np.asarray(std, np.float32).reshape(-1), (C,))
+    mean, std = _check_transform(img_size, crop_pct, mean, std, C, "L" if grey else "RGB")
     x = np.stack([_load_one_image(p, img_size, crop_pct, "L" if grey else "RGB", Image.BICUBIC)
                   for p in paths])
     x = (x - mean) / std                                                # (n, H, W, C)

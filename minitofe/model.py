@@ -37,10 +37,21 @@ class Model:
         return {k: v for k, v in self.params.items() if not k.startswith("tofe.")}
 
 
+def _check_model(model):
+    if not isinstance(model, Model):
+        raise TypeError(f"model must be a minitofe.Model (from new_model / load_model), got "
+                        f"{type(model).__name__}")
+
+
 def new_model(cfg, tofe=None, rng=None, dtype=np.float64):
-    """Fresh backbone (timm init) and ToFe modules for ``tofe.method``."""
+    """Fresh backbone (timm init) and ToFe modules for ``tofe.method``; ``dtype`` float32 or float64."""
     rng = np.random.default_rng(0) if rng is None else rng
     tofe = ToFeConfig() if tofe is None else tofe
+    if not isinstance(cfg, ViTConfig) or not isinstance(tofe, ToFeConfig):
+        raise TypeError(f"new_model needs a ViTConfig and a ToFeConfig, got {type(cfg).__name__} and "
+                        f"{type(tofe).__name__}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"new_model: dtype must be float32 or float64, got {np.dtype(dtype)}")
     params = init_params(cfg, rng, dtype)
     params.update(init_tofe_params(cfg, tofe, rng, dtype))
     return Model(params, cfg, tofe)
@@ -87,6 +98,7 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     ``"topk"`` or ``"threshold"``. Returns logits (B, num_classes) and the info dict of
     ``tofe_inference`` (kept / frozen / reused per stage, realised MACs per image). ``fast=True`` runs
     on the Numba kernels (``minitofe.kernels``; the reference path when Numba is absent)."""
+    _check_model(model)
     tcfg = model.tofe
     if method is not None or inference is not None:
         tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
@@ -99,6 +111,7 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
 
 def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):
     """The training forward of ``model.tofe.method`` with the given noise (see ``tofe_train_forward``)."""
+    _check_model(model)
     return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard,
                               fast=fast)
 

@@ -9,6 +9,8 @@ One row per image: the input, then one panel per stage in which every patch is d
 
 ``info`` is what ``tofe_inference`` / ``minitofe.predict`` return.
 """
+import os
+
 import numpy as np
 
 COLORS = {"frozen": (40, 90, 220), "reused": (255, 150, 20), "dropped": (0, 0, 0)}
@@ -95,6 +97,11 @@ def _font_sizes_supported():
 
 
 def save_token_maps(path, images, info, cfg, titles=None, scale=8):
-    """Render and write a PNG; returns the path."""
+    """Render and write a PNG; returns the path. A missing folder or a folder as ``path`` is a ValueError."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: cannot write the picture there (is a directory)")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{path}: cannot write the picture there (folder {folder} does not exist)")
     render_token_maps(images, info, cfg, titles, scale).save(path)
     return path

@@ -39,6 +39,10 @@ TORCH_HINT = 'reading .pth/.pt/.bin files needs torch: pip install "minitofe[tor
 
 def weight_format(path):
     """'npz', 'safetensors' or 'torch', from the file extension."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"a weight file path must be a str or os.PathLike, got {type(path).__name__}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory, not a weight file")
     ext = os.path.splitext(os.fspath(path))[1].lower()
     if ext in (".npz", ".safetensors"):
         return ext[1:]

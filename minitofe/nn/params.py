@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 
+from ..config import ViTConfig
+
 
 def param_shapes(cfg):
     """Ordered ``{key: shape}`` for the backbone described by ``cfg`` (timm order)."""
@@ -94,6 +96,8 @@ def check_params(params, cfg, extra_ok=()):
     """Raise ``ValueError`` listing missing, unexpected and mis-shaped keys; ``TypeError`` on mixed or
     non-float dtypes. Keys starting with one of ``extra_ok`` (e.g. ToFe modules) are allowed. Returns the
     common dtype."""
+    if not isinstance(cfg, ViTConfig):
+        raise TypeError(f"cfg must be a minitofe.config.ViTConfig, got {type(cfg).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     want = param_shapes(cfg)

@@ -52,8 +52,25 @@ def vit_forward(params, images, cfg, check=True, fast=False):
     return logits, (c_embed, c_blocks, c_head, fast)
 
 
+def _check_dlogits(dlogits, cache):
+    """dlogits must be (B, num_classes) in the forward's dtype; cache must be ``vit_forward``'s."""
+    if not isinstance(cache, tuple) or len(cache) != 4:
+        raise TypeError(f"cache must be the cache vit_forward returned (a tuple of 4), got {type(cache).__name__}")
+    cfg, shape, _, c_linear, _ = cache[2]          # head cache; c_linear = (input, head.weight, has_bias)
+    dtype = c_linear[1].dtype
+    if not hasattr(dlogits, "shape") or not hasattr(dlogits, "dtype"):
+        raise TypeError(f"dlogits must be an array of shape ({shape[0]}, {cfg.num_classes}), "
+                        f"got {type(dlogits).__name__}")
+    if tuple(dlogits.shape) != (shape[0], cfg.num_classes):
+        raise ValueError(f"dlogits must have the logits' shape ({shape[0]}, {cfg.num_classes}), "
+                         f"got {tuple(dlogits.shape)}")
+    if dlogits.dtype != dtype:
+        raise TypeError(f"dlogits have dtype {dlogits.dtype} but the forward ran in {dtype}; cast explicitly")
+
+
 def vit_backward(dlogits, cache):
     """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
+    _check_dlogits(dlogits, cache)
     c_embed, c_blocks, c_head, fast = cache
     block_bwd = choose(fast, block_backward)
     dx, grads = head_backward(dlogits, c_head)

@@ -10,6 +10,7 @@ Methods (DESIGN.md "Baselines"), selected by name:
     tofe-identity  as tofe with the identity approximator (ablation)
     tofe-uniform   as tofe with fixed equal keep ratios instead of learned ones (ablation)
 """
+import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 METHODS = ("dense", "evit", "dynamicvit", "idle", "tofe", "tofe-identity", "tofe-uniform")
@@ -18,6 +19,16 @@ METHODS = ("dense", "evit", "dynamicvit", "idle", "tofe", "tofe-identity", "tofe
 def default_stages(depth):
     """Stage starts for a given depth: 3, 6, 9 for depth 12 [ours], i.e. round(depth * k / 4)."""
     return tuple(int(round(depth * k / 4)) for k in (1, 2, 3))
+
+
+NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio", "label_smoothing")
+
+
+def _sequence(name, value):
+    """A sequence (tuple, list, 1-d array) -> tuple; a bare number, a string or a dict is a TypeError."""
+    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+        raise TypeError(f"ToFeConfig: {name} must be a tuple, got {type(value).__name__} {value!r}")
+    return tuple(value)
 
 
 @dataclass(frozen=True)
@@ -44,8 +55,12 @@ class ToFeConfig:
             raise ValueError(f"ToFeConfig: {msg}")
         if self.method not in METHODS:
             bad(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        for name in NUMBER_FIELDS + (("tau_end",) if self.tau_end is not None else ()):
+            v = getattr(self, name)
+            if not isinstance(v, numbers.Real) or isinstance(v, bool):
+                raise TypeError(f"ToFeConfig: {name} must be a number, got {v!r}")
         if self.stages is not None:
-            st = tuple(self.stages)
+            st = _sequence("stages", self.stages)
             if len(st) == 0 or any(not isinstance(s, int) or isinstance(s, bool) for s in st):
                 bad(f"stages must be a non-empty tuple of ints, got {self.stages!r}")
             if any(b <= a for a, b in zip(st, st[1:])):
@@ -53,7 +68,10 @@ class ToFeConfig:
             if st[0] < 0:
                 bad(f"stages must be >= 0, got {st}")
             object.__setattr__(self, "stages", st)
-        kr = tuple(float(r) for r in self.keep_ratios)
+        kr = _sequence("keep_ratios", self.keep_ratios)
+        if any(not isinstance(r, numbers.Real) or isinstance(r, bool) for r in kr):
+            raise TypeError(f"ToFeConfig: keep_ratios must be numbers, got {self.keep_ratios!r}")
+        kr = tuple(float(r) for r in kr)
         if any(not (0.0 < r <= 1.0) for r in kr):
             bad(f"keep_ratios must lie in (0, 1], got {kr}")
         object.__setattr__(self, "keep_ratios", kr)

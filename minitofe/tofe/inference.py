@@ -30,6 +30,8 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
     """Explicit ``keep_ratios`` > ratios learned in training (stored with the weights) > the config's."""
     for r in (keep_ratios, learned, tcfg.keep_ratios):
         if r is not None:
+            if isinstance(r, (str, bytes)) or not hasattr(r, "__len__"):
+                raise TypeError(f"keep ratios must be a sequence (one per stage), got {type(r).__name__} {r!r}")
             r = tuple(float(v) for v in r)
             if any(not (0.0 < v <= 1.0) for v in r):
                 raise ValueError(f"keep ratios must lie in (0, 1], got {r}")

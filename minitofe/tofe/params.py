@@ -15,6 +15,7 @@ They sit in the same flat dict as the backbone's timm keys (STYLE.md §2), under
 """
 import numpy as np
 
+from .config import ToFeConfig
 from ..nn.params import trunc_normal
 
 
@@ -77,6 +78,8 @@ def check_tofe_params(params, cfg, tcfg):
     ``tcfg``. Extra keys a method does not use are fine (e.g. a ``tofe`` checkpoint run as
     ``tofe-identity``), but ``tofe.*`` keys no method of this config has (another stage count, another C)
     are reported. Returns the list of the ToFe keys the method needs."""
+    if not isinstance(tcfg, ToFeConfig):
+        raise TypeError(f"tcfg must be a minitofe.ToFeConfig, got {type(tcfg).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     want = tofe_param_shapes(cfg, tcfg)

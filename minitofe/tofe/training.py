@@ -42,6 +42,7 @@ from ..nn.vit import check_images
 def teacher_forward(teacher_params, images, cfg, stages, fast=False):
     """The dense teacher: logits (B, K) and its tokens at the end of every stage, list of (B, N, C).
     ``fast=True`` runs the blocks on the Numba kernels (see ``minitofe.kernels``)."""
+    check_images(images, cfg, check_params(teacher_params, cfg, extra_ok=("tofe.",)))
     run = choose(fast, run_blocks, like=images)
     x, _ = embed_forward(images, teacher_params, cfg)
     x = run(x, teacher_params, cfg, 0, stages[0])
@@ -71,11 +72,32 @@ def _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher):
     if not isinstance(noise, (list, tuple)) or len(noise) != S:
         raise ValueError(f"noise must be a list of {S} arrays of shape {want} (one per stage)")
     for s, g in enumerate(noise):
+        if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+            raise TypeError(f"noise[{s}] must be an array of shape {want}, got {type(g).__name__}")
         if tuple(g.shape) != want or g.dtype != dtype:
             raise ValueError(f"noise[{s}] must be {np.dtype(dtype)} of shape {want}, got {g.dtype} {tuple(g.shape)}")
+        if not bool(get_xp(g).isfinite(g).all()):
+            raise ValueError(f"noise[{s}] contains NaN or inf values")
+    if teacher is not None:
+        _check_teacher(teacher, images.shape[0], cfg, S)
     if teacher is None and (tcfg.alpha > 0 or (tcfg.beta > 0 and tcfg.uses_approximator)):
         raise ValueError("alpha > 0 or beta > 0 need the dense teacher's outputs: pass "
                          "teacher=teacher_forward(teacher_params, images, cfg, stages), or set alpha=beta=0")
+
+
+def _check_teacher(teacher, B, cfg, S):
+    """teacher: the dict of ``teacher_forward`` for this batch: logits (B, K), S token arrays (B, N, C)."""
+    if not isinstance(teacher, dict) or not {"logits", "tokens"} <= set(teacher):
+        got = f"a dict with keys {sorted(teacher)}" if isinstance(teacher, dict) else type(teacher).__name__
+        raise TypeError(f"teacher must be the dict teacher_forward returns ('logits', 'tokens'), got {got}")
+    want = (B, cfg.num_classes)
+    if tuple(getattr(teacher["logits"], "shape", ())) != want:
+        raise ValueError(f"teacher['logits'] must have shape {want}, got "
+                         f"{tuple(getattr(teacher['logits'], 'shape', ()))} (another batch or model?)")
+    tok = (B, cfg.num_tokens, cfg.embed_dim)
+    shapes = [tuple(getattr(t, "shape", ())) for t in teacher["tokens"]]
+    if len(shapes) != S or any(s != tok for s in shapes):
+        raise ValueError(f"teacher['tokens'] must be {S} arrays of shape {tok} (one per stage), got {shapes}")
 
 
 def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
@@ -174,6 +196,9 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
 
 def tofe_train_backward(cache):
     """Gradient of the total loss -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
+    if not isinstance(cache, tuple) or len(cache) != 13:
+        what = f"a tuple of {len(cache)}" if isinstance(cache, tuple) else type(cache).__name__
+        raise TypeError(f"cache must be the cache tofe_train_forward returned (a tuple of 13), got {what}")
     cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dratio_dkept, fast = cache
     block_bwd = choose(fast, block_backward)
     T, S = cfg.num_prefix_tokens, len(stages)
