@@ -219,7 +219,9 @@ def run_eval(args):
         mean, std = normalisation(model.cfg)
         images, labels, _ = load_image_folder(args.data, model.cfg.img_size, mean, std,
                                               grey=model.cfg.in_chans == 1)
-    if args.limit:
+    if args.limit is not None:
+        if args.limit <= 0:
+            raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
         images, labels = images[:args.limit], labels[:args.limit]
     images = images.astype(next(iter(model.params.values())).dtype)
     method = args.method or model.tofe.method

@@ -114,7 +114,9 @@ def run_train(args):
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
     model = minitofe.Model(params, base.cfg, tcfg)
     (images, labels), eval_data = load_data(o, base.cfg)
-    if o["limit"]:
+    if o["limit"] is not None:
+        if o["limit"] <= 0:
+            raise ValueError(f"--limit must be a positive number of images, got {o['limit']}")
         images, labels = images[:o["limit"]], labels[:o["limit"]]
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
                       backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],

@@ -49,13 +49,26 @@ class TrainConfig:
     fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "eval_every", "eval_images", "checkpoint_every", "log_every",
+                     "warmup_steps", "seed"):
             v = getattr(self, name)
-            if not isinstance(v, int) or v <= 0:
+            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
+                raise TypeError(f"TrainConfig: {name} must be an int, got {v!r}")
+            if name in ("warmup_steps", "seed") and v < 0:
+                raise ValueError(f"TrainConfig: need {name} >= 0, got {v!r}")
+            if name not in ("warmup_steps", "seed") and v <= 0:
                 raise ValueError(f"TrainConfig: {name} must be a positive int, got {v!r}")
-        if not self.lr > 0 or not self.backbone_lr_scale >= 0 or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig: need lr > 0, backbone_lr_scale >= 0, warmup_steps >= 0; got "
-                             f"{self.lr}, {self.backbone_lr_scale}, {self.warmup_steps}")
+        for name in ("lr", "backbone_lr_scale", "weight_decay", "min_lr", "ratio_momentum") + (
+                ("clip_grad",) if self.clip_grad is not None else ()):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v):
+                raise TypeError(f"TrainConfig: {name} must be a finite number, got {v!r}")
+        if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0 or self.min_lr < 0:
+            raise ValueError(f"TrainConfig: need lr > 0, backbone_lr_scale >= 0, weight_decay >= 0, min_lr >= 0; "
+                             f"got {self.lr}, {self.backbone_lr_scale}, {self.weight_decay}, {self.min_lr}")
+        if not 0 <= self.ratio_momentum < 1 or (self.clip_grad is not None and not self.clip_grad > 0):
+            raise ValueError(f"TrainConfig: need 0 <= ratio_momentum < 1 and clip_grad > 0 (or None); got "
+                             f"{self.ratio_momentum}, {self.clip_grad}")
 
 
 def batch_indices(step, n, batch_size, seed):
@@ -98,6 +111,11 @@ def train_step(model, teacher_params, images, labels, step, train_cfg):
 def evaluate(model, images, labels, batch_size=100, progress=False, **predict_kw):
     """Top-1, mean realised MACs and keep ratios, img/s of ``predict`` over a data set."""
     from tqdm.auto import tqdm
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
+        raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
+    if len(images) == 0 or len(images) != len(labels):
+        raise ValueError(f"evaluate: need as many labels as images, at least one; got {len(images)} images "
+                         f"and {len(labels)} labels")
     correct, macs, kept, n = 0, [], [], len(images)
     start = time.perf_counter()
     for lo in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
