@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"
 BACKBONE = WEIGHTS / "vit_fmnist_patch2_28.safetensors"
 COMMON = ["--model", "vit_fmnist_patch2_28", "--batch", "32", "--lr", "1e-3", "--backbone-lr-scale", "0.1",
-          "--seed", "0", "--eval-every", "200", "--eval-images", "1000", "--checkpoint-every", "50",
+          "--lam", "20", "--seed", "0", "--eval-every", "200", "--eval-images", "1000", "--checkpoint-every", "50",
           "--no-progress"]
 # name -> extra train flags; the keep ratios of tofe-uniform give 35 % MACs with the paper's profile
 RUNS = {
