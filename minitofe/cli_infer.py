@@ -40,13 +40,13 @@ def sample_images():
     return sorted(folder.glob("*.png"))
 
 
-def load_for_inference(weights=None, random_fallback=False):
+def load_for_inference(weights=None, random_fallback=False, model=None, heads=None):
     """-> (model, source text). ``weights``: a path, or None for the shipped ones (with
-    ``random_fallback``, random weights when none are found, said in the source text)."""
+    ``random_fallback``, random weights when none are found, said in the source text). ``model`` /
+    ``heads``: the preset name or head count a timm file (.safetensors / .pth) needs."""
     import minitofe
     if weights:
-        model = minitofe.load_model(weights)
-        return model, str(weights)
+        return minitofe.load_model(weights, model=model, num_heads=heads), str(weights)
     path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
     if path is None and random_fallback:
         from .config import get_config
@@ -107,18 +107,45 @@ def run_model(model, images, method=None, budget=None, inference=None, fast=True
     return logits, info, time.perf_counter() - start, ratios
 
 
+def add_weights_args(p):
+    from .config import PRESETS
+    p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
+    p.add_argument("--model", metavar="NAME", help="preset a timm file (.safetensors / .pth) is an instance of "
+                                                   f"(gives its head count); one of {', '.join(sorted(PRESETS))}")
+    p.add_argument("--heads", metavar="N", type=int, help="number of attention heads of a timm file (when no "
+                                                          "--model)")
+
+
+def load_args(args, random_fallback=False):
+    return load_for_inference(args.weights, random_fallback, args.model, args.heads)
+
+
 def add_model_args(p):
     from .tofe.config import METHODS
-    p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
+    add_weights_args(p)
     p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
     p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")
     p.add_argument("--inference", choices=["topk", "threshold"], help="decision rule (default: topk)")
     add_fast_arg(p)
 
 
+# Below this many images the CLI's default is the NumPy reference: in a fresh process Numba's import and
+# the loading of its cached kernels take ~0.45 s on 2 cores, as long as the reference needs for one
+# Fashion-MNIST image end to end; the kernels save ~9 ms per such image at batch 100 (``minitofe eval
+# --limit 100``: 2.2 s fast against 2.9 s reference, 0.45 s against 0.9 s for one-image ``predict``).
+AUTO_FAST_MIN_IMAGES = 32
+
+
 def add_fast_arg(p):
-    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
-                   help="Numba kernels when installed (default); --no-fast runs the pure-NumPy reference")
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="--fast: the Numba kernels (when installed); --no-fast: the pure-NumPy reference; "
+                        f"default: the kernels from {AUTO_FAST_MIN_IMAGES} images on, where they repay "
+                        "Numba's start-up")
+
+
+def pick_fast(flag, n_images):
+    """The ``--fast`` flag, or when it is not given, whether ``n_images`` are enough for the kernels."""
+    return flag if flag is not None else n_images >= AUTO_FAST_MIN_IMAGES
 
 
 def add_predict(sub):
@@ -128,11 +155,20 @@ def add_predict(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def classify(args, paths):
+    """The shared part of ``predict`` and ``viz``: load the weights, read ``paths``, run the model with
+    the command's method / budget / inference / fast flags -> (model, source, images, logits, info, seconds,
+    class names, kernels: "fast" or "reference")."""
+    from .kernels import use_fast
+    model, source = load_args(args)
+    x = read_images(paths, model)
+    fast = use_fast(pick_fast(args.fast, len(x)), x)
+    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference, fast)
+    return model, source, x, logits, info, seconds, class_names(model.cfg), "fast" if fast else "reference"
+
+
 def run_predict(args):
-    model, source = load_for_inference(args.weights)
-    x = read_images(args.images, model)
-    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference, args.fast)
-    names = class_names(model.cfg)
+    model, source, _, logits, info, seconds, names, path = classify(args, args.images)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     rows = [{"image": str(path), "class": names[int(k)], "index": int(k), "prob": float(probs[i, k]),
@@ -140,7 +176,7 @@ def run_predict(args):
             for i, (path, k) in enumerate(zip(args.images, logits.argmax(1)))]
     if args.json:
         print(json.dumps({"weights": source, "method": args.method or model.tofe.method, "seconds": seconds,
-                          "predictions": rows}))
+                          "kernels": path, "predictions": rows}))
         return 0
     print(f"weights: {source}")
     for r in rows:
@@ -158,11 +194,8 @@ def add_viz(sub):
 
 def run_viz(args):
     from .viz import save_token_maps
-    model, source = load_for_inference(args.weights)
     paths = args.images or sample_images()
-    x = read_images(paths, model)
-    logits, info, _, _ = run_model(model, x, args.method, args.budget, args.inference, args.fast)
-    names = class_names(model.cfg)
+    model, source, x, logits, info, _, names, _ = classify(args, paths)
     titles = [f"{pathlib.Path(p).name}: {names[int(k)]}" for p, k in zip(paths, logits.argmax(1))]
     save_token_maps(args.out, x, info, model.cfg, titles)
     print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, weights {source})")
@@ -171,19 +204,20 @@ def run_viz(args):
 
 def add_demo(sub):
     p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture")
-    p.add_argument("--weights", help="weight file (default: the shipped ones)")
+    add_weights_args(p)
     p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default minitofe_demo.png)")
     add_fast_arg(p)
 
 
 def run_demo(args):
     from .viz import save_token_maps
-    model, source = load_for_inference(args.weights, random_fallback=True)
+    model, source = load_args(args, random_fallback=True)
     paths = sample_images()
     x = read_images(paths, model)
-    run_model(model, x[:1], method="dense", fast=args.fast)   # warm-up (imports, BLAS threads) before timing
-    dense, _, t_dense, _ = run_model(model, x, method="dense", fast=args.fast)
-    logits, info, t_tofe, _ = run_model(model, x, fast=args.fast)
+    fast = pick_fast(args.fast, len(x))
+    run_model(model, x[:1], method="dense", fast=fast)   # warm-up (imports, BLAS threads) before timing
+    dense, _, t_dense, _ = run_model(model, x, method="dense", fast=fast)
+    logits, info, t_tofe, _ = run_model(model, x, fast=fast)
     names = class_names(model.cfg)
     print(f"minitofe demo: weights {source}; method {model.tofe.method}; {len(paths)} bundled images")
     print(f"{'image':34s} {'dense':12s} {model.tofe.method:12s} MACs (M, % of dense)")
@@ -210,7 +244,7 @@ def add_eval(sub):
 
 def run_eval(args):
     from .train import evaluate
-    model, source = load_for_inference(args.weights)
+    model, source = load_args(args)
     if args.data == "fashion-mnist":
         from .data import load_fashion_mnist
         images, labels = load_fashion_mnist("test", args.data_root)
@@ -227,7 +261,7 @@ def run_eval(args):
     method = args.method or model.tofe.method
     ratios = budget_ratios(model, method, args.budget)
     res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
-                   keep_ratios=ratios, inference=args.inference, fast=args.fast)
+                   keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
     res.update(weights=source, method=method, macs_g=res["macs"] / 1e9)
     if args.json:
         print(json.dumps(res))

@@ -20,6 +20,7 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 WEIGHTS = REPO / "weights"
 BACKBONE = WEIGHTS / "vit_fmnist_patch2_28.safetensors"
+BACKBONE_NPZ = WEIGHTS / "vit_fmnist_patch2_28.npz"     # the same weights with the config inside
 COMMON = ["--model", "vit_fmnist_patch2_28", "--batch", "32", "--lr", "1e-3", "--backbone-lr-scale", "0.1",
           "--lam", "20", "--seed", "0", "--eval-every", "200", "--eval-images", "1000", "--checkpoint-every", "50",
           "--no-progress"]
@@ -34,16 +35,16 @@ RUNS = {
 }
 # table rows: (label, weights file, method, budget, how it was obtained)
 ROWS = [
-    ("dense", BACKBONE.name, "dense", None, "backbone"),
+    ("dense", BACKBONE_NPZ.name, "dense", None, "backbone"),
     ("tofe", "tofe_fmnist_70.npz", "tofe", 0.70, "fine-tuned"),
-    ("evit", BACKBONE.name, "evit", 0.70, "training-free"),
-    ("idle", BACKBONE.name, "idle", 0.70, "training-free"),
+    ("evit", BACKBONE_NPZ.name, "evit", 0.70, "training-free"),
+    ("idle", BACKBONE_NPZ.name, "idle", 0.70, "training-free"),
     ("tofe", "tofe_fmnist_50.npz", "tofe", 0.50, "fine-tuned"),
-    ("evit", BACKBONE.name, "evit", 0.50, "training-free"),
-    ("idle", BACKBONE.name, "idle", 0.50, "training-free"),
+    ("evit", BACKBONE_NPZ.name, "evit", 0.50, "training-free"),
+    ("idle", BACKBONE_NPZ.name, "idle", 0.50, "training-free"),
     ("tofe", "tofe_fmnist_35.npz", "tofe", 0.35, "fine-tuned"),
-    ("evit", BACKBONE.name, "evit", 0.35, "training-free"),
-    ("idle", BACKBONE.name, "idle", 0.35, "training-free"),
+    ("evit", BACKBONE_NPZ.name, "evit", 0.35, "training-free"),
+    ("idle", BACKBONE_NPZ.name, "idle", 0.35, "training-free"),
     ("dynamicvit", "dynamicvit_fmnist_35.npz", "dynamicvit", 0.35, "fine-tuned"),
     ("tofe-identity", "tofe-identity_fmnist_35.npz", "tofe-identity", 0.35, "fine-tuned (ablation)"),
     ("tofe-uniform", "tofe-uniform_fmnist_35.npz", "tofe-uniform", 0.35, "fine-tuned (ablation)"),

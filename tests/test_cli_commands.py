@@ -60,6 +60,37 @@ def test_predict_table_and_json(capsys, weights, images):
     assert res["method"] == "idle" and res["predictions"][0]["macs_ratio"] <= 0.5
 
 
+def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, images, monkeypatch):
+    """No flag: the NumPy reference below AUTO_FAST_MIN_IMAGES images (Numba's start-up would cost more
+    than it saves), the kernels from there on; --fast / --no-fast always win. Same answers either way."""
+    from minitofe import cli_infer, kernels
+    outs = {}
+    for flags in ([], ["--fast"], ["--no-fast"]):
+        code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json", *flags)
+        res = json.loads(out)
+        outs[tuple(flags)] = res["predictions"][0]["index"]
+        fast = flags == ["--fast"] and kernels.available()
+        assert code == 0 and res["kernels"] == ("fast" if fast else "reference")
+    assert len(set(outs.values())) == 1
+    monkeypatch.setattr(cli_infer, "AUTO_FAST_MIN_IMAGES", 1)
+    code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json")
+    assert json.loads(out)["kernels"] == ("fast" if kernels.available() else "reference")
+
+
+def test_timm_weights_need_and_take_a_preset_or_head_count(tmp_path, capsys, images):
+    """A .safetensors file carries no head count: predict / eval say which flag to pass, and take it."""
+    pytest.importorskip("safetensors")
+    from minitofe.io.weights import save_safetensors
+    cfg = minitofe.get_config("vit_fmnist_patch2_28").replace(depth=4)
+    model = minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"), np.random.default_rng(0), np.float32)
+    path = tmp_path / "timm.safetensors"
+    save_safetensors(str(path), model.params, cfg, metadata={"format": "pt"})    # as timm writes it
+    code, _, err = run(capsys, "predict", images[0], "--weights", path)
+    assert code != 0 and "--model NAME" in err and "--heads N" in err
+    code, out, _ = run(capsys, "predict", images[0], "--weights", path, "--heads", "3", "--json")
+    assert code == 0 and json.loads(out)["method"] == "dense"
+
+
 def test_viz(tmp_path, capsys, weights, images):
     code, out, _ = run(capsys, "viz", *images[:2], "--weights", weights, "--out", tmp_path / "v.png")
     assert code == 0 and (tmp_path / "v.png").is_file()

@@ -54,6 +54,31 @@ def test_every_fast_kernel_has_a_reference_with_the_same_signature():
         assert list(inspect.signature(fast).parameters) == list(inspect.signature(ref).parameters), name
 
 
+def test_kernels_called_from_several_threads_give_the_reference_results():
+    """Numba's workqueue layer (chosen by ``kernels``) aborts the process on concurrent launches; the
+    launch lock serialises them, so threads calling fast kernels at once get exact results."""
+    import threading
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((8, 197, 64)).astype(np.float32)
+    idx = np.sort(rng.permuted(np.tile(np.arange(1, 197), (8, 1)), axis=1)[:, :98], axis=1)
+    want_g, want_ln = tokens.gather_tokens(x, idx), layers.layernorm_forward(x, np.ones(64, np.float32),
+                                                                             np.zeros(64, np.float32))[0]
+    errors = []
+
+    def work():
+        for _ in range(50):
+            got_g = K.gather_tokens(x, idx)
+            got_ln = K.layernorm_forward(x, np.ones(64, np.float32), np.zeros(64, np.float32))[0]
+            if not (np.array_equal(got_g, want_g) and np.allclose(got_ln, want_ln, rtol=1e-5, atol=1e-5)):
+                errors.append("mismatch")
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
 def test_choose_falls_back_to_the_reference(monkeypatch):
     x = np.zeros((1, 2, 3))
     assert kernels.choose(False, tokens.gather_tokens, like=x) is tokens.gather_tokens

@@ -92,6 +92,17 @@ def init_params(cfg, rng, dtype=np.float64):
     return params
 
 
+def key_mismatch(missing=(), unexpected=(), misshaped=(), unexpected_label="unexpected keys"):
+    """One message naming every missing, unexpected and mis-shaped key (``misshaped`` holds
+    ``"key: expected (..), got (..)"`` strings), or ``""`` when the keys match. Shared by ``check_params``
+    and ``minitofe.tofe.params.check_tofe_params``."""
+    parts = [f"{label} {list(keys)}" for label, keys in (("missing keys", missing), (unexpected_label, unexpected))
+             if keys]
+    if misshaped:
+        parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
+    return ", ".join(parts)
+
+
 def check_params(params, cfg, extra_ok=()):
     """Raise ``ValueError`` listing missing, unexpected and mis-shaped keys; ``TypeError`` on mixed or
     non-float dtypes. Keys starting with one of ``extra_ok`` (e.g. ToFe modules) are allowed. Returns the
@@ -105,15 +116,9 @@ def check_params(params, cfg, extra_ok=()):
     unexpected = [k for k in params if k not in want and not k.startswith(tuple(extra_ok))]
     misshaped = [f"{k}: expected {want[k]}, got {tuple(params[k].shape)}"
                  for k in want if k in params and tuple(params[k].shape) != want[k]]
-    if missing or unexpected or misshaped:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected}")
-        if misshaped:
-            parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
-        raise ValueError("parameters do not match the config: " + ", ".join(parts))
+    problem = key_mismatch(missing, unexpected, misshaped)
+    if problem:
+        raise ValueError("parameters do not match the config: " + problem)
     dtypes = {str(v.dtype) for v in params.values()}
     if len(dtypes) != 1:
         by = {}

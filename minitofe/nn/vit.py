@@ -72,11 +72,18 @@ def vit_backward(dlogits, cache):
     """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
     _check_dlogits(dlogits, cache)
     c_embed, c_blocks, c_head, fast = cache
-    block_bwd = choose(fast, block_backward)
     dx, grads = head_backward(dlogits, c_head)
+    return dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast), grads
+
+
+def dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast=False):
+    """Back through unmasked blocks (``c_blocks`` in forward order), then the embedding: adds their
+    gradients to ``grads`` and returns dimages. The tail of ``vit_backward`` and of ToFe's training
+    backward (the dense blocks before the first stage)."""
+    block_bwd = choose(fast, block_backward)
     for c in reversed(c_blocks):
         dx, g, _ = block_bwd(dx, c)
         grads.update(g)
     dimages, g = embed_backward(dx, c_embed)
     grads.update(g)
-    return dimages, grads
+    return dimages

@@ -16,7 +16,7 @@ They sit in the same flat dict as the backbone's timm keys (STYLE.md §2), under
 import numpy as np
 
 from .config import ToFeConfig
-from ..nn.params import trunc_normal
+from ..nn.params import key_mismatch, trunc_normal
 
 
 def selector_shapes(prefix, C):
@@ -95,14 +95,8 @@ def check_tofe_params(params, cfg, tcfg):
     misshaped = [f"{k}: expected {known[k]}, got {tuple(params[k].shape)}"
                  for k in present if k in known and tuple(params[k].shape) != known[k]]
     unknown = [k for k in present if k not in known]
-    if missing or misshaped or unknown:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing}")
-        if misshaped:
-            parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
-        if unknown:
-            parts.append(f"unknown keys {unknown}")
+    problem = key_mismatch(missing, unknown, misshaped, unexpected_label="unknown keys")
+    if problem:
         raise ValueError(f"ToFe parameters do not match method '{tcfg.method}' with stages "
-                         f"{tcfg.resolved_stages(cfg.depth)}: " + ", ".join(parts))
+                         f"{tcfg.resolved_stages(cfg.depth)}: " + problem)
     return list(want)

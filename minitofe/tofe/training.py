@@ -33,10 +33,10 @@ from .inference import run_blocks
 from ..backend import get_xp, to_numpy
 from ..kernels import choose, use_fast
 from ..nn.block import block_backward, block_forward
-from ..nn.embed import embed_backward, embed_forward, head_backward, head_forward
+from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images
+from ..nn.vit import check_images, dense_blocks_embed_backward
 
 
 def teacher_forward(teacher_params, images, cfg, stages, fast=False):
@@ -238,9 +238,4 @@ def tofe_train_backward(cache):
         dxs, g = selector_backward(dsel, c_sel)
         grads.update(g)
         dx = dh + da + dxs
-    for c in reversed(c_pre):
-        dx, g, _ = block_bwd(dx, c)
-        grads.update(g)
-    dimages, g = embed_backward(dx, c_embed)
-    grads.update(g)
-    return dimages, grads
+    return dense_blocks_embed_backward(dx, c_pre, c_embed, grads, fast), grads
