@@ -9,7 +9,9 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe convert SRC DST [--model NAME] [--heads N] [--dtype float32|float64] [--force]
     minitofe bench [--json] [--quick]
 
-Inference commands run on the Numba kernels when Numba is installed (``--no-fast``: the NumPy reference).
+Inference commands run on the Numba kernels when Numba is installed and they get at least
+``cli_infer.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
+path. The commands that read weights take ``--model NAME`` / ``--heads N`` for timm files.
 
 Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time
 (OSError, a missing optional dependency). Errors print ``minitofe: error: <message>`` on stderr, never a

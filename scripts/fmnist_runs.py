@@ -1,6 +1,6 @@
 """Fine-tune ToFe and the learned baselines on Fashion-MNIST, then evaluate every row of README's table.
 
-    python scripts/fmnist_runs.py train [--jobs 2] [--steps 400] [--only NAME ...]
+    python scripts/fmnist_runs.py train [--jobs 2] [--steps 300] [--only NAME ...]
     python scripts/fmnist_runs.py table [--only NAME ...]      # minitofe eval --json per row -> markdown
 
 ``train`` runs ``minitofe train`` for each run below (``--jobs`` at a time, one BLAS/Numba thread each),
@@ -32,6 +32,9 @@ RUNS = {
     "dynamicvit_fmnist_35": ["--method", "dynamicvit", "--target", "0.35"],
     "tofe-identity_fmnist_35": ["--method", "tofe-identity", "--target", "0.35"],
     "tofe-uniform_fmnist_35": ["--method", "tofe-uniform", "--target", "0.35", "--keep-ratios", "UNIFORM35"],
+    # three times as long (the last --steps wins): does the gap to dense close with training?
+    "tofe_fmnist_50_900": ["--method", "tofe", "--target", "0.50", "--steps", "900"],
+    "tofe_fmnist_35_900": ["--method", "tofe", "--target", "0.35", "--steps", "900"],
 }
 # table rows: (label, weights file, method, budget, how it was obtained)
 ROWS = [
@@ -48,6 +51,8 @@ ROWS = [
     ("dynamicvit", "dynamicvit_fmnist_35.npz", "dynamicvit", 0.35, "fine-tuned"),
     ("tofe-identity", "tofe-identity_fmnist_35.npz", "tofe-identity", 0.35, "fine-tuned (ablation)"),
     ("tofe-uniform", "tofe-uniform_fmnist_35.npz", "tofe-uniform", 0.35, "fine-tuned (ablation)"),
+    ("tofe", "tofe_fmnist_50_900.npz", "tofe", 0.50, "fine-tuned 3x longer"),
+    ("tofe", "tofe_fmnist_35_900.npz", "tofe", 0.35, "fine-tuned 3x longer"),
 ]
 
 
@@ -105,18 +110,29 @@ def eval_cmd(weights, method, budget):
 
 
 def table(rows, run_dir):
-    results, lines = [], ["| method | weights | how | MACs (G) | % of dense | keep ratio per stage | top-1 (%) "
-                          "| img/s |", "|---|---|---|---|---|---|---|---|"]
+    """Evaluate ``rows`` (one ``minitofe eval --json`` each) and write the markdown table of every row of
+    ``ROWS`` that has a result; results from earlier calls (RUN_DIR/table.json, keyed by the command) are
+    kept, so ``--only`` re-runs a few rows."""
+    path = run_dir / "table.json"
+    done = {r["command"]: r for r in json.loads(path.read_text())} if path.exists() else {}
     for label, weights, method, budget, how in rows:
         cmd = eval_cmd(weights, method, budget)
         res = json.loads(subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, check=True).stdout)
         res.update(label=label, how=how, command=" ".join(["minitofe"] + cmd[3:]))
+        done[res["command"]] = res
+        print(res["label"], res["weights"], f"{100 * res['top1']:.2f} %", flush=True)
+    lines = ["| method | weights | how | MACs (G) | % of dense | keep ratio per stage | top-1 (%) | img/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    results = []
+    for label, weights, method, budget, how in ROWS:
+        res = done.get(" ".join(["minitofe"] + eval_cmd(weights, method, budget)[3:]))
+        if res is None:
+            continue
         results.append(res)
         ratios = " / ".join(f"{r:.2f}" for r in res["keep_ratios"]) or "-"
         lines.append(f"| {label} | `{weights}` | {how} | {res['macs_g']:.3f} | {100 * res['macs_ratio']:.1f} "
                      f"| {ratios} | {100 * res['top1']:.2f} | {res['img_per_s']:.0f} |")
-        print(lines[-1], flush=True)
-    (run_dir / "table.json").write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1))
     (run_dir / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -125,7 +141,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["train", "table"])
     p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--steps", type=int, default=400)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--only", nargs="+", help="run names (train) or weight files (table) to do")
     p.add_argument("--run-dir", default="/work/runs/ft")
     args = p.parse_args(argv)

@@ -54,6 +54,24 @@ def test_every_fast_kernel_has_a_reference_with_the_same_signature():
         assert list(inspect.signature(fast).parameters) == list(inspect.signature(ref).parameters), name
 
 
+@pytest.mark.parametrize("user_layer", [None, "omp"])
+def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one(user_layer):
+    """OpenMP stalls beside torch's OpenMP threads (4x slower at batch 1), so ``kernels`` picks
+    workqueue; a layer the user set in NUMBA_THREADING_LAYER is left alone."""
+    import os
+    import subprocess
+    import sys
+    code = ("import numpy as np, numba; from minitofe.kernels import choose; from minitofe.nn import layers\n"
+            "x = np.ones((2, 3, 4), np.float32)\n"
+            "choose(True, layers.gelu_forward, like=x)(x)      # a parallel kernel starts the threads\n"
+            "print(numba.threading_layer())")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    if user_layer:
+        env["NUMBA_THREADING_LAYER"] = user_layer
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (user_layer or "workqueue")
+
+
 def test_kernels_called_from_several_threads_give_the_reference_results():
     """Numba's workqueue layer (chosen by ``kernels``) aborts the process on concurrent launches; the
     launch lock serialises them, so threads calling fast kernels at once get exact results."""

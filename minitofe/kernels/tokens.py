@@ -6,11 +6,12 @@ gather and pack) and ``_merge_rows`` (output position (b, n) <- a given row, or 
 and unpack). Each output row is written exactly once, from exactly one source row, so every function
 moves the bytes of one plain copy of its output and no more: ``scatter`` does not copy ``base`` and then
 overwrite the kept rows (two passes, as the reference does). The loops run on one core with an explicit
-inner loop over channels that LLVM turns into vector moves: the work is memory-bound, one core moves the
-bytes as fast as NumPy's own copy, and a parallel launch costs 70-130 us, more than a whole gather at
-batch 8 (measured: DeiT-S sizes, batch 32, gather 194 us against 170 us for a plain copy of the output,
-parallel 234 us; batch 1: 7.1 against 7.4 us, parallel 75 us). Indices are checked in Python first (a
-compiled loop does not raise ``IndexError``: it would read outside the array).
+inner loop over channels that LLVM turns into vector moves: the work is memory-bound, and a parallel
+launch costs 70-130 us, more than a whole gather at batch 8 (microbenchmark, DeiT-S sizes: batch 32,
+gather 194 us against 170 us for a plain copy of the output, parallel 234 us; batch 1: 7.1 against
+7.4 us, parallel 75 us). Interleaved with the other contenders in ``minitofe bench`` they measure
+1.6-1.8x a plain copy, short of the 1.1x aimed for. Indices are checked in Python first (a compiled loop
+does not raise ``IndexError``: it would read outside the array).
 """
 import numpy as np
 
