@@ -35,6 +35,8 @@ RUNS = {
     # three times as long (the last --steps wins): does the gap to dense close with training?
     "tofe_fmnist_50_900": ["--method", "tofe", "--target", "0.50", "--steps", "900"],
     "tofe_fmnist_35_900": ["--method", "tofe", "--target", "0.35", "--steps", "900"],
+    "dynamicvit_fmnist_35_900": ["--method", "dynamicvit", "--target", "0.35", "--steps", "900"],
+    "tofe-identity_fmnist_35_900": ["--method", "tofe-identity", "--target", "0.35", "--steps", "900"],
 }
 # table rows: (label, weights file, method, budget, how it was obtained)
 ROWS = [
@@ -53,6 +55,8 @@ ROWS = [
     ("tofe-uniform", "tofe-uniform_fmnist_35.npz", "tofe-uniform", 0.35, "fine-tuned (ablation)"),
     ("tofe", "tofe_fmnist_50_900.npz", "tofe", 0.50, "fine-tuned 3x longer"),
     ("tofe", "tofe_fmnist_35_900.npz", "tofe", 0.35, "fine-tuned 3x longer"),
+    ("dynamicvit", "dynamicvit_fmnist_35_900.npz", "dynamicvit", 0.35, "fine-tuned 3x longer"),
+    ("tofe-identity", "tofe-identity_fmnist_35_900.npz", "tofe-identity", 0.35, "fine-tuned 3x longer (ablation)"),
 ]
 
 
