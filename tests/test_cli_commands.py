@@ -78,7 +78,7 @@ def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, imag
 
 
 def test_timm_weights_need_and_take_a_preset_or_head_count(tmp_path, capsys, images):
-    """A .safetensors file carries no head count: predict / eval say which flag to pass, and take it."""
+    """A .safetensors file carries no head count: predict says which flag to pass, and takes it."""
     pytest.importorskip("safetensors")
     from minitofe.io.weights import save_safetensors
     cfg = minitofe.get_config("vit_fmnist_patch2_28").replace(depth=4)
