@@ -107,6 +107,15 @@ def run_model(model, images, method=None, budget=None, inference=None, fast=True
     return logits, info, time.perf_counter() - start, ratios
 
 
+def first_images(images, labels, limit):
+    """The first ``limit`` images and labels (``--limit`` of ``eval`` and ``train``); None keeps all."""
+    if limit is None:
+        return images, labels
+    if limit <= 0:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    return images[:limit], labels[:limit]
+
+
 def add_weights_args(p):
     from .config import PRESETS
     p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
@@ -253,10 +262,7 @@ def run_eval(args):
         mean, std = normalisation(model.cfg)
         images, labels, _ = load_image_folder(args.data, model.cfg.img_size, mean, std,
                                               grey=model.cfg.in_chans == 1)
-    if args.limit is not None:
-        if args.limit <= 0:
-            raise ValueError(f"--limit must be a positive number of images, got {args.limit}")
-        images, labels = images[:args.limit], labels[:args.limit]
+    images, labels = first_images(images, labels, args.limit)
     images = images.astype(next(iter(model.params.values())).dtype)
     method = args.method or model.tofe.method
     ratios = budget_ratios(model, method, args.budget)

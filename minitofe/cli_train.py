@@ -97,6 +97,7 @@ def load_data(o, cfg):
 def run_train(args):
     import minitofe
     from .tofe.params import init_tofe_params
+    from .cli_infer import first_images
     from .train import TrainConfig, train
     o = options(args)
     if not o["init"]:
@@ -114,10 +115,7 @@ def run_train(args):
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
     model = minitofe.Model(params, base.cfg, tcfg)
     (images, labels), eval_data = load_data(o, base.cfg)
-    if o["limit"] is not None:
-        if o["limit"] <= 0:
-            raise ValueError(f"--limit must be a positive number of images, got {o['limit']}")
-        images, labels = images[:o["limit"]], labels[:o["limit"]]
+    images, labels = first_images(images, labels, o["limit"])
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
                       backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],
                       eval_every=o["eval_every"], eval_images=o["eval_images"],

@@ -24,9 +24,14 @@ def default_stages(depth):
 NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio", "label_smoothing")
 
 
+def is_sequence(value):
+    """A tuple, list or 1-d array of values; not a bare number, a string or a dict."""
+    return hasattr(value, "__len__") and not isinstance(value, (str, bytes, dict))
+
+
 def _sequence(name, value):
-    """A sequence (tuple, list, 1-d array) -> tuple; a bare number, a string or a dict is a TypeError."""
-    if isinstance(value, (str, bytes, dict)) or not hasattr(value, "__len__"):
+    """A sequence (``is_sequence``) -> tuple; anything else is a TypeError."""
+    if not is_sequence(value):
         raise TypeError(f"ToFeConfig: {name} must be a tuple, got {type(value).__name__} {value!r}")
     return tuple(value)
 

@@ -13,6 +13,7 @@ earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
 import numpy as np
 
 from .approximator import approximator_forward
+from .config import is_sequence
 from .params import check_tofe_params
 from .macs import cls_attention_macs, dense_macs, tofe_macs
 from .ragged import pack_rows, ragged_block_forward, unpack_rows
@@ -30,7 +31,7 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
     """Explicit ``keep_ratios`` > ratios learned in training (stored with the weights) > the config's."""
     for r in (keep_ratios, learned, tcfg.keep_ratios):
         if r is not None:
-            if isinstance(r, (str, bytes)) or not hasattr(r, "__len__"):
+            if not is_sequence(r):
                 raise TypeError(f"keep ratios must be a sequence (one per stage), got {type(r).__name__} {r!r}")
             r = tuple(float(v) for v in r)
             if any(not (0.0 < v <= 1.0) for v in r):
