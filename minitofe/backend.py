@@ -78,6 +78,22 @@ def scatter_add(target, index, values):
     return target
 
 
+def read_only(a):
+    """A read-only view of ``a`` (NumPy: an in-place write through it raises ``ValueError``). Device
+    arrays have no such flag and come back unchanged. The caller still owns ``a`` itself."""
+    if not is_host(a):
+        return a
+    view = np.asarray(a).view()
+    view.flags.writeable = False
+    return view
+
+
+def frozen_copy(params):
+    """``{key: array}`` -> a new dict of new arrays, read-only where the backend allows (see ``read_only``):
+    a value that must never change (a teacher's weights) is owned, not shared with whoever passed it."""
+    return {k: read_only(get_xp(v).array(v, copy=True)) for k, v in params.items()}
+
+
 def _register_cupy():  # pragma: no cover - no GPU on CI
     try:  # optional: only present on machines with a GPU build of CuPy
         import cupy

@@ -3,6 +3,7 @@ image folder with minitofe's own trainer (``minitofe.train``). Flags, or a JSON 
 are the flag names (flags given on the command line win)."""
 import argparse
 import json
+import os
 
 import numpy as np
 
@@ -12,7 +13,7 @@ def add_train(sub):
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)")
     p.add_argument("--config", help="JSON file of options (keys = the flag names, with underscores)")
     p.add_argument("--init", help="initial weights (backbone .safetensors / .npz); also the teacher")
-    p.add_argument("--model", default="vit_fmnist_patch2_28",
+    p.add_argument("--model",
                    help="preset a timm-layout --init file must match (.npz files carry their config)")
     p.add_argument("--method", choices=METHODS, default=None)
     p.add_argument("--target", type=float, help="MACs budget gamma (fraction of dense)")
@@ -44,15 +45,20 @@ def add_train(sub):
     p.add_argument("--warmup-steps", type=int)
 
 
-DEFAULTS = dict(method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
+DEFAULTS = dict(model="vit_fmnist_patch4_28", method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
                 backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None, fast=True, eval_every=200,
                 eval_images=1000, checkpoint_every=100, warmup_steps=50)
 
 
+OPTIONS_FILE = "options.json"       # in --out: the run's options, so --resume needs only --out
+
+
 def options(args):
-    """Defaults < config file < command-line flags."""
+    """Defaults < the run's saved options (``--resume``) < config file < command-line flags."""
     opts = dict(DEFAULTS)
+    if args.resume:
+        opts.update(saved_options(args.out or DEFAULTS["out"]))
     if args.config:
         try:
             with open(args.config) as f:
@@ -69,15 +75,56 @@ def options(args):
     return opts
 
 
+def saved_options(out):
+    """The options a run in ``out`` started with (written by ``run_train``); {} for runs that predate it."""
+    import pathlib
+    path = pathlib.Path(out) / OPTIONS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the run's options cannot be read") from None
+    return {k: v for k, v in saved.items() if k in DEFAULTS}
+
+
+def file_digest(path):
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_options(o, resume):
+    """A new run writes its options and the --init file's sha256 into --out; a resumed run checks that the
+    --init file (the teacher) is still the one the run started from."""
+    import pathlib
+    from .io.weights import atomic_write
+    path = pathlib.Path(o["out"]) / OPTIONS_FILE
+    digest = file_digest(o["init"])
+    if resume and path.is_file():
+        saved = json.loads(path.read_text()).get("init_sha256")
+        if saved not in (None, digest):
+            raise ValueError(f"{o['init']}: this --init file is not the one the run in {o['out']} started from "
+                             f"(sha256 {digest[:12]}... vs {saved[:12]}...): the teacher would differ")
+    elif not resume:
+        pathlib.Path(o["out"]).mkdir(parents=True, exist_ok=True)
+        text = json.dumps(dict(o, init_sha256=digest), indent=1, sort_keys=True)
+        atomic_write(str(path), lambda f: f.write(text.encode()))
+
+
 def load_data(o, cfg):
-    """-> (train images, labels), (eval images, labels) or None: Fashion-MNIST's train/test splits, or an
-    image folder's ``train``/``val`` subfolders (the folder itself is the training set when it has no
+    """-> (train images, labels), (eval images, labels) or None: Fashion-MNIST's train/val splits (see
+    ``minitofe.data.load_fashion_mnist``; the test set is left for final tables), or an image folder's ``train``/``val`` subfolders (the folder itself is the training set when it has no
     ``train``), normalised as ``minitofe predict`` normalises single images."""
     import pathlib
     from .cli_infer import normalisation
     from .data import load_fashion_mnist, load_image_folder
     if o["data"] == "fashion-mnist":
-        return load_fashion_mnist("train", o["data_root"]), load_fashion_mnist("test", o["data_root"])
+        val = load_fashion_mnist("val", o["data_root"])
+        return load_fashion_mnist("train", o["data_root"]), (val if len(val[1]) else None)  # tiny files: none
     root = pathlib.Path(o["data"])
     if not root.is_dir():
         raise ValueError(f"--data {root}: not a folder (give 'fashion-mnist' or an image folder)")
@@ -103,7 +150,12 @@ def run_train(args):
     if not o["init"]:
         raise ValueError("--init WEIGHTS is required: the backbone to fine-tune (and the teacher)")
     timm_file = not str(o["init"]).endswith(".npz")     # .npz carries its own config
-    base = minitofe.load_model(o["init"], model=args.model if timm_file else None)
+    base = minitofe.load_model(o["init"], model=o["model"] if timm_file else None)
+    from .train import checkpoint_path
+    if not args.resume and os.path.exists(checkpoint_path(o["out"])):
+        raise ValueError(f"{checkpoint_path(o['out'])} exists: pass --resume to continue it, or choose another "
+                         f"--out; nothing was overwritten")
+    record_options(o, args.resume)
     dtype = np.dtype(o["dtype"])
     params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
     tkw = dict(method=o["method"], target_ratio=o["target"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
@@ -111,7 +163,7 @@ def run_train(args):
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     tcfg = minitofe.ToFeConfig(**tkw)
-    teacher = dict(params)
+    teacher = dict(params)           # the dense teacher: train() keeps its own read-only copy of it
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
     model = minitofe.Model(params, base.cfg, tcfg)
     (images, labels), eval_data = load_data(o, base.cfg)
@@ -124,5 +176,9 @@ def run_train(args):
         eval_data = (eval_data[0].astype(dtype), eval_data[1])
     train(model, teacher, (images.astype(dtype), labels), eval_data, cfg,
           resume=args.resume, progress=not args.no_progress, stop_at=args.stop_at)
+    if args.stop_at is not None and args.stop_at < cfg.steps:
+        print(f"stopped at step {args.stop_at} of {cfg.steps}; checkpoint in {o['out']}: continue with "
+              f"`minitofe train --out {o['out']} --resume`")
+        return 0
     print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")
     return 0

@@ -87,14 +87,49 @@ def _find_idx(folder, stem):
         f"Pass the folder as root=... or set {FASHION_MNIST_ENV}=DIR.")
 
 
+# The validation split [ours]: one image in twelve of each class (500 of each class's 6 000, 5 000 in
+# all) drawn from the official training images by ``np.random.default_rng(VAL_SEED)`` (see
+# ``fashion_mnist_val_indices``). Every choice (recipe, steps, learning rate, loss weights, when to
+# stop) is made on it; the test set is touched only for final tables.
+VAL_FRACTION = 1 / 12
+VAL_SEED = 20261130
+SPLITS = ("train", "val", "train+val", "test")
+
+
+def fashion_mnist_val_indices(labels):
+    """Indices (sorted) of the validation split inside the official training file, whose labels are
+    ``labels`` (n,): ``round(VAL_FRACTION * n_c)`` of the ``n_c`` images of each class, chosen by a
+    generator seeded with ``VAL_SEED`` (500 per class on the official file)."""
+    rng = np.random.default_rng(VAL_SEED)
+    picks = []
+    for c in range(len(FASHION_MNIST_CLASSES)):
+        members = np.flatnonzero(labels == c)
+        picks.append(rng.choice(members, round(VAL_FRACTION * len(members)), replace=False))
+    return np.sort(np.concatenate(picks))
+
+
 def load_fashion_mnist(split="train", root=None):
     """Return ``(images, labels)``: float32 ``(n, 1, 28, 28)`` normalised as in the module docstring,
-    int64 ``(n,)`` in 0..9 (names in ``FASHION_MNIST_CLASSES``). ``split`` is "train" (60 000) or
-    "test" (10 000)."""
-    if split not in _FASHION_MNIST_FILES:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    int64 ``(n,)`` in 0..9 (names in ``FASHION_MNIST_CLASSES``).
+
+    ``split``: "train" (55 000: the official training file less the validation split), "val" (5 000,
+    see ``fashion_mnist_val_indices``), "train+val" (the official 60 000) or "test" (the official
+    10 000)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    images, labels = _load_fashion_mnist_file("test" if split == "test" else "train", root)
+    if split in ("train", "val"):
+        val = np.zeros(len(labels), dtype=bool)
+        val[fashion_mnist_val_indices(labels)] = True
+        keep = val if split == "val" else ~val
+        images, labels = images[keep], labels[keep]
+    return images, labels
+
+
+def _load_fashion_mnist_file(which, root):
+    """One official pair of IDX files ("train" or "test"), checked and normalised."""
     folder = fashion_mnist_root(root)
-    img_path, lbl_path = (_find_idx(folder, stem) for stem in _FASHION_MNIST_FILES[split])
+    img_path, lbl_path = (_find_idx(folder, stem) for stem in _FASHION_MNIST_FILES[which])
     pixels, labels = read_idx(img_path), read_idx(lbl_path)
     if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[1:] != (28, 28):
         raise ValueError(f"{img_path}: expected uint8 images (n, 28, 28), got {pixels.dtype} {pixels.shape}")

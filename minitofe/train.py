@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .backend import frozen_copy, read_only
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .model import predict, save_model, update_learned_ratios
 from .nn.layers import cross_entropy_backward, cross_entropy_forward
@@ -172,18 +173,27 @@ def _trim_log(path, last_step):
     os.replace(path + ".tmp", path)
 
 
+def checkpoint_path(out_dir):
+    return os.path.join(out_dir, "checkpoint.npz")
+
+
 def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConfig(), resume=False,
           progress=True, stop_at=None):
     """Train ``model`` (updated in place) on ``train_data = (images, labels)``; returns the model.
+
+    ``teacher_params``: the dense teacher's backbone weights (L_kd, L_approx). The trainer takes its own
+    read-only copy of them, so the teacher stays what it was when ``train`` was called even when the
+    caller passes the student's own arrays (``model.backbone_params()``). Parameters the schedule
+    freezes (``backbone_lr_scale=0``) are read-only views while training runs: a stray in-place write
+    raises instead of passing silently.
 
     Files in ``train_cfg.out_dir``: ``checkpoint.npz`` (resumable), ``log.jsonl`` (one line per step,
     plus ``eval`` lines), ``final.npz`` (the weights with their configs and learned keep ratios).
     ``stop_at``: checkpoint and return after that many steps (of ``train_cfg.steps``): a long run is done
     in pieces, each resumed with ``resume=True``, to the same result as one uninterrupted run."""
-    from tqdm.auto import tqdm
-    images, labels = train_data
+    teacher_params = None if teacher_params is None else frozen_copy(teacher_params)
     os.makedirs(train_cfg.out_dir, exist_ok=True)
-    ckpt = os.path.join(train_cfg.out_dir, "checkpoint.npz")
+    ckpt = checkpoint_path(train_cfg.out_dir)
     log_path = os.path.join(train_cfg.out_dir, "log.jsonl")
     opt = adamw_init(model.params)
     start = 0
@@ -199,8 +209,24 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
     elif os.path.exists(ckpt) and not resume:
         raise ValueError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or choose another "
                          f"out_dir; nothing was overwritten")
-    scales = _lr_scales(model.params, model.tofe, train_cfg)
-    frozen = {k for k, s in scales.items() if s == 0.0}
+    run = dict(opt=opt, start=start, ckpt=ckpt, log_path=log_path,
+               scales=_lr_scales(model.params, model.tofe, train_cfg))
+    frozen = {k for k, s in run["scales"].items() if s == 0.0}
+    writable = {k: model.params[k] for k in frozen}
+    model.params.update({k: read_only(v) for k, v in writable.items()})
+    try:
+        return _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, progress, stop_at)
+    finally:                                      # the caller gets its own (writable) arrays back
+        model.params.update(writable)
+
+
+def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, progress, stop_at):
+    """The steps of ``train`` from ``run['start']`` on; ``run`` holds the optimizer state, the paths and
+    the per-parameter learning-rate scales (0: frozen)."""
+    from tqdm.auto import tqdm
+    images, labels = train_data
+    opt, start, ckpt, log_path, scales = (run[k] for k in ("opt", "start", "ckpt", "log_path", "scales"))
+    frozen = [k for k, s in scales.items() if s == 0.0]
 
     def save(step):
         meta = dict(_expected_meta(model, train_cfg), step=step,

@@ -115,7 +115,7 @@ def test_missing_files_say_how_to_get_them(tmp_path, monkeypatch):
                    "apt-get download dataset-fashion-mnist", "dpkg-deb -x", FASHION_MNIST_ENV):
         assert needle in msg
     with pytest.raises(ValueError, match="split"):
-        load_fashion_mnist("val", root=tmp_path)
+        load_fashion_mnist("validation", root=tmp_path)
 
 
 def test_count_mismatch_and_shape_and_labels(tmp_path):
