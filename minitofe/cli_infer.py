@@ -246,6 +246,9 @@ def add_eval(sub):
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
                                                            "subfolder per class)")
     p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--split", choices=["test", "val", "train", "train+val"], default="test",
+                   help="Fashion-MNIST split (default: %(default)s; 'val' is the 5 000 images carved out of "
+                        "the training file for choosing hyper-parameters)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
     p.add_argument("--batch", type=int, default=100)
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -256,7 +259,7 @@ def run_eval(args):
     model, source = load_args(args)
     if args.data == "fashion-mnist":
         from .data import load_fashion_mnist
-        images, labels = load_fashion_mnist("test", args.data_root)
+        images, labels = load_fashion_mnist(args.split, args.data_root)
     else:
         from .data import load_image_folder
         mean, std = normalisation(model.cfg)
@@ -268,7 +271,8 @@ def run_eval(args):
     ratios = budget_ratios(model, method, args.budget)
     res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
                    keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
-    res.update(weights=source, method=method, macs_g=res["macs"] / 1e9)
+    res.update(weights=source, method=method, macs_g=res["macs"] / 1e9,
+               split=args.split if args.data == "fashion-mnist" else str(args.data))
     if args.json:
         print(json.dumps(res))
     else:

@@ -1,0 +1,181 @@
+"""The report of the Fashion-MNIST experiment (``fmnist_experiment.py report``): the only part that touches
+the test set.
+
+Writes to ``RUN_DIR/report/``:
+- ``evals.json``   every ``minitofe eval --json`` result, keyed by its command (re-running skips them);
+- ``table.md``     top-1 at 50 % and 35 % MACs, mean +- sample std over seeds, per method, and which
+                   differences exceed the seed spread;
+- ``curves.png``   top-1 against MACs (budgets 0.3 ... 1.0), one curve per method (seed-0 model trained at
+                   50 %), with the training-free baselines and the dense backbone;
+- ``keep_ratios.png``  learned keep ratio per stage (tofe, at each budget, mean over seeds);
+- ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set.
+"""
+import json
+import math
+import pathlib
+import statistics
+
+import numpy as np
+
+import fmnist_experiment as X
+
+
+def _eval(cache, weights, method, budget, split="test"):
+    key = f"{pathlib.Path(weights).name}|{method}|{budget}|{split}|{weights}"
+    if key not in cache:
+        cache[key] = X.eval_json(weights, method, budget, split)
+        print(f"eval {key}: top-1 {100 * cache[key]['top1']:.2f} %", flush=True)
+    return cache[key]
+
+
+def final_models(run_dir, methods):
+    """{(method, budget): [(seed, path), ...]} of the finished final runs."""
+    found = {}
+    for phase, name, _ in X.final_jobs(methods, run_dir):
+        if X.is_done(run_dir, phase, name):
+            method, pct, seed = name.rsplit("_", 2)
+            found.setdefault((method, int(pct) / 100), []).append(
+                (int(seed[1:]), X.job_dir(run_dir, phase, name) / "final.npz"))
+    return found
+
+
+def mean_std(values):
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
+
+
+def table(cache, models, dense_top1):
+    lines = [f"Dense backbone: {100 * dense_top1:.2f} % top-1 (n = 10 000).", "",
+             "| method | MACs target | seeds | top-1 (%) mean ± std | realised MACs (%) | keep ratios per stage |",
+             "|---|---|---|---|---|---|"]
+    rows = {}
+    for (method, budget), runs in sorted(models.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+        res = [_eval(cache, path, method, budget) for _, path in sorted(runs)]
+        m, s = mean_std([100 * r["top1"] for r in res])
+        rows[(method, budget)] = (m, s, len(res))
+        ratios = np.mean([r["keep_ratios"] for r in res], axis=0)
+        lines.append(f"| {method} | {100 * budget:.0f} % | {len(res)} | {m:.2f} ± {s:.2f} | "
+                     f"{100 * statistics.mean(r['macs_ratio'] for r in res):.1f} | "
+                     f"{' / '.join(f'{v:.2f}' for v in ratios)} |")
+    lines += ["", "Differences to tofe larger than the seed spread (|mean difference| > std_a + std_b):"]
+    for (method, budget), (m, s, n) in rows.items():
+        if method == "tofe" or ("tofe", budget) not in rows:
+            continue
+        mt, st, nt = rows[("tofe", budget)]
+        spread = (0 if math.isnan(s) else s) + (0 if math.isnan(st) else st)
+        verdict = "yes" if abs(mt - m) > spread and n > 1 and nt > 1 else "no (or one seed only)"
+        lines.append(f"- {100 * budget:.0f} %: tofe {mt:.2f} vs {method} {m:.2f} (diff {mt - m:+.2f}, "
+                     f"spread {spread:.2f}): {verdict}")
+    return "\n".join(lines) + "\n"
+
+
+def curves(cache, models, out_png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    series = {}
+    for (method, budget), runs in models.items():
+        if budget == 0.5:
+            path = dict(runs).get(0)
+            if path is not None:
+                series[method] = (path, method)
+    for method in X.TRAINING_FREE:
+        series[f"{method} (training-free)"] = (X.BACKBONE_NPZ, method)
+    for label, (path, method) in sorted(series.items()):
+        pts = []
+        for b in X.CURVE_BUDGETS:
+            try:
+                r = _eval(cache, path, method, b)
+            except RuntimeError as e:                 # a budget below what the method can reach
+                print(f"skip {label} at {b}: {str(e).splitlines()[-1]}")
+                continue
+            pts.append((100 * r["macs_ratio"], 100 * r["top1"]))
+        ax.plot(*zip(*pts), marker="o", label=label)
+    dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
+    ax.axhline(100 * dense["top1"], color="k", ls="--", lw=1, label="dense backbone")
+    ax.set_xlabel("MACs (% of dense)")
+    ax.set_ylabel("top-1 on the test set (%)")
+    ax.set_title("Fashion-MNIST, ViT patch 4 (50 tokens): accuracy against MACs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def keep_ratio_plot(models, out_png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import minitofe
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(1, len(X.BUDGETS))
+    for i, budget in enumerate(X.BUDGETS):
+        runs = models.get(("tofe", budget), [])
+        if not runs:
+            continue
+        ratios = np.array([minitofe.load_model(p).learned_keep_ratios for _, p in runs])
+        stages = np.arange(ratios.shape[1])
+        ax.bar(stages + i * width, ratios.mean(0), width, yerr=ratios.std(0) if len(runs) > 1 else None,
+               label=f"tofe, {100 * budget:.0f} % MACs ({len(runs)} seeds)")
+    ax.set_xticks(np.arange(3) + width / 2, [f"stage {s + 1}" for s in range(3)])
+    ax.set_ylabel("learned keep ratio")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def approximation_errors(models, out_json, out_png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import minitofe
+    from minitofe.cli_infer import budget_ratios
+    from minitofe.data import load_fashion_mnist
+    from minitofe.diagnostics import stage_errors
+    images, _ = load_fashion_mnist("test")
+    teacher = minitofe.load_model(X.BACKBONE_NPZ)
+    result = {}
+    for method in ("tofe", "tofe-identity"):
+        runs = models.get((method, 0.5), [])
+        if runs:
+            model = minitofe.load_model(dict(runs).get(0, runs[0][1]))
+            ratios = budget_ratios(model, method, 0.5)
+            result[method] = stage_errors(model, images, teacher.params, keep_ratios=ratios, fast=True)
+    idle = minitofe.add_tofe(minitofe.load_model(X.BACKBONE_NPZ), minitofe.ToFeConfig(method="idle"))
+    result["idle (training-free)"] = stage_errors(idle, images, teacher.params,
+                                                  keep_ratios=budget_ratios(idle, "idle", 0.5), fast=True)
+    out_json.write_text(json.dumps(result, indent=1))
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for label, rows in result.items():
+        ax.plot([r["stage"] + 1 for r in rows], [r["frozen"] for r in rows], marker="o",
+                label=f"{label}: frozen tokens")
+        if label == "tofe":
+            ax.plot([r["stage"] + 1 for r in rows], [r["identity"] for r in rows], marker="x", ls=":",
+                    label="tofe: same tokens carried unchanged")
+    ax.set_xlabel("stage")
+    ax.set_xticks([1, 2, 3])
+    ax.set_ylabel("relative squared error to the teacher")
+    ax.set_title("Frozen tokens at 50 % MACs (test set)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+
+
+def report(run_dir, methods):
+    out = run_dir / "report"
+    out.mkdir(exist_ok=True)
+    cache_path = out / "evals.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+    models = final_models(run_dir, methods)
+    try:
+        dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
+        (out / "table.md").write_text(table(cache, models, dense["top1"]))
+        curves(cache, models, out / "curves.png")
+    finally:
+        cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
+    keep_ratio_plot(models, out / "keep_ratios.png")
+    approximation_errors(models, out / "stage_errors.json", out / "stage_errors.png")
+    print((out / "table.md").read_text())
