@@ -1,37 +1,20 @@
 """CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in ``cli.py``).
 
-Weights default to the ones the project ships (``weights/`` in a checkout, or installed to
-``<prefix>/share/minitofe/weights``; ``MINITOFE_WEIGHTS`` overrides): the ToFe model when present, else
-the dense backbone run with the training-free ``idle`` method.
+Weights default to the ones the project ships (found by ``minitofe.io.shipped``: ``MINITOFE_WEIGHTS``, a
+checkout's ``weights/``, or the installed data files): the ToFe model when present, else the dense
+backbone run with the training-free ``idle`` method.
 """
 import argparse
 import json
 import os
 import pathlib
-import sys
 import time
 
 import numpy as np
 
-BACKBONE_FILE = "vit_fmnist_patch2_28.safetensors"
-TOFE_FILE = "tofe_fmnist_50.npz"
+from .io.shipped import BACKBONE_FILE, BACKBONE_MODEL, TOFE_FILE, find_shipped, weights_dirs
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def weights_dirs():
-    dirs = []
-    if os.environ.get("MINITOFE_WEIGHTS"):
-        dirs.append(pathlib.Path(os.environ["MINITOFE_WEIGHTS"]))
-    dirs.append(pathlib.Path(__file__).resolve().parents[1] / "weights")
-    dirs.append(pathlib.Path(sys.prefix) / "share" / "minitofe" / "weights")
-    return dirs
-
-
-def find_shipped(name):
-    for d in weights_dirs():
-        if (d / name).is_file():
-            return d / name
-    return None
 
 
 def sample_images():
@@ -50,13 +33,13 @@ def load_for_inference(weights=None, random_fallback=False, model=None, heads=No
     path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
     if path is None and random_fallback:
         from .config import get_config
-        model = minitofe.new_model(get_config("vit_fmnist_patch2_28"), minitofe.ToFeConfig(method="idle"),
+        model = minitofe.new_model(get_config(BACKBONE_MODEL), minitofe.ToFeConfig(method="idle"),
                                    np.random.default_rng(0), np.float32)
         return model, "RANDOM weights (no shipped weights found: predictions are meaningless)"
     if path is None:
         raise ValueError(f"no shipped weights found (looked for {TOFE_FILE} and {BACKBONE_FILE} in "
                          f"{', '.join(map(str, weights_dirs()))}); pass --weights FILE")
-    model = minitofe.load_model(str(path), model=None if path.suffix == ".npz" else "vit_fmnist_patch2_28")
+    model = minitofe.load_model(str(path), model=None if path.suffix == ".npz" else BACKBONE_MODEL)
     if model.tofe.method == "dense":                  # a bare backbone: training-free ToFe-style reuse
         model.tofe = model.tofe.replace(method="idle")
         return model, f"{path} (backbone only: method 'idle', training-free freeze + reuse)"

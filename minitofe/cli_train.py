@@ -8,47 +8,54 @@ import os
 import numpy as np
 
 
+# Every option's default. argparse's own defaults stay None so that a --config file and the options a
+# resumed run started with (--resume) can sit between these and the flags given now.
+DEFAULTS = dict(model="vit_fmnist_patch4_28", method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
+                lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
+                data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
+                fast=True, eval_every=200, eval_images=1000, checkpoint_every=100, warmup_steps=50)
+
+
 def add_train(sub):
     from .tofe.config import METHODS
-    p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)")
+    p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
+                       description="Fine-tune ToFe or a baseline from a backbone with minitofe's own trainer. "
+                                   "Options: defaults < --config file < flags; --resume reads the run's own "
+                                   "options from --out, so `minitofe train --out DIR --resume` continues it.")
+
+    def opt(flag, text, **kw):
+        p.add_argument(flag, help=f"{text} (default: {DEFAULTS[flag[2:].replace('-', '_')]})", **kw)
     p.add_argument("--config", help="JSON file of options (keys = the flag names, with underscores)")
-    p.add_argument("--init", help="initial weights (backbone .safetensors / .npz); also the teacher")
-    p.add_argument("--model",
-                   help="preset a timm-layout --init file must match (.npz files carry their config)")
-    p.add_argument("--method", choices=METHODS, default=None)
-    p.add_argument("--target", type=float, help="MACs budget gamma (fraction of dense)")
-    p.add_argument("--keep-ratios", type=float, nargs="+", help="fixed ratios (tofe-uniform / topk eval)")
-    p.add_argument("--steps", type=int)
-    p.add_argument("--batch", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--backbone-lr-scale", type=float, help="backbone lr factor; 0 freezes the backbone")
-    p.add_argument("--alpha", type=float, help="distillation weight")
-    p.add_argument("--beta", type=float, help="approximation-loss weight")
-    p.add_argument("--lam", type=float, help="FLOPs-loss weight lambda")
-    p.add_argument("--label-smoothing", type=float)
-    p.add_argument("--limit", type=int, help="use the first N training images")
-    p.add_argument("--data", help="'fashion-mnist' (default) or an image folder: DIR/train and DIR/val "
-                                  "(one subfolder per class each; val optional), or DIR itself as train")
-    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
-    p.add_argument("--out", help="output folder (checkpoint.npz, log.jsonl, final.npz)")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--dtype", choices=["float32", "float64"])
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps (resume later)")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
-                   help="Numba kernels for the blocks (default: on when Numba is installed); --no-fast runs "
-                        "the pure-NumPy reference")
-    p.add_argument("--eval-every", type=int, help="evaluate on the test set every N steps")
-    p.add_argument("--eval-images", type=int, help="how many test images each evaluation uses")
-    p.add_argument("--checkpoint-every", type=int, help="write the checkpoint every N steps")
-    p.add_argument("--warmup-steps", type=int)
-
-
-DEFAULTS = dict(model="vit_fmnist_patch4_28", method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32, lr=1e-3,
-                backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None, fast=True, eval_every=200,
-                eval_images=1000, checkpoint_every=100, warmup_steps=50)
+    opt("--init", "initial weights (backbone .safetensors / .npz); also the frozen teacher")
+    opt("--model", "preset a timm-layout --init file must match (.npz files carry their config)")
+    opt("--method", "what to train", choices=METHODS)
+    opt("--target", "MACs budget gamma, a fraction of the dense MACs", type=float)
+    opt("--keep-ratios", "fixed keep ratios, one per stage (tofe-uniform)", type=float, nargs="+")
+    opt("--steps", "training steps", type=int)
+    opt("--batch", "images per step", type=int)
+    opt("--lr", "peak learning rate of the ToFe modules (AdamW, warm-up then cosine)", type=float)
+    opt("--backbone-lr-scale", "backbone learning rate = lr x this; 0 freezes the backbone", type=float)
+    opt("--alpha", "weight of the distillation loss", type=float)
+    opt("--beta", "weight of the approximation loss", type=float)
+    opt("--lam", "weight lambda of the MACs-budget loss", type=float)
+    opt("--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    opt("--limit", "use the first N training images only", type=int)
+    opt("--data", "'fashion-mnist' (its 55 000-image train split, evaluated on the 5 000-image val split), "
+                  "or an image folder: DIR/train and DIR/val (one subfolder per class; val optional), or DIR")
+    opt("--data-root", "folder of the Fashion-MNIST IDX files (None: $MINITOFE_FASHION_MNIST, else "
+                       "/usr/share/datasets/fashion-mnist)")
+    opt("--out", "output folder: options.json, checkpoint.npz, log.jsonl, final.npz")
+    opt("--seed", "seed of the batch order, the Gumbel noise and the ToFe modules' init", type=int)
+    opt("--dtype", "float32 or float64", choices=["float32", "float64"])
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps; continue with --resume")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    opt("--fast", "Numba kernels for the blocks when Numba is installed; --no-fast: the pure-NumPy reference",
+        action=argparse.BooleanOptionalAction)
+    opt("--eval-every", "evaluate on the evaluation split every N steps", type=int)
+    opt("--eval-images", "how many evaluation images each evaluation uses", type=int)
+    opt("--checkpoint-every", "write the checkpoint every N steps", type=int)
+    opt("--warmup-steps", "linear learning-rate warm-up steps", type=int)
 
 
 OPTIONS_FILE = "options.json"       # in --out: the run's options, so --resume needs only --out

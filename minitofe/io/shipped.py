@@ -1,0 +1,45 @@
+"""Where the weights that minitofe ships are found.
+
+A checkout has them in its ``weights/`` folder. An installed minitofe has the default files only (see
+``[options.data_files]`` in ``setup.cfg``), installed as data files under ``share/minitofe/weights`` of
+whichever scheme pip used: the environment's prefix (a venv, a system install) or the user base
+(``pip install --user``). ``MINITOFE_WEIGHTS=DIR`` is looked at first.
+"""
+import os
+import pathlib
+import site
+import sys
+import sysconfig
+
+ENV = "MINITOFE_WEIGHTS"
+DATA_SUBDIR = ("share", "minitofe", "weights")
+BACKBONE_FILE = "vit_fmnist_patch4_28.npz"     # the default backbone (timm twin: .safetensors)
+BACKBONE_MODEL = "vit_fmnist_patch4_28"         # its preset
+TOFE_FILE = "tofe_fmnist_50.npz"                # the default ToFe model, when shipped
+
+
+def weights_dirs():
+    """The folders searched, in order: $MINITOFE_WEIGHTS, the checkout's ``weights/``, then
+    ``share/minitofe/weights`` under every install scheme's data path (prefix, venv, user base)."""
+    dirs = []
+    if os.environ.get(ENV):
+        dirs.append(pathlib.Path(os.environ[ENV]))
+    dirs.append(pathlib.Path(__file__).resolve().parents[2] / "weights")
+    bases = [sys.prefix, sysconfig.get_path("data")]
+    for scheme in ("posix_user", "nt_user", "osx_framework_user"):
+        if scheme in sysconfig.get_scheme_names():
+            bases.append(sysconfig.get_path("data", scheme))
+    bases.append(site.getuserbase())
+    for base in bases:
+        d = pathlib.Path(base, *DATA_SUBDIR)
+        if d not in dirs:
+            dirs.append(d)
+    return dirs
+
+
+def find_shipped(name):
+    """The first ``name`` in ``weights_dirs()``, or None."""
+    for d in weights_dirs():
+        if (d / name).is_file():
+            return d / name
+    return None

@@ -1,0 +1,34 @@
+"""Shipped weights are found wherever pip put them: a checkout, a venv or prefix, the user base."""
+import pathlib
+import site
+import sysconfig
+
+from minitofe.io import shipped
+
+
+def _put(base, name="w.npz"):
+    d = pathlib.Path(base, *shipped.DATA_SUBDIR)
+    d.mkdir(parents=True)
+    (d / name).write_bytes(b"x")
+    return d / name
+
+
+def test_the_user_base_of_pip_install_user_is_searched(tmp_path, monkeypatch):
+    monkeypatch.delenv(shipped.ENV, raising=False)
+    monkeypatch.setattr(site, "getuserbase", lambda: str(tmp_path / "userbase"))
+    real = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path", lambda name, scheme=None: str(tmp_path / "userbase")
+                        if scheme and scheme.endswith("_user") else real(name) if scheme is None
+                        else real(name, scheme))
+    path = _put(tmp_path / "userbase")
+    assert shipped.find_shipped("w.npz") == path
+
+
+def test_the_environment_variable_comes_first_and_missing_files_give_none(tmp_path, monkeypatch):
+    d = tmp_path / "mine"
+    d.mkdir()
+    (d / "vit_fmnist_patch4_28.npz").write_bytes(b"x")
+    monkeypatch.setenv(shipped.ENV, str(d))
+    assert shipped.weights_dirs()[0] == d
+    assert shipped.find_shipped("vit_fmnist_patch4_28.npz") == d / "vit_fmnist_patch4_28.npz"
+    assert shipped.find_shipped("no-such-file.npz") is None
