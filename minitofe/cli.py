@@ -8,6 +8,8 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe train --init WEIGHTS [--method M] [--target G] [--steps N] ... [--resume]
     minitofe convert SRC DST [--model NAME] [--heads N] [--dtype float32|float64] [--force]
     minitofe bench [--json] [--quick]
+    minitofe golden OUT.safetensors [--weights FILE | --preset NAME --seed S] [--mode M] [--images ...]
+    minitofe compare BUNDLE THEIRS [--json] [--tol float64|float32]
 
 Inference commands run on the Numba kernels when Numba is installed and they get at least
 ``cli_infer.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
@@ -25,6 +27,7 @@ from .cli_infer import (add_demo, add_eval, add_predict, add_viz, run_demo, run_
                         run_viz)
 from .cli_train import add_train, run_train
 from .config import PRESETS, get_config
+from .validate.cli import add_compare, add_golden, run_compare, run_golden
 
 
 def describe(cfg):
@@ -80,7 +83,8 @@ def run_bench(args):
 
 COMMANDS = {"demo": (add_demo, run_demo), "predict": (add_predict, run_predict), "viz": (add_viz, run_viz),
             "eval": (add_eval, run_eval), "train": (add_train, run_train),
-            "convert": (add_convert, run_convert), "bench": (add_bench, run_bench)}
+            "convert": (add_convert, run_convert), "bench": (add_bench, run_bench),
+            "golden": (add_golden, run_golden), "compare": (add_compare, run_compare)}
 
 
 def build_parser():

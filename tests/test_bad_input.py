@@ -14,6 +14,7 @@ files and models of the ``ctx`` fixture. ``error`` says what must happen:
 import contextlib
 import gzip
 import io
+import json
 import pathlib
 import re
 import struct
@@ -23,10 +24,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import safetensors.numpy as stnp
+from safetensors import safe_open
 from PIL import Image
 
 import minitofe
 from minitofe import data as D
+from minitofe import validate as VAL
 from minitofe.cli import main
 from minitofe.config import ViTConfig
 from minitofe.io import weights as W
@@ -220,6 +223,56 @@ def train_forward_of(c, model=None, x=None, y=None, noise=None, teacher="same", 
     return minitofe.train_forward(model or c.m, c.x if x is None else x, c.y if y is None else y,
                                   c.noise if noise is None else noise,
                                   c.teacher if isinstance(teacher, str) else teacher, tau=tau)
+
+
+def bundles(c):
+    """Golden bundles of the fixture's model in ``c.d`` (made once), broken copies of them, and other
+    implementations' outputs; returns ``c``."""
+    d = c.d
+    if (d / "golden.safetensors").exists():
+        return c
+    good = VAL.make_golden(d / "golden.safetensors", c.m, c.x, c.y)
+    with safe_open(good, framework="np") as f:
+        meta, arrays = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    nan = arrays["stage.0.out"].copy()
+    nan[0, 0, 0] = np.nan
+    for name, changed, m in (("g-missing", {k: v for k, v in arrays.items() if k != "blocks.1.out"}, meta),
+                             ("g-shape", {**arrays, "logits": arrays["logits"].T.copy()}, meta),
+                             ("g-nan", {**arrays, "stage.0.out": nan}, meta),
+                             ("g-version", arrays, {**meta, "minitofe_version": "0.0.1"})):
+        stnp.save_file(changed, str(d / f"{name}.safetensors"), metadata=m)
+    (d / "g-cut.safetensors").write_bytes((d / "golden.safetensors").read_bytes()[:5000])
+    (d / "vit.json").write_text(json.dumps(CFG.to_dict()))
+    return c
+
+
+def theirs(c, **changes):
+    """The bundle's own forward/backward tensors with some replaced (``None`` drops the name)."""
+    b = VAL.read_bundle(bundles(c).d / "golden.safetensors")
+    out = {e.name: b.arrays[e.name].copy() for e in b.of_role("forward", "backward")}
+    return {k: v for k, v in {**out, **changes}.items() if v is not None}
+
+
+def compare_reports(c, name, match, **changes):
+    """A divergence, not an error: the report fails and names ``name`` first, its text matching ``match``."""
+    report = VAL.compare(bundles(c).d / "golden.safetensors", theirs(c, **changes))
+    assert not report["passed"] and report["first_divergence"]["name"] == name, report["first_divergence"]
+    assert re.search(match, VAL.format_report(report)), VAL.format_report(report)
+
+
+def with_nan(a):
+    a = a.copy()
+    a.flat[1] = np.nan
+    return a
+
+
+def compare_any_version(c):
+    bundle = bundles(c).d / "g-version.safetensors"
+    assert VAL.compare(bundle, theirs(c), any_version=True)["passed"]
+
+
+def golden_of(c, name, **kw):
+    return VAL.make_golden(c.d / name, kw.pop("model", c.m), c.x, c.y, **kw)
 
 
 TRAIN = ("train", "--init", "{d}/w.npz", "--no-progress", "--steps", "1", "--batch", "2", "--warmup-steps", "0")
@@ -549,6 +602,62 @@ CASES = [
          cli("convert", "{d}/w.npz", "{d}/c.npz", "--dtype", "int8")),
     Case("cli-bench-unknown-flag", "minitofe bench", "--nope", 2, r"unrecognized arguments: --nope",
          cli("bench", "--nope")),
+    # ---- the validator's kit: golden bundles and compare
+    Case("golden-training-free-method", "validate.make_golden", "mode 'train' for method idle", V,
+         r"method 'idle' has no learned selector, so no training bundle",
+         lambda c: golden_of(c, "i.safetensors", model=minitofe.Model(c.m.params, CFG, TCFG.replace(method="idle")))),
+    Case("golden-out-not-safetensors", "validate.make_golden", "OUT g.npz", V,
+         r"g.npz: a golden bundle is a .safetensors file", lambda c: golden_of(c, "g.npz")),
+    Case("golden-fmnist-index-out-of-range", "validate.golden_images", "fmnist=[7] of a 4-image test set", V,
+         r"Fashion-MNIST test indices must lie in \[0, 4\), got \[7\]",
+         lambda c: VAL.golden_images(c.m, fmnist=[7], fmnist_root=c.d / "fm")),
+    Case("golden-labels-wrong-count", "validate.golden_images", "2 labels for 3 images", V,
+         r"labels must be 3 integers in \[0, 4\) \(one per image\), got \[1, 2\]",
+         lambda c: VAL.golden_images(c.m, random=3, labels=[1, 2])),
+    Case("compare-bundle-missing-tensor", "validate.compare", "a bundle lacking a tensor its index lists", V,
+         r"bundle lacks 1 tensor\(s\) its index lists: \['blocks.1.out'\]",
+         lambda c: VAL.compare(bundles(c).d / "g-missing.safetensors", theirs(c))),
+    Case("compare-bundle-wrong-shape", "validate.compare", "a bundle tensor of another shape than its index says",
+         V, r"tensor 'logits' is float64 \(4, 3\), its index says float64 \(3, 4\)",
+         lambda c: VAL.compare(bundles(c).d / "g-shape.safetensors", theirs(c))),
+    Case("compare-bundle-nan", "validate.compare", "NaN inside the bundle", V,
+         r"tensor 'stage.0.out' holds NaN or inf \(first at index \[0, 0, 0\]\)",
+         lambda c: VAL.compare(bundles(c).d / "g-nan.safetensors", theirs(c))),
+    Case("compare-bundle-other-version", "validate.compare", "a bundle made by minitofe 0.0.1", V,
+         r"made by minitofe 0.0.1, this is minitofe .* or pass --any-version",
+         lambda c: VAL.compare(bundles(c).d / "g-version.safetensors", theirs(c))),
+    Case("compare-bundle-other-version-allowed", "validate.compare", "the same with any_version=True", None, None,
+         compare_any_version),
+    Case("compare-bundle-not-golden", "validate.compare", "a timm weight file as the bundle", V,
+         r"not a minitofe golden bundle \(metadata format 'pt'",
+         lambda c: VAL.compare(c.d / "timm.safetensors", theirs(c))),
+    Case("compare-theirs-no-known-name", "validate.compare", "outputs whose names are all unknown", V,
+         r"none of its 1 names is in the bundle \(e.g. \['logitz'\]\)",
+         lambda c: VAL.compare(bundles(c).d / "golden.safetensors",
+                                                                    {"logitz": np.zeros((3, 4))})),
+    Case("compare-theirs-nan", "validate.compare", "NaN in their outputs", None, None,
+         lambda c: compare_reports(c, "blocks.0.attn", r"1 NaN/inf value\(s\)",
+                                   **{"blocks.0.attn": with_nan(theirs(c)["blocks.0.attn"])})),
+    Case("compare-theirs-wrong-shape", "validate.compare", "their logits transposed", None, None,
+         lambda c: compare_reports(c, "logits", r"shape \(4, 3\) != golden \(3, 4\)",
+                                   logits=theirs(c)["logits"].T)),
+    Case("compare-theirs-strings", "validate.compare", "their mask as strings", None, None,
+         lambda c: compare_reports(c, "stage.0.mask", r"dtype <U1 is not a number type",
+                                   **{"stage.0.mask": np.full((3, 17), "1")})),
+    Case("cli-compare-theirs-txt", "minitofe compare", "THEIRS a.txt", 2,
+         r"a.txt: outputs to compare must be a .safetensors or .npz file, got '.txt'",
+         lambda c: cli("compare", "{d}/golden.safetensors", "{d}/a.txt")(bundles(c))),
+    Case("cli-compare-bundle-missing", "minitofe compare", "BUNDLE that does not exist", 2,
+         r"nope.safetensors: no such file", cli("compare", "{d}/nope.safetensors", "{d}/w.npz")),
+    Case("cli-compare-bundle-truncated", "minitofe compare", "BUNDLE cut short", 2,
+         r"g-cut.safetensors: not a readable safetensors file",
+         lambda c: cli("compare", "{d}/g-cut.safetensors", "{d}/golden.safetensors")(bundles(c))),
+    Case("cli-golden-out-exists", "minitofe golden", "OUT that exists", 2,
+         r"golden.safetensors: exists already \(pass --force to replace it\)",
+         lambda c: cli("golden", "{d}/golden.safetensors", "--preset", "{d}/vit.json")(bundles(c))),
+    Case("cli-golden-random-zero", "minitofe golden", "--random 0", 2,
+         r"--random must be a batch size in \[1, 64\], got 0",
+         lambda c: cli("golden", "{d}/r.safetensors", "--preset", "{d}/vit.json", "--random", "0")(bundles(c))),
 ]
 
 
