@@ -95,14 +95,17 @@ def save_model(path, model):
 def predict(model, images, method=None, keep_ratios=None, inference=None, kept_masks=None, fast=False):
     """Reduced (or dense) inference. ``method`` overrides ``model.tofe.method``; ``keep_ratios`` the
     per-stage rho_i for ``topk`` (default: the learned ratios, else the config's); ``inference`` is
-    ``"topk"`` or ``"threshold"``. Returns logits (B, num_classes) and the info dict of
-    ``tofe_inference`` (kept / frozen / reused per stage, realised MACs per image). ``fast=True`` runs
-    on the Numba kernels (``minitofe.kernels``; the reference path when Numba is absent)."""
+    ``"topk"`` or ``"threshold"`` (evit / dynamicvit: top-K only; their ``keep_ratios`` are EViT's
+    per-stage keep rates of the current tokens and DynamicViT's fractions of P). Returns logits
+    (B, num_classes) and the info dict of ``tofe_inference`` (kept / frozen / reused per stage, realised
+    MACs per image). ``fast=True`` runs on the Numba kernels (``minitofe.kernels``; the reference path
+    when Numba is absent)."""
     _check_model(model)
     tcfg = model.tofe
     if method is not None or inference is not None:
         tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
     learned_here = tcfg.learned_selector and tcfg.method != "tofe-uniform"   # uniform: fixed ratios
+    # (evit / dynamicvit are not learned_selector: they use their config's keep rate / rho^(s+1))
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
     return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks,

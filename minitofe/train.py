@@ -22,6 +22,8 @@ from .model import predict, save_model, update_learned_ratios
 from .nn.layers import cross_entropy_backward, cross_entropy_forward
 from .nn.vit import vit_backward, vit_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
+from .tofe.budget import evit_keep_rate
+from .tofe.evit import keep_rate_at
 from .tofe.gumbel import tau_at
 from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
 
@@ -96,10 +98,13 @@ def train_step(model, teacher_params, images, labels, step, train_cfg):
         return {"loss": float(loss), "losses": {"cls": float(loss), "total": float(loss)}}, grads
     stages = tcfg.resolved_stages(cfg.depth)
     teacher = None
-    if tcfg.alpha > 0 or (tcfg.beta > 0 and tcfg.uses_approximator):
+    if tcfg.needs_teacher:
         teacher = teacher_forward(teacher_params, images, cfg, stages, fast=train_cfg.fast)
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
     tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
+    if tcfg.method == "evit":        # the keep rate annealed from 1 to its target (evit.keep_rate_at)
+        rate = keep_rate_at(step, train_cfg.steps, evit_keep_rate(cfg, tcfg), tcfg.evit_warmup, tcfg.evit_anneal)
+        tcfg, tau = tcfg.replace(evit_keep_rate=rate), None
     out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
                                     fast=train_cfg.fast)
     out["tau"] = tau

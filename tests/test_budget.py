@@ -8,7 +8,8 @@ from minitofe.tofe.budget import ratios_for_budget, topk_macs
 from minitofe.tofe.macs import dense_macs
 
 
-@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "idle", "evit", "dynamicvit", "tofe-uniform"])
+@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "idle", "evit", "evit-drop", "dynamicvit",
+                                    "tofe-cumulative", "tofe-uniform"])
 @pytest.mark.parametrize("budget", [0.7, 0.5, 0.35])
 def test_ratios_hit_the_budget_on_deit_small(method, budget):
     cfg = get_config("deit_small_patch16_224")
@@ -18,7 +19,7 @@ def test_ratios_hit_the_budget_on_deit_small(method, budget):
     assert got <= budget and budget - got < 0.01
 
 
-@pytest.mark.parametrize("method", ["tofe", "idle", "evit", "dynamicvit"])
+@pytest.mark.parametrize("method", ["tofe", "idle", "evit", "evit-drop", "dynamicvit", "tofe-cumulative"])
 def test_topk_macs_equal_the_realised_macs_of_inference(method):
     cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
     tcfg = minitofe.ToFeConfig(method=method, stages=(1, 2, 3), keep_ratios=(0.75, 0.5, 0.25))

@@ -121,7 +121,7 @@ def test_bad_inputs():
         tofe_macs(CFG, (1, 6), np.ones(2))
 
 
-@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "dynamicvit", "idle", "evit",
+@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative", "idle", "evit-drop",
                                     "dense"])
 @pytest.mark.parametrize("inference", ["topk", "threshold"])
 def test_realised_macs_equal_the_matmuls_reduced_inference_runs(method, inference):

@@ -199,8 +199,9 @@ def test_flops_loss(per_image):
 def test_param_shapes_per_method():
     def groups(method):
         return {k.split(".")[1] for k in tofe_param_shapes(CFG, TCFG.replace(method=method))}
-    assert groups("dense") == groups("idle") == groups("evit") == set()
-    assert groups("dynamicvit") == groups("tofe-identity") == {"selector"}
+    assert groups("dense") == groups("idle") == groups("evit") == groups("evit-drop") == set()
+    assert groups("tofe-cumulative") == groups("tofe-identity") == {"selector"}
+    assert groups("dynamicvit") == {"predictor"}
     assert groups("tofe") == groups("tofe-uniform") == {"selector", "approx"}
     shapes = tofe_param_shapes(CFG, TCFG)
     assert len(shapes) == 3 * 8 + 3 * 6

@@ -54,7 +54,7 @@ def test_scatter_of_gather_restores_kept_rows_and_leaves_the_rest(case):
 
 
 @st.composite
-def model_case(draw, methods=("tofe", "tofe-identity", "tofe-uniform", "dynamicvit", "idle", "evit")):
+def model_case(draw, methods=("tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative", "idle", "evit-drop")):
     depth = draw(st.integers(2, 4))
     C = draw(st.sampled_from([8, 12]))
     H = draw(st.sampled_from([h for h in (1, 2, 4) if C % h == 0]))
@@ -97,7 +97,7 @@ def test_keep_all_equals_dense_exactly(case):
 
 
 @EXAMPLES
-@given(model_case(methods=("tofe", "tofe-identity", "tofe-uniform", "dynamicvit")))
+@given(model_case(methods=("tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative")))
 def test_masked_training_forward_equals_gather_inference(case):
     cfg, tcfg, params, images, rng = case
     B, T = images.shape[0], cfg.num_prefix_tokens
@@ -119,7 +119,7 @@ def test_masked_training_forward_equals_gather_inference(case):
 
 
 @EXAMPLES
-@given(model_case(methods=("tofe", "tofe-identity", "dynamicvit")))
+@given(model_case(methods=("tofe", "tofe-identity", "tofe-cumulative")))
 def test_threshold_equals_each_image_alone(case):
     cfg, tcfg, params, images, _ = case
     tcfg = tcfg.replace(inference="threshold")

@@ -33,7 +33,7 @@ def _setup(method="tofe", seed=0, cfg=CFG, **kw):
     return params, images, labels, tcfg, teacher, noise, rng
 
 
-@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "dynamicvit"])
+@pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative"])
 def test_soft_relaxation_whole_model_finite_differences(method):
     params, images, labels, tcfg, teacher, noise, rng = _setup(method, tau=2.0)
     f = lambda: tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=False)[0]["loss"]
@@ -136,7 +136,7 @@ def test_frozen_everything_is_legal():
     (dict(noise_shape=(3, 9, 3)), r"noise\[0\] must be float64 of shape \(3, 9, 2\)"),
     (dict(noise_dtype=np.float32), r"noise\[0\] must be float64"),
     (dict(noise_count=1), "list of 2 arrays"),
-    (dict(method="evit"), "training-free"),
+    (dict(method="evit-drop"), "training-free"),
     (dict(drop_tofe=True), "no ToFe selector/approximator parameters"),
     (dict(no_teacher=True), "teacher"),
 ])

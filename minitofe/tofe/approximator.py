@@ -1,4 +1,4 @@
-"""The token approximator: a bottleneck MLP with a residual, one per stage (DESIGN.md "Freeze path").
+"""The token approximator: a bottleneck MLP with a residual, one per stage (docs/method.md, "Freeze path").
 
     A(x) = x + (GELU(LN(x) @ Wa.T + ba) @ Wb.T + bb),   Wa: C -> C/r,  Wb: C/r -> C
 

@@ -1,19 +1,53 @@
-"""Keep ratios for a MACs budget: every method compared "at equal MACs" uses this (DESIGN.md "Baselines").
+"""Keep ratios for a MACs budget: every method compared "at equal MACs" uses this (docs/method.md, "MACs").
 
 ``ratios_for_budget(cfg, tcfg, budget)`` scales a base ratio profile (the learned ratios, or the config's
 ``keep_ratios``) by one factor, found by bisection, so that the ``topk`` MACs of the method equal
 ``budget`` x dense MACs (to within one token per stage). The MACs are those ``macs.tofe_macs`` reports
 for that method (selectors, approximators and class-attention scorers included).
+
+The authors' baselines have one number each, found by the same bisection: EViT's keep rate r (every
+stage keeps ceil(r * n) of its n candidates, plus the fused token) and DynamicViT's rho (stage s keeps
+rho^(s+1) of the patches); their ``keep ratios`` are (r, r, r) and (rho, rho^2, rho^3).
+``evit_keep_rate`` / ``dynamicvit_rho`` return the configured value, or the one that meets
+``target_ratio`` when the config leaves it None.
 """
 import numpy as np
 
+from .config import FAITHFUL_BASELINES
+from .evit import keep_count
 from .macs import cls_attention_macs, dense_macs, tofe_macs
+from .predictor import patches_to_keep
+
+
+def baseline_profile(tcfg, x, S):
+    """The per-stage keep ratios of EViT's keep rate x, (x,) * S, or of DynamicViT's rho x, (x, x^2, ...)."""
+    return tuple(float(x) for _ in range(S)) if tcfg.method == "evit" else tuple(float(x) ** (s + 1)
+                                                                                  for s in range(S))
+
+
+def baseline_token_counts(cfg, tcfg, ratios):
+    """Tokens (prefix included) after each stage's reduction in ``topk`` inference of evit / dynamicvit."""
+    T, P = cfg.num_prefix_tokens, cfg.num_patches
+    alive, counts = P, []
+    for r in ratios:
+        if tcfg.method == "evit":
+            K = keep_count(r, alive)
+            alive = K + int(tcfg.evit_fuse and K < alive)
+        else:
+            alive = patches_to_keep(r, P, alive)
+        counts.append(T + alive)
+    return counts
 
 
 def topk_macs(cfg, tcfg, ratios):
     """MACs of ``topk`` inference with keep ratios ``ratios`` for method ``tcfg.method`` (one image)."""
     stages = tcfg.resolved_stages(cfg.depth)
     T, P = cfg.num_prefix_tokens, cfg.num_patches
+    if tcfg.method in FAITHFUL_BASELINES:
+        kept = np.asarray(baseline_token_counts(cfg, tcfg, ratios), dtype=np.float64)
+        macs, _ = tofe_macs(cfg, stages, kept, selector=False, approximator=False,
+                            predictor=tcfg.method == "dynamicvit", reduce_in_block=tcfg.method == "evit")
+        return float(macs)
     counts = [int(round(r * P)) for r in ratios]
     if not tcfg.reuses_tokens:                      # drop methods: never more than is still alive
         for s in range(1, len(counts)):
@@ -35,6 +69,9 @@ def ratios_for_budget(cfg, tcfg, budget, base=None, iters=60):
     below what the method costs with a single patch per stage, or above keeping everything."""
     if not 0.0 < budget <= 1.5:
         raise ValueError(f"budget must be a fraction of the dense MACs in (0, 1.5], got {budget}")
+    if tcfg.method in FAITHFUL_BASELINES:
+        value = _baseline_value_for_budget(cfg, tcfg, budget, iters)
+        return baseline_profile(tcfg, value, len(tcfg.resolved_stages(cfg.depth)))
     base = np.asarray(tcfg.keep_ratios if base is None else base, dtype=np.float64)
     if np.any(base <= 0) or np.any(base > 1):
         raise ValueError(f"base keep ratios must lie in (0, 1], got {base.tolist()}")
@@ -55,3 +92,34 @@ def ratios_for_budget(cfg, tcfg, budget, base=None, iters=60):
         else:
             lo = mid
     return tuple(float(v) for v in np.clip(base * lo, 1.0 / P, 1.0))
+
+
+def _baseline_value_for_budget(cfg, tcfg, budget, iters=60):
+    """EViT's keep rate / DynamicViT's rho (in (0, 1]) whose ``topk`` MACs are ``budget`` x dense."""
+    S, dense = len(tcfg.resolved_stages(cfg.depth)), dense_macs(cfg)
+    macs = lambda x: topk_macs(cfg, tcfg, baseline_profile(tcfg, x, S))        # noqa: E731
+    if macs(1e-9) > budget * dense:
+        raise ValueError(f"budget {budget:.3f} is below the cheapest {tcfg.method} setting "
+                         f"({macs(1e-9) / dense:.3f} of dense MACs)")
+    if macs(1.0) <= budget * dense:
+        return 1.0
+    lo, hi = 1e-9, 1.0
+    for _ in range(iters):                        # MACs are monotone in the keep rate / rho
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if macs(mid) > budget * dense else (mid, hi)
+    return lo
+
+
+def evit_keep_rate(cfg, tcfg):
+    """EViT's target keep rate: ``tcfg.evit_keep_rate``, or the one meeting ``tcfg.target_ratio``."""
+    if tcfg.evit_keep_rate is not None:
+        return float(tcfg.evit_keep_rate)
+    return _baseline_value_for_budget(cfg, tcfg.replace(method="evit"), tcfg.target_ratio)
+
+
+def dynamicvit_ratios(cfg, tcfg):
+    """DynamicViT's keep ratios (rho, rho^2, ...) with ``tcfg.dvit_rho``, or the rho meeting
+    ``tcfg.target_ratio``."""
+    tcfg = tcfg.replace(method="dynamicvit")
+    rho = tcfg.dvit_rho if tcfg.dvit_rho is not None else _baseline_value_for_budget(cfg, tcfg, tcfg.target_ratio)
+    return baseline_profile(tcfg, rho, len(tcfg.resolved_stages(cfg.depth)))

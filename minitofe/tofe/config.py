@@ -1,19 +1,33 @@
-"""``ToFeConfig``: every ToFe hyper-parameter, each a documented default (DESIGN.md marks the ones that
-are minitofe's own choice, not the paper's, with [ours]).
+"""``ToFeConfig``: every ToFe hyper-parameter, each a documented default (docs/method.md marks the ones
+that are minitofe's own choice, not the paper's, with [minitofe]).
 
-Methods (DESIGN.md "Baselines"), selected by name:
-    dense          no reduction
-    evit           top-K patches by class-token attention, the rest dropped for good (no reuse)
-    dynamicvit     learned selector, cumulative mask (a dropped token never returns), no approximator
-    idle           class-token-attention top-K per stage, frozen tokens carried unchanged, reused later
-    tofe           learned selector, freeze + reuse, MLP approximator, budget loss
-    tofe-identity  as tofe with the identity approximator (ablation)
-    tofe-uniform   as tofe with fixed equal keep ratios instead of learned ones (ablation)
+Methods, selected by name (docs/method.md, "Baselines", says what each one is and what is faithful):
+    dense            no reduction
+    evit             EViT as its authors define it: in each stage's first block, after attention, keep
+                     the ceil(rate * n) most class-attended patch tokens and fuse the rest into one
+                     token (``tofe/evit.py``); fine-tuned with the keep rate annealed from 1
+    evit-drop        training-free: top-K patches by class-token attention, the rest dropped (no fusion)
+    dynamicvit       DynamicViT as its authors define it: its own predictor per stage, cumulative hard
+                     Gumbel decisions, keep ratios rho, rho^2, rho^3, ratio + distillation losses
+                     (``tofe/dynamicvit.py``)
+    tofe-cumulative  ToFe's selector with a cumulative mask (a dropped token never returns), no
+                     approximator, ToFe's losses
+    idle             class-token-attention top-K per stage, frozen tokens carried unchanged, reused later
+    tofe             learned selector, freeze + reuse, MLP approximator, budget loss
+    tofe-identity    as tofe with the identity approximator (ablation)
+    tofe-uniform     as tofe with fixed equal keep ratios instead of learned ones (ablation)
+
+Files written before ``evit`` / ``dynamicvit`` meant the authors' methods (their config has no
+``evit_fuse`` field) load with the names the simplified methods have now (``LEGACY_NAMES``).
 """
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
-METHODS = ("dense", "evit", "dynamicvit", "idle", "tofe", "tofe-identity", "tofe-uniform")
+METHODS = ("dense", "evit", "evit-drop", "dynamicvit", "tofe-cumulative", "idle", "tofe", "tofe-identity",
+           "tofe-uniform")
+FAITHFUL_BASELINES = ("evit", "dynamicvit")              # the authors' methods, each with its own forward
+DROP_METHODS = ("evit", "evit-drop", "dynamicvit", "tofe-cumulative")   # a dropped token never returns
+LEGACY_NAMES = {"evit": "evit-drop", "dynamicvit": "tofe-cumulative"}   # for configs saved before the rename
 
 
 def default_stages(depth):
@@ -21,7 +35,9 @@ def default_stages(depth):
     return tuple(int(round(depth * k / 4)) for k in (1, 2, 3))
 
 
-NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio", "label_smoothing")
+NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio", "label_smoothing",
+                 "evit_warmup", "evit_anneal", "dvit_ratio_weight", "dvit_kl_weight", "dvit_token_weight")
+OPTIONAL_RATES = ("evit_keep_rate", "dvit_rho")          # None: chosen to meet target_ratio (tofe.budget)
 
 
 def is_sequence(value):
@@ -54,6 +70,16 @@ class ToFeConfig:
     target_ratio: float = 0.5         # gamma: target MACs / dense MACs
     per_image_budget: bool = False    # L_flops on each image's ratio, then averaged
     label_smoothing: float = 0.0
+    # EViT (method "evit"; the authors' DeiT recipe in brackets)
+    evit_keep_rate: float = None      # kept fraction of the current patch tokens per stage [0.7]; None: budget
+    evit_fuse: bool = True            # fuse the inattentive tokens into one extra token [on]
+    evit_warmup: float = 1 / 30       # fraction of training at keep rate 1 [10 of 300 epochs]
+    evit_anneal: float = 1 / 3        # then cosine 1 -> evit_keep_rate over this fraction [100 of 300]
+    # DynamicViT (method "dynamicvit")
+    dvit_rho: float = None            # stage s keeps rho^(s+1) of the patches [0.7]; None: budget
+    dvit_ratio_weight: float = 2.0    # ratio loss weight [2.0]
+    dvit_kl_weight: float = 0.5       # KL to the teacher's logits [0.5]
+    dvit_token_weight: float = 0.5    # MSE to the teacher's final tokens over the kept ones [0.5]
 
     def __post_init__(self):
         def bad(msg):
@@ -99,6 +125,23 @@ class ToFeConfig:
             bad(f"kd_temperature must be > 0, got {self.kd_temperature}")
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
+        self._check_baseline_fields(bad)
+
+    def _check_baseline_fields(self, bad):
+        for name in OPTIONAL_RATES:
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, numbers.Real) or isinstance(v, bool)):
+                raise TypeError(f"ToFeConfig: {name} must be a number or None, got {v!r}")
+            if v is not None and not 0.0 < v <= 1.0:
+                bad(f"{name} must lie in (0, 1] (or be None), got {v}")
+        if not isinstance(self.evit_fuse, bool):
+            raise TypeError(f"ToFeConfig: evit_fuse must be True or False, got {self.evit_fuse!r}")
+        for name in ("evit_warmup", "evit_anneal"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad(f"{name} must lie in [0, 1] (a fraction of the training steps), got {getattr(self, name)}")
+        for name in ("dvit_ratio_weight", "dvit_kl_weight", "dvit_token_weight"):
+            if not getattr(self, name) >= 0:
+                bad(f"{name} must be >= 0, got {getattr(self, name)}")
 
     def resolved_stages(self, depth):
         """The stage starts for a backbone of ``depth`` blocks, checked against it."""
@@ -112,7 +155,8 @@ class ToFeConfig:
 
     @property
     def learned_selector(self):
-        return self.method in ("dynamicvit", "tofe", "tofe-identity", "tofe-uniform")
+        """ToFe's token selector (``tofe.selector.{i}.*``); DynamicViT's predictor is not one."""
+        return self.method in ("tofe-cumulative", "tofe", "tofe-identity", "tofe-uniform")
 
     @property
     def uses_approximator(self):
@@ -120,7 +164,21 @@ class ToFeConfig:
 
     @property
     def reuses_tokens(self):
-        return self.method not in ("evit", "dynamicvit")
+        return self.method not in DROP_METHODS
+
+    @property
+    def trainable(self):
+        """The method has a training forward/backward (training-free ones: dense, idle, evit-drop)."""
+        return self.learned_selector or self.method in FAITHFUL_BASELINES
+
+    @property
+    def needs_teacher(self):
+        """The training loss uses the dense teacher's outputs (``training.teacher_forward``)."""
+        if self.method == "dynamicvit":
+            return self.dvit_kl_weight > 0 or self.dvit_token_weight > 0
+        if self.method == "evit":
+            return False
+        return self.alpha > 0 or (self.beta > 0 and self.uses_approximator)
 
     def to_dict(self):
         d = asdict(self)
@@ -130,10 +188,14 @@ class ToFeConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):               # a JSON string would be read character by character
+            raise TypeError(f"ToFeConfig.from_dict needs a dict, got {type(d).__name__} {str(d)[:60]!r}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"ToFeConfig: unknown field(s) {unknown}")
         d = dict(d)
+        if "evit_fuse" not in d and d.get("method") in LEGACY_NAMES:   # saved before the rename
+            d["method"] = LEGACY_NAMES[d["method"]]
         if d.get("stages") is not None:
             d["stages"] = tuple(d["stages"])
         return cls(**d)

@@ -1,5 +1,5 @@
 """Hard Gumbel-Softmax with a straight-through gradient, and the temperature schedule
-(DESIGN.md "Token selector", Decision / Training).
+(docs/method.md, "Token selector", deciding in training).
 
     G      = -log(-log(U)),  U ~ Uniform(0, 1)          (noise: drawn here or passed in)
     y_soft = softmax((logits + G) / tau)
@@ -8,7 +8,7 @@
 The forward VALUE with ``hard=True`` is exactly ``hard`` (0.0 / 1.0, built directly, not as
 ``hard + y - y``, whose float rounding would leave values like 0.9999999); the BACKWARD is always that of
 ``y_soft`` (straight-through). The noise is a constant: it gets no gradient. Randomness is passed in as a
-``numpy.random.Generator`` or as a pre-drawn array (STYLE.md §8), so two implementations can be fed the
+``numpy.random.Generator`` or as a pre-drawn array (never global state), so two implementations can be fed the
 same noise.
 """
 import math

@@ -1,11 +1,12 @@
-"""Reduced inference (DESIGN.md "Keep path" and "Freeze path", inference).
+"""Reduced inference (docs/method.md, "Keep path" and "Freeze path", inference).
 
 At each stage every patch is scored (frozen ones too: that is what lets a token be *reused*), the kept
 tokens are gathered (prefix tokens + K patches, original order), the stage's blocks run on them only and
 the results are scattered back; frozen tokens go through the stage's approximator (``tofe``), are carried
-unchanged (``tofe-identity``, ``idle``), or are dropped for good (``evit``, ``dynamicvit``: they are
-never candidates again). ``topk`` keeps the same K = round(rho_i * P) in every image; ``threshold`` keeps
-``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
+unchanged (``tofe-identity``, ``idle``), or are dropped for good (``evit-drop``, ``tofe-cumulative``: they
+are never candidates again). The authors' ``evit`` and ``dynamicvit`` have their own forwards
+(``baselines.baseline_inference``). ``topk`` keeps the same K = round(rho_i * P) in every image;
+``threshold`` keeps ``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
 
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
 earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
@@ -13,7 +14,7 @@ earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
 import numpy as np
 
 from .approximator import approximator_forward
-from .config import is_sequence
+from .config import FAITHFUL_BASELINES, is_sequence
 from .params import check_tofe_params
 from .macs import cls_attention_macs, dense_macs, tofe_macs
 from .ragged import pack_rows, ragged_block_forward, unpack_rows
@@ -53,7 +54,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     replaces the decision altogether (to replay a training mask, or another implementation's). info:
 
     ``kept``, ``frozen``, ``reused``: lists (one per stage) of bool (B, P) NumPy arrays;
-    ``dropped`` (evit/dynamicvit): patches gone for good; ``kept_counts`` (B, S) patch counts;
+    ``dropped`` (drop methods): patches gone for good; ``kept_counts`` (B, S) patch counts;
     ``keep_prob``: per-stage (B, P) scores; ``stage_outputs``: per-stage (B, N, C) tokens;
     ``macs`` (B,) realised MACs; ``macs_ratio`` (B,) of dense.
     ``fast=True`` runs the blocks, gather/scatter and pack/unpack on the Numba kernels of
@@ -64,6 +65,9 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         dtype = check_params(params, cfg, extra_ok=("tofe.",))
         check_images(images, cfg, dtype)
         check_tofe_params(params, cfg, tcfg)
+    if tcfg.method in FAITHFUL_BASELINES:
+        from .baselines import baseline_inference          # here: those modules use run_blocks
+        return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, fast)
     xp = get_xp(images)
     run, gather, scatter, pack, unpack, ragged_block = choose(
         fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows, ragged_block_forward,
@@ -151,7 +155,7 @@ def realised_macs(cfg, tcfg, stages, kept_counts, candidates):
     macs, _ = tofe_macs(cfg, stages, kept, selector=tcfg.learned_selector,
                         approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
                         drop=not tcfg.reuses_tokens)
-    if not tcfg.learned_selector:  # evit / idle: the class-attention scorer
+    if not tcfg.learned_selector:  # evit-drop / idle: the class-attention scorer
         for n in candidates:                                  # nothing is scored once no patch is left
             n = np.asarray(n, dtype=np.float64)
             macs = macs + np.where(n > 0, cls_attention_macs(n + T, cfg.embed_dim), 0.0)

@@ -1,4 +1,4 @@
-"""The ToFe training losses besides cross-entropy, as forward/backward pairs (DESIGN.md "Losses").
+"""The ToFe training losses besides cross-entropy, as forward/backward pairs (docs/method.md, "Losses").
 
     L_kd     = T^2 * mean_b KL(softmax(z_teacher / T) || softmax(z_student / T))
     L_approx = sum_bj w_bj ||a_bj - t_bj||^2 / C / max(sum_bj w_bj, 1)

@@ -1,4 +1,4 @@
-"""The ONE compute-cost function of minitofe (DESIGN.md "FLOPs"), used by the FLOPs loss, the benchmarks,
+"""The ONE compute-cost function of minitofe (docs/method.md, "MACs"), used by the FLOPs loss, the benchmarks,
 the notebooks and the README.
 
 It counts multiply-accumulates (MACs): one ``a * b + c`` is one MAC, a matmul (n, k) @ (k, m) is n k m.
@@ -11,7 +11,12 @@ are exact for the matmuls minitofe's code runs (a test counts them independently
     selector (n tokens)   n C (C/2) + n (2 (C/2)) (C/4) + n (C/4) 2          ~ 0.75 n C^2
     approximator (n)      n (C (C/r) + (C/r) C)                               = 2 n C^2 / r
     class-attention score n candidate tokens: class query C^2 + keys n C^2 + dot products n C
-                          (evit / idle scorer, ``scoring.cls_attention_scores``)
+                          (evit-drop / idle scorer, ``scoring.cls_attention_scores``)
+    DynamicViT predictor  n patch tokens: n (C C + C (C/2) + (C/2)(C/4) + (C/4) 2)  ~ 1.63 n C^2
+    EViT reduction block  attention on the n tokens it receives ((4 n C^2 + 2 n^2 C): ``attention_macs``),
+                          MLP on the n' it keeps (2 mlp_ratio n' C^2): the class attention it ranks by is
+                          the block's own, so EViT has no scorer cost; the fused token is a weighted sum,
+                          O(nC), not counted, and it counts as a token in every later block
     patch embedding       P C (in_chans p^2);   head  C num_classes (twice when distilled)
 
 ``tofe_macs`` takes the kept token counts per stage as FLOATS (from a straight-through mask sum), so the
@@ -27,6 +32,21 @@ def block_macs(n, C, mlp_ratio):
 
 def _dblock_macs_dn(n, C, mlp_ratio):
     return (4 + 2 * mlp_ratio) * C * C + 4 * n * C
+
+
+def attention_macs(n, C):
+    """MACs of a block's attention half (qkv, q k^T, A v, proj) on n tokens; the rest is ``mlp_macs``."""
+    return 4 * n * C * C + 2 * n * n * C
+
+
+def mlp_macs(n, C, mlp_ratio):
+    """MACs of a block's MLP half on n tokens: block_macs(n) = attention_macs(n) + mlp_macs(n)."""
+    return 2 * mlp_ratio * n * C * C
+
+
+def predictor_macs(n, C):
+    """MACs of one DynamicViT predictor on n patch tokens (``predictor.py``'s four matmuls)."""
+    return n * C * C + n * C * (C // 2) + n * (C // 2) * (C // 4) + n * (C // 4) * 2
 
 
 def selector_macs(n, C):
@@ -59,7 +79,8 @@ def dense_macs(cfg):
             + head_macs(cfg))
 
 
-def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False):
+def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False,
+              predictor=False, reduce_in_block=False):
     """Per-image MACs of a reduced ViT and their derivative with respect to ``kept``.
 
     cfg: ViTConfig; stages: S increasing block indices; kept: (B, S) or (S,) float token counts per stage
@@ -67,7 +88,10 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     selector: one selector per stage scores N tokens, or with ``drop`` (DynamicViT: dropped tokens are
     gone) the tokens alive before the stage, kept[:, i-1] (N at stage 0). approximator: one per stage on
     the N - kept[:, i] frozen tokens. (With ``drop``, a stage whose images have no patch left alive
-scores nothing.) Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P, then
+kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens it
+receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. Returns (macs (B,) or (), dmacs_dkept (B, S)
+or (S,)).
     """
     xp = get_xp(kept)
     kept = xp.asarray(kept)
@@ -89,8 +113,16 @@ scores nothing.) Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     dmacs = xp.zeros_like(k)                                            # (B, S)
     for i in range(S):
         nb = ends[i] - stages[i]                                        # blocks in stage i
+        if reduce_in_block:
+            _reduction_block(macs, dmacs, k, i, N, C, mr)
+            nb -= 1
         macs += nb * block_macs(k[:, i], C, mr)
         dmacs[:, i] += nb * _dblock_macs_dn(k[:, i], C, mr)
+        if predictor:
+            alive = k[:, i - 1] - cfg.num_prefix_tokens if i > 0 else cfg.num_patches
+            macs += predictor_macs(alive, C)
+            if i > 0:
+                dmacs[:, i - 1] += predictor_macs(1, C)
         if selector:
             if drop and i > 0:
                 # nothing is scored once every patch is gone (only prefix tokens alive)
@@ -103,3 +135,12 @@ scores nothing.) Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
             macs += approximator_macs(N - k[:, i], C, approx_reduction)
             dmacs[:, i] -= approximator_macs(1, C, approx_reduction)
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
+
+
+def _reduction_block(macs, dmacs, k, i, N, C, mr):
+    """EViT's stage-start block, in place: attention on the tokens it receives, MLP on those it keeps."""
+    n_in = k[:, i - 1] if i > 0 else N
+    macs += attention_macs(n_in, C) + mlp_macs(k[:, i], C, mr)
+    if i > 0:
+        dmacs[:, i - 1] += 4 * C * C + 4 * n_in * C
+    dmacs[:, i] += 2 * mr * C * C

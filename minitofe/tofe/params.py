@@ -1,7 +1,7 @@
-"""The ToFe parameters: their keys and shapes, initialisation, and validation (DESIGN.md "Token
-selector", "Freeze path").
+"""The ToFe parameters: their keys and shapes, initialisation, and validation (docs/method.md,
+"Token selector", "Freeze path").
 
-They sit in the same flat dict as the backbone's timm keys (STYLE.md §2), under ``tofe.``:
+They sit in the same flat dict as the backbone's timm keys, under ``tofe.``:
 
     tofe.selector.{i}.norm.{weight,bias}   (C,)          only when the method has a learned selector
     tofe.selector.{i}.fc1.weight           (C/2, C)      u = GELU(LN(x) W1.T + b1)
@@ -10,12 +10,19 @@ They sit in the same flat dict as the backbone's timm keys (STYLE.md §2), under
     tofe.approx.{i}.norm.{weight,bias}     (C,)          only when the method uses the MLP approximator
     tofe.approx.{i}.fc1.weight             (C/r, C)
     tofe.approx.{i}.fc2.weight             (C, C/r)      zero at init: a fresh approximator is the identity
+    tofe.predictor.{i}.in_conv.0.{weight,bias}  (C,)     DynamicViT's predictor (method ``dynamicvit``):
+    tofe.predictor.{i}.in_conv.1.weight    (C, C)        LayerNorm, Linear, GELU, then
+    tofe.predictor.{i}.out_conv.0.weight   (C/2, C)      Linear, GELU,
+    tofe.predictor.{i}.out_conv.2.weight   (C/4, C/2)    Linear, GELU,
+    tofe.predictor.{i}.out_conv.4.weight   (2, C/4)      Linear, log-softmax [keep, drop]
 
-(each ``.weight`` with its ``.bias``), for i in range(number of stages).
+(each ``.weight`` with its ``.bias``), for i in range(number of stages). The predictor keeps the layer
+names of the authors' ``score_predictor.{i}`` module, so their checkpoints map by that prefix alone.
 """
 import numpy as np
 
 from .config import ToFeConfig
+from ..nn.block import check_default_block
 from ..nn.params import key_mismatch, trunc_normal
 
 
@@ -37,12 +44,24 @@ def approximator_shapes(prefix, C, r):
             prefix + "fc2.weight": (C, C // r), prefix + "fc2.bias": (C,)}
 
 
-def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
+def predictor_shapes(prefix, C):
+    if C % 4:
+        raise ValueError(f"the DynamicViT predictor needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
+    shapes = {prefix + "in_conv.0.weight": (C,), prefix + "in_conv.0.bias": (C,)}
+    for name, (n_out, n_in) in (("in_conv.1", (C, C)), ("out_conv.0", (C // 2, C)),
+                                ("out_conv.2", (C // 4, C // 2)), ("out_conv.4", (2, C // 4))):
+        shapes.update({prefix + name + ".weight": (n_out, n_in), prefix + name + ".bias": (n_out,)})
+    return shapes
+
+
+def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None, predictor=None):
     """Ordered ``{key: shape}`` of the ToFe modules for backbone ``cfg`` (ViTConfig) and ``tcfg``
-    (ToFeConfig). ``selector`` / ``approximator`` override what the method needs (None: ask tcfg)."""
+    (ToFeConfig). ``selector`` / ``approximator`` / ``predictor`` override what the method needs (None:
+    ask tcfg)."""
     S = len(tcfg.resolved_stages(cfg.depth))
     selector = tcfg.learned_selector if selector is None else selector
     approximator = tcfg.uses_approximator if approximator is None else approximator
+    predictor = tcfg.method == "dynamicvit" if predictor is None else predictor
     C = cfg.embed_dim
     shapes = {}
     for i in range(S):
@@ -51,17 +70,21 @@ def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
     for i in range(S):
         if approximator:
             shapes.update(approximator_shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
+    for i in range(S):
+        if predictor:
+            shapes.update(predictor_shapes(f"tofe.predictor.{i}.", C))
     return shapes
 
 
 def init_tofe_params(cfg, tcfg, rng, dtype=np.float64):
-    """Fresh ToFe parameters: Linear weights trunc-normal(0.02) with zero biases, LayerNorm ones/zeros,
-    and the approximator's ``fc2`` weight and bias zero (so it starts as the identity)."""
+    """Fresh ToFe parameters: Linear weights trunc-normal(0.02) with zero biases, LayerNorm (the 1-d
+    weights) ones/zeros, and the approximator's ``fc2`` weight and bias zero (so it starts as the
+    identity)."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"init_tofe_params: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     params = {}
     for key, shape in tofe_param_shapes(cfg, tcfg).items():
-        if ".norm." in key:
+        if len(shape) == 1:                                     # LayerNorm weight, or a bias
             v = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
         elif key.startswith("tofe.approx.") and ".fc2." in key:
             v = np.zeros(shape)
@@ -82,10 +105,12 @@ def check_tofe_params(params, cfg, tcfg):
         raise TypeError(f"tcfg must be a minitofe.ToFeConfig, got {type(tcfg).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    check_default_block(cfg, "ToFe")
     want = tofe_param_shapes(cfg, tcfg)
     C, r = cfg.embed_dim, tcfg.approx_reduction
     known = tofe_param_shapes(cfg, tcfg, selector=tcfg.learned_selector or C % 4 == 0,
-                              approximator=tcfg.uses_approximator or C % r == 0)
+                              approximator=tcfg.uses_approximator or C % r == 0,
+                              predictor=tcfg.method == "dynamicvit" or C % 4 == 0)
     present = [k for k in params if k.startswith("tofe.")]
     if want and not present:
         raise ValueError(f"weights have no ToFe selector/approximator parameters; method "

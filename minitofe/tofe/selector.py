@@ -1,4 +1,4 @@
-"""The token selector: a 3-layer MLP with a global-context step (DESIGN.md "Token selector").
+"""The token selector: a 3-layer MLP with a global-context step (docs/method.md, "Token selector").
 
     u      = GELU(LN(x) @ W1.T + b1)                  # (B, N, C/2)
     g      = mean of u over the patch tokens           # (B, 1, C/2)   global context

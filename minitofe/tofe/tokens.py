@@ -1,4 +1,4 @@
-"""Gather and scatter tokens by index: the NumPy reference (DESIGN.md "Keep path", inference).
+"""Gather and scatter tokens by index: the NumPy reference (docs/method.md, "Keep path").
 
 Indices are ``kept_idx`` arrays of shape (B, K): for every image the token positions to keep, in
 ascending (original) order, prefix tokens included. ``gather`` copies those rows out; ``scatter`` writes
@@ -78,3 +78,13 @@ def indices_to_mask(kept_idx, N):
     mask = xp.zeros((kept_idx.shape[0], N), dtype=bool)
     mask[xp.arange(kept_idx.shape[0])[:, None], kept_idx] = True
     return mask
+
+
+def values_at_positions(values, positions, P):
+    """values (B, n) of tokens whose original patch index is ``positions`` (B, n) (-1: not a patch, e.g.
+    EViT's fused token) -> (B, P) at the original positions, zero (False) for the patches not present."""
+    xp = get_xp(values)
+    out = xp.zeros((values.shape[0], P), dtype=values.dtype)
+    rows, cols = xp.nonzero(positions >= 0)
+    out[rows, positions[rows, cols]] = values[rows, cols]
+    return out

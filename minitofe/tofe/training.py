@@ -1,5 +1,5 @@
-"""The ToFe training forward and its hand-written backward (DESIGN.md "Keep path" / "Freeze path",
-training, and "Losses").
+"""The ToFe training forward and its hand-written backward (docs/method.md, "Keep path" / "Freeze
+path", training, and "Losses").
 
 All N tokens run through every block; an attention key mask makes kept queries attend only kept keys,
 and each stage mixes per token
@@ -14,14 +14,17 @@ soft relaxation instead: smooth, so the whole forward can be checked by finite d
 where L_approx is summed over stages (each a mean over that stage's frozen patches, those with m < 0.5:
 the decision is a constant for this term, so it sends no gradient into the mask) [ours], and is not
 used with the identity approximator (it would have no parameters to train and would only pull the stage
-*input* toward the teacher's stage *output*) [ours]. ``dynamicvit`` multiplies each stage's decision by
-the previous one (a dropped token never returns) and carries dropped tokens unchanged (they are masked
+*input* toward the teacher's stage *output*) [ours]. ``tofe-cumulative`` multiplies each stage's decision
+by the previous one (a dropped token never returns) and carries dropped tokens unchanged (they are masked
 out of all later attention). ``tofe-uniform`` replaces the MACs budget by a per-stage keep-ratio penalty
-``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios.
+``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. The authors' ``evit`` and
+``dynamicvit`` are handed to their own modules (``evit_model``, ``dynamicvit``).
 """
 import numpy as np
 
 from .approximator import approximator_backward, approximator_forward
+from .dynamicvit import DynamicViTCache, dynamicvit_train_backward, dynamicvit_train_forward
+from .evit_model import EvitCache, evit_train_backward, evit_train_forward
 from .gumbel import gumbel_noise, gumbel_softmax_backward, gumbel_softmax_forward
 from .losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward, flops_loss_forward,
                      kd_loss_backward, kd_loss_forward)
@@ -34,13 +37,14 @@ from ..backend import get_xp, to_numpy
 from ..kernels import choose, use_fast
 from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
-from ..nn.layers import cross_entropy_backward, cross_entropy_forward
+from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_forward
 from ..nn.params import check_params
 from ..nn.vit import check_images, dense_blocks_embed_backward
 
 
 def teacher_forward(teacher_params, images, cfg, stages, fast=False):
-    """The dense teacher: logits (B, K) and its tokens at the end of every stage, list of (B, N, C).
+    """The dense teacher: logits (B, K), its tokens at the end of every stage, list of (B, N, C), and
+    (class-token heads) ``features`` (B, N, C), the final tokens after ``norm`` (DynamicViT distils them).
     ``fast=True`` runs the blocks on the Numba kernels (see ``minitofe.kernels``)."""
     check_images(images, cfg, check_params(teacher_params, cfg, extra_ok=("tofe.",)))
     run = choose(fast, run_blocks, like=images)
@@ -51,7 +55,10 @@ def teacher_forward(teacher_params, images, cfg, stages, fast=False):
         x = run(x, teacher_params, cfg, lo, hi)
         tokens.append(x)
     logits, _ = head_forward(x, teacher_params, cfg)
-    return {"logits": logits, "tokens": tokens}
+    out = {"logits": logits, "tokens": tokens}
+    if "norm.weight" in teacher_params:
+        out["features"] = layernorm_forward(x, teacher_params["norm.weight"], teacher_params["norm.bias"])[0]
+    return out
 
 
 def draw_noise(rng, cfg, tcfg, B, dtype):
@@ -64,6 +71,8 @@ def _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher):
     if not tcfg.learned_selector:
         raise ValueError(f"method {tcfg.method!r} has no learned selector and is not trained "
                          f"(training-free); use tofe_inference")
+    if not cfg.num_classes:
+        raise ValueError("the backbone has no classifier head (num_classes=0): there are no logits to train")
     dtype = check_params(params, cfg, extra_ok=("tofe.",))
     check_images(images, cfg, dtype)
     check_tofe_params(params, cfg, tcfg)
@@ -112,8 +121,13 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
 
     ``fast=True`` runs the blocks on the Numba kernels of ``minitofe.kernels`` (equal to the reference up
     to float rounding; the reference when Numba is absent or the arrays are on a GPU); the backward then
-    uses the matching fast block backward.
+    uses the matching fast block backward. ``evit`` (keep rate ``budget.evit_keep_rate``, no noise) and
+    ``dynamicvit`` run ``evit_model.evit_train_forward`` and ``dynamicvit.dynamicvit_train_forward``.
     """
+    if tcfg.method == "evit":
+        return evit_train_forward(params, images, labels, cfg, tcfg, fast=fast)
+    if tcfg.method == "dynamicvit":
+        return dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, fast)
     _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
     xp = get_xp(images)
     fast = use_fast(fast, images)
@@ -196,6 +210,8 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
 
 def tofe_train_backward(cache):
     """Gradient of the total loss -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
+    if isinstance(cache, (EvitCache, DynamicViTCache)):
+        return (evit_train_backward if isinstance(cache, EvitCache) else dynamicvit_train_backward)(cache)
     if not isinstance(cache, tuple) or len(cache) != 13:
         what = f"a tuple of {len(cache)}" if isinstance(cache, tuple) else type(cache).__name__
         raise TypeError(f"cache must be the cache tofe_train_forward returned (a tuple of 13), got {what}")
