@@ -162,7 +162,8 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
                          f"they cover ToFe's methods, idle and dense")
     if mode == "train" and not tcfg.learned_selector:
         raise ValueError(f"method {tcfg.method!r} has no learned selector, so no training bundle; use "
-                         f"mode 'topk' or 'threshold', or a trained method (tofe, dynamicvit, ...)")
+                         f"mode 'topk' or 'threshold', or a method with ToFe's selector (tofe, tofe-identity, "
+                         f"tofe-uniform)")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
