@@ -49,8 +49,8 @@ def _setup(method, cfg=CFG, seed=0, B=3, **kw):
 
 
 # every parameter by a random direction, these (each reduction / stage start, the ends) entry by entry
-FD_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.1.", "blocks.2.attn.qkv.weight",
-           "blocks.3.attn.qkv.weight", "blocks.3.mlp.fc2.weight", "norm.", "head.", "tofe.")
+FD_KEYS = ("cls_token", "patch_embed.proj.bias", "blocks.1.norm1.", "blocks.1.attn.qkv.", "blocks.2.attn.qkv.bias",
+           "blocks.3.mlp.fc2.bias", "norm.", "head.bias", "tofe.")
 
 
 def _whole_model_check(f, params, grads, rng, h=1e-6):
@@ -160,6 +160,17 @@ def test_evit_macs_equal_the_matmuls_run_and_a_hand_count(fuse):
             + sum(attention_macs(a, C) + mlp_macs(b, C, 4.0) for a, b in zip(n, n[1:])))
     assert result["info"]["macs"][0] == hand
 
+
+
+@pytest.mark.parametrize("option", ["reduce_in_block", "predictor"])
+def test_the_new_macs_options_have_exact_derivatives(option):
+    from minitofe.tofe.macs import tofe_macs
+    rng = np.random.default_rng(6)
+    kept, R = rng.uniform(3.0, 17.0, size=(4, 3)), rng.standard_normal(4)
+    kw = dict(selector=False, approximator=False, **{option: True})
+    f = lambda: (tofe_macs(CFG, (1, 2, 3), kept, **kw)[0] * R).sum()
+    _, d = tofe_macs(CFG, (1, 2, 3), kept, **kw)
+    assert rel_error(numerical_grad(f, kept, h=1e-3), d * R[:, None]) <= 1e-6
 
 # ---------------------------------------------------------------- DynamicViT pieces
 def test_predictor_finite_differences_including_the_policy():
@@ -387,8 +398,10 @@ def test_bad_input_is_refused_with_the_reason():
         minitofe.predict(_model(params, tcfg), images, inference="threshold")
     with pytest.raises(ValueError, match="teacher"):
         tofe_train_forward(params, images, labels, CFG, tcfg, noise, None)
-    with pytest.raises(ValueError, match="noise must be 3 arrays"):
+    with pytest.raises(ValueError, match="noise must be 3 float64 arrays"):
         tofe_train_forward(params, images, labels, CFG, tcfg, noise[:2], teacher)
+    with pytest.raises(ValueError, match="noise must be"):
+        tofe_train_forward(params, images, labels, CFG, tcfg, None, teacher)
     with pytest.raises(ValueError, match="missing keys"):
         minitofe.predict(_model(_model(params, tcfg).backbone_params(), tcfg), images)
     avg = CFG.replace(class_token=False, global_pool="avg")

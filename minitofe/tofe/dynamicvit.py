@@ -90,9 +90,10 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     check_dynamicvit_teacher(teacher, B, cfg, tcfg)
     stages, ratios = tcfg.resolved_stages(cfg.depth), dynamicvit_ratios(cfg, tcfg)
-    if len(noise) != len(stages) or any(tuple(g.shape) != (B, P, 2) for g in noise):
-        raise ValueError(f"noise must be {len(stages)} arrays of shape {(B, P, 2)}, got "
-                         f"{[tuple(getattr(g, 'shape', ())) for g in noise]}")
+    shapes = [(tuple(getattr(g, "shape", ())), getattr(g, "dtype", None)) for g in noise or ()]
+    if len(shapes) != len(stages) or any(sh != ((B, P, 2), images.dtype) for sh in shapes):
+        raise ValueError(f"noise must be {len(stages)} {images.dtype} arrays of shape {(B, P, 2)} "
+                         f"(training.draw_noise), got {shapes}")
     xp = get_xp(images)
     fast = use_fast(fast, images)
     block_fwd = choose(fast, block_forward)
