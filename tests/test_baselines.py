@@ -375,6 +375,21 @@ def test_train_step_anneals_the_evit_keep_rate_and_trains_dynamicvit():
             assert outs[0][0]["losses"]["kl"] > 0 and outs[0][0]["losses"]["token"] > 0
 
 
+
+@pytest.mark.parametrize("method", ["evit", "dynamicvit"])
+def test_twenty_adamw_steps_lower_the_loss(method):
+    from minitofe.optim import adamw_init, adamw_step
+    params, images, labels, tcfg, teacher, noise, _ = _setup(method, B=8, evit_keep_rate=0.5, dvit_rho=0.5)
+    state, first = adamw_init(params), None
+    for _ in range(20):
+        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher)
+        first = out if first is None else first
+        adamw_step(params, tofe_train_backward(cache)[1], state, lr=3e-3, weight_decay=0.0)
+    last = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher)[0]
+    assert last["loss"] < first["loss"]
+    if method == "dynamicvit":
+        assert last["losses"]["ratio"] < first["losses"]["ratio"]
+
 def test_config_fields_budget_and_the_legacy_names():
     tcfg = ToFeConfig(method="evit", target_ratio=0.6)
     rate = evit_keep_rate(CFG, tcfg)                                   # None: the rate meeting the budget
