@@ -5,6 +5,7 @@ checkout's ``weights/``, or the installed data files): the ToFe model when prese
 backbone run with the training-free ``idle`` method.
 """
 import argparse
+import contextlib
 import json
 import os
 import pathlib
@@ -79,15 +80,33 @@ def budget_ratios(model, method, budget):
     return ratios_for_budget(model.cfg, tcfg, budget, base)
 
 
+# Below this many images per call the matmuls are too small to repay waking BLAS threads, and on a busy
+# machine the waiting threads of OpenBLAS cost far more than they save (``minitofe demo``, 10 images, 2
+# cores, one other busy process: 4.6-32 s with one BLAS thread, 17-426 s with OpenBLAS's default two).
+BLAS_THREADS_MIN_IMAGES = 32
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def blas_threads_for(images_per_call):
+    """A context in which the BLAS uses one thread when calls are small (fewer than
+    ``BLAS_THREADS_MIN_IMAGES`` images), unless the user chose a thread count in the environment."""
+    if images_per_call >= BLAS_THREADS_MIN_IMAGES or any(os.environ.get(v) for v in BLAS_ENV):
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
 def run_model(model, images, method=None, budget=None, inference=None, fast=True):
     """Reduced inference with optional budget -> logits, info, seconds, keep ratios used."""
     import minitofe
     method = method or model.tofe.method
     ratios = budget_ratios(model, method, budget)
-    start = time.perf_counter()
-    logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference,
-                                    fast=fast)
-    return logits, info, time.perf_counter() - start, ratios
+    with blas_threads_for(len(images)):
+        start = time.perf_counter()
+        logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference,
+                                        fast=fast)
+        seconds = time.perf_counter() - start
+    return logits, info, seconds, ratios
 
 
 def first_images(images, labels, limit):
@@ -252,8 +271,9 @@ def run_eval(args):
     images = images.astype(next(iter(model.params.values())).dtype)
     method = args.method or model.tofe.method
     ratios = budget_ratios(model, method, args.budget)
-    res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
-                   keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
+    with blas_threads_for(min(args.batch, len(images))):
+        res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
+                       keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
     res.update(weights=source, method=method, macs_g=res["macs"] / 1e9,
                split=args.split if args.data == "fashion-mnist" else str(args.data))
     if args.json:
