@@ -90,7 +90,8 @@ def test_saved_torch_outputs_pass_or_are_localised(golden, variant):
     report = compare(golden, FIXTURES / f"torch_{variant}.safetensors")
     text = format_report(report)
     if variant == "ok":
-        assert report["passed"] and report["class"] == "float64", text
+        assert report["passed"] and report["class"] == "float64", (
+            text + "\nthe example bundle changed? regenerate: python scripts/make_validate_fixtures.py (torch)")
         assert report["compared"] == len(outputs(golden)), "the torch implementation gives every tensor"
         return
     first = report["first_divergence"]
