@@ -166,6 +166,23 @@ def add_predict(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
+def conversion_note(paths, cfg):
+    """One sentence when any image is not already what the model takes (size, colour), else None: a
+    512x600 colour photo given to a 28x28 grey 10-class model is answered, but the user should know."""
+    from PIL import Image
+    want_mode = "L" if cfg.in_chans == 1 else "RGB"
+    odd = []
+    for p in paths:
+        with Image.open(p) as im:
+            if im.size != (cfg.img_size, cfg.img_size) or im.mode != want_mode:
+                odd.append(f"{pathlib.Path(p).name} ({im.size[0]}x{im.size[1]} {im.mode})")
+    if not odd:
+        return None
+    kind = "grey" if cfg.in_chans == 1 else "RGB"
+    return (f"note: {len(odd)} of {len(paths)} images ({', '.join(odd[:3])}{', ...' if len(odd) > 3 else ''}) "
+            f"were resized to {cfg.img_size}x{cfg.img_size} {kind} for this {cfg.num_classes}-class model")
+
+
 def classify(args, paths):
     """The shared part of ``predict`` and ``viz``: load the weights, read ``paths``, run the model with
     the command's method / budget / inference / fast flags -> (model, source, images, logits, info, seconds,
@@ -187,9 +204,13 @@ def run_predict(args):
             for i, (path, k) in enumerate(zip(args.images, logits.argmax(1)))]
     if args.json:
         print(json.dumps({"weights": source, "method": args.method or model.tofe.method, "seconds": seconds,
-                          "kernels": path, "predictions": rows}))
+                          "kernels": path, "note": conversion_note(args.images, model.cfg),
+                          "predictions": rows}))
         return 0
     print(f"weights: {source}")
+    note = conversion_note(args.images, model.cfg)
+    if note:
+        print(note)
     for r in rows:
         print(f"{r['image']}: {r['class']} (p={r['prob']:.2f}), {r['macs'] / 1e6:.1f} M MACs "
               f"({100 * r['macs_ratio']:.0f} % of dense)")
@@ -216,7 +237,9 @@ def run_viz(args):
 def add_demo(sub):
     p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture")
     add_weights_args(p)
-    p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default minitofe_demo.png)")
+    p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default: %(default)s)")
+    p.add_argument("--budget", type=float, default=0.5,
+                   help="MACs budget as a fraction of dense, set as in the README's table (default: %(default)s)")
     add_fast_arg(p)
 
 
@@ -228,7 +251,7 @@ def run_demo(args):
     fast = pick_fast(args.fast, len(x))
     run_model(model, x[:1], method="dense", fast=fast)   # warm-up (imports, BLAS threads) before timing
     dense, _, t_dense, _ = run_model(model, x, method="dense", fast=fast)
-    logits, info, t_tofe, _ = run_model(model, x, fast=fast)
+    logits, info, t_tofe, _ = run_model(model, x, budget=args.budget, fast=fast)
     names = class_names(model.cfg)
     print(f"minitofe demo: weights {source}; method {model.tofe.method}; {len(paths)} bundled images")
     print(f"{'image':34s} {'dense':12s} {model.tofe.method:12s} MACs (M, % of dense)")
@@ -252,8 +275,9 @@ def add_eval(sub):
                    help="Fashion-MNIST split (default: %(default)s; 'val' is the 5 000 images carved out of "
                         "the training file for choosing hyper-parameters)")
     p.add_argument("--limit", type=int, help="evaluate the first N images only")
-    p.add_argument("--batch", type=int, default=100)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--batch", type=int, default=100, help="images per call (default: %(default)s)")
+    p.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run_eval(args):
@@ -272,7 +296,8 @@ def run_eval(args):
     method = args.method or model.tofe.method
     ratios = budget_ratios(model, method, args.budget)
     with blas_threads_for(min(args.batch, len(images))):
-        res = evaluate(model, images, labels, args.batch, progress=not args.json, method=method,
+        res = evaluate(model, images, labels, args.batch, progress=not (args.json or args.no_progress),
+                       method=method,
                        keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
     res.update(weights=source, method=method, macs_g=res["macs"] / 1e9,
                split=args.split if args.data == "fashion-mnist" else str(args.data))

@@ -188,4 +188,16 @@ def run_train(args):
               f"`minitofe train --out {o['out']} --resume`")
         return 0
     print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")
+    last = last_eval(o["out"])
+    if last is not None:
+        print(f"evaluation after step {last['step'] + 1}: top-1 {100 * last['eval']['top1']:.2f} % on "
+              f"{last['eval']['n']} images at {100 * last['eval']['macs_ratio']:.1f} % of the dense MACs")
     return 0
+
+
+def last_eval(out):
+    """The last ``eval`` record of the run's log.jsonl, or None."""
+    import pathlib
+    path = pathlib.Path(out) / "log.jsonl"
+    evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line] if path.exists() else []
+    return evals[-1] if evals else None

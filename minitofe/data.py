@@ -84,7 +84,7 @@ def _find_idx(folder, stem):
         f"                  then use DIR{FASHION_MNIST_DEFAULT_ROOT};\n"
         f"  - or any folder holding train-images-idx3-ubyte, train-labels-idx1-ubyte, "
         f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (each optionally .gz).\n"
-        f"Pass the folder as root=... or set {FASHION_MNIST_ENV}=DIR.")
+        f"Pass the folder as root=DIR (on the command line: --data-root DIR) or set {FASHION_MNIST_ENV}=DIR.")
 
 
 # The validation split [ours]: one image in twelve of each class (500 of each class's 6 000, 5 000 in

@@ -270,7 +270,7 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
                 save(done)
             if eval_data is not None and (done % train_cfg.eval_every == 0 or done == train_cfg.steps):
                 n = min(train_cfg.eval_images, len(eval_data[0]))
-                res = evaluate(model, eval_data[0][:n], eval_data[1][:n], fast=train_cfg.fast)
+                res = evaluate(model, eval_data[0][:n], eval_data[1][:n], fast=train_cfg.fast, progress=progress)
                 log.write(json.dumps({"step": step, "eval": res}) + "\n")
                 log.flush()
             if pause:                      # Ctrl-C or stop_at: finish the step, checkpoint it, stop cleanly
