@@ -1,10 +1,13 @@
-"""Write the golden timm fixtures in ``tests/fixtures/`` (STYLE.md §7: oracles optional, fixtures not).
+"""Write the golden timm fixtures in ``tests/fixtures/`` (torch is optional for the tests; these files are not).
 
 Runs timm once, on small ViTs with random weights and a fixed seed, and saves for each config and
-dtype one ``<name>_<dtype>.npz`` holding the inputs, the timm state dict, the logits, a few intermediate
-activations and (float64) the gradient of ``sum(logits * R)`` with respect to every parameter and the
-images. The default test run (``tests/test_timm_fixtures.py``) compares minitofe against these files
-without torch.
+dtype one ``<name>_<dtype>.npz`` holding the inputs, the timm state dict, the logits (the pooled
+features for a model without classifier), a few intermediate activations and (float64) the gradients of
+``sum(logits * R)`` and of ``sum(forward_features * R_features)`` with respect to every parameter and
+the images. The configs cover the plain DeiT layouts and the timm options minitofe supports beyond them
+(register tokens, ``no_embed_class``, ``pre_norm``, head-less, non-square images, LayerNorm eps, the
+activations, avg pooling without ``fc_norm``). The default test run (``tests/test_timm_fixtures.py``)
+compares minitofe against these files without torch.
 
 This script imports torch, timm and NumPy only -- never minitofe -- so the fixtures do not depend on the
 code they test. ``tests/test_timm_live.py`` reuses ``build_model`` and ``randomise_`` from here.
@@ -14,6 +17,7 @@ code they test. ``tests/test_timm_live.py`` reuses ``build_model`` and ``randomi
 """
 import argparse
 import copy
+import functools
 import json
 import pathlib
 import sys
@@ -21,35 +25,52 @@ import sys
 import numpy as np
 import timm
 import torch
+from timm.layers import LayerNorm
 from timm.models.deit import VisionTransformerDistilled
 from timm.models.vision_transformer import VisionTransformer
 
-FIXTURE_VERSION = 1
+FIXTURE_VERSION = 2
 OUT_DIR = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 MAX_TOTAL_BYTES = 2 * 1024 * 1024
 
-# Field names are minitofe's ViTConfig fields (== timm's constructor arguments, plus ``distilled``).
+# Field names are minitofe's ViTConfig fields (== timm's constructor arguments, plus ``distilled`` for
+# VisionTransformerDistilled and ``norm_eps`` for timm's ``norm_layer=partial(LayerNorm, eps=...)``).
+_PLAIN = dict(in_chans=3, depth=2, qkv_bias=True, init_values=None, class_token=True, global_pool="token",
+              distilled=False)
 CONFIGS = {
     # (a) DeiT-like: class token, qkv bias, no LayerScale.
-    "deit_cls": dict(img_size=8, patch_size=2, in_chans=3, num_classes=5, embed_dim=12, depth=2,
-                     num_heads=3, mlp_ratio=4.0, qkv_bias=True, init_values=None, class_token=True,
-                     global_pool="token", distilled=False),
+    "deit_cls": dict(_PLAIN, img_size=8, patch_size=2, num_classes=5, embed_dim=12, num_heads=3, mlp_ratio=4.0),
     # (b) distilled DeiT (class + distillation tokens, two heads averaged) with LayerScale.
-    "deit_distilled_ls": dict(img_size=8, patch_size=2, in_chans=3, num_classes=4, embed_dim=16, depth=2,
-                              num_heads=2, mlp_ratio=2.0, qkv_bias=True, init_values=0.1, class_token=True,
-                              global_pool="token", distilled=True),
+    "deit_distilled_ls": dict(_PLAIN, img_size=8, patch_size=2, num_classes=4, embed_dim=16, num_heads=2,
+                              mlp_ratio=2.0, init_values=0.1, distilled=True),
     # (c) no class token, mean of patch tokens + fc_norm (timm has no ``norm`` then), no qkv bias, grey.
-    "avg_nocls": dict(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=2,
-                      num_heads=2, mlp_ratio=3.0, qkv_bias=False, init_values=None, class_token=False,
-                      global_pool="avg", distilled=False),
+    "avg_nocls": dict(_PLAIN, img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, num_heads=2,
+                      mlp_ratio=3.0, qkv_bias=False, class_token=False, global_pool="avg"),
+    # (d) DINOv2-reg-like backbone: no classifier, 4 register tokens, pos_embed on the patches only,
+    #     LayerScale, non-square images (8x6: a 4x3 patch grid).
+    "dinov2_reg_headless": dict(_PLAIN, img_size=[8, 6], patch_size=2, num_classes=0, embed_dim=12, num_heads=2,
+                                mlp_ratio=4.0, init_values=1e-5, reg_tokens=4, no_embed_class=True),
+    # (e) CLIP-like: norm_pre after the embedding (no patch bias), LayerNorm eps 1e-5, quick_gelu.
+    "clip_prenorm": dict(_PLAIN, img_size=[6, 8], patch_size=2, num_classes=4, embed_dim=12, num_heads=3,
+                         mlp_ratio=4.0, pre_norm=True, norm_eps=1e-5, act_layer="quick_gelu"),
+    # (f) timm's *_gap_*: avg pooling with the norm before pooling (fc_norm=False), a class token and a
+    #     register token that are not pooled, gelu_tanh.
+    "gap_reg_nofcnorm": dict(_PLAIN, img_size=8, patch_size=2, in_chans=2, num_classes=3, embed_dim=8,
+                             num_heads=2, mlp_ratio=2.0, global_pool="avg", fc_norm=False, reg_tokens=1,
+                             act_layer="gelu_tanh"),
 }
-BATCH = {"deit_cls": 2, "deit_distilled_ls": 3, "avg_nocls": 2}
-SEED = {"deit_cls": 0, "deit_distilled_ls": 1, "avg_nocls": 2}
+BATCH = {"deit_cls": 2, "deit_distilled_ls": 3, "avg_nocls": 2, "dinov2_reg_headless": 2, "clip_prenorm": 2,
+         "gap_reg_nofcnorm": 2}
+SEED = {name: i for i, name in enumerate(CONFIGS)}
 
 
 def build_model(cfg):
     """A timm ViT (float32, eval mode, timm's own init) for a minitofe-style config dict."""
-    kw = {k: v for k, v in cfg.items() if k != "distilled"}
+    kw = {k: v for k, v in cfg.items() if k not in ("distilled", "norm_eps")}
+    if isinstance(kw["img_size"], list):
+        kw["img_size"] = tuple(kw["img_size"])
+    if "norm_eps" in cfg:
+        kw["norm_layer"] = functools.partial(LayerNorm, eps=cfg["norm_eps"])
     model = (VisionTransformerDistilled if cfg["distilled"] else VisionTransformer)(**kw)
     return model.eval()
 
@@ -80,31 +101,35 @@ def _np(t):
     return t.detach().cpu().numpy().copy()
 
 
-def run_timm(model, images, R=None):
-    """Forward (and, if R is given, backward of sum(logits * R)) -> dict of named NumPy arrays."""
+def _grads(model, images, fn, R, prefix):
+    """Gradients of sum(fn(images) * R) for every parameter and the images, keyed ``prefix + name``."""
+    model.zero_grad(set_to_none=True)
+    x = images.clone().requires_grad_(True)
+    (fn(x) * R).sum().backward()
+    out = {prefix + k: _np(p.grad) if p.grad is not None else np.zeros(tuple(p.shape), dtype=np.float64)
+           for k, p in model.named_parameters()}          # a parameter the output ignores: zeros
+    out[prefix + "images"] = _np(x.grad)
+    return out
+
+
+def run_timm(model, images, R=None, R_features=None):
+    """Forward (and, if R is given, the gradients of sum(logits * R) and sum(features * R_features))
+    -> dict of named NumPy arrays."""
     out = {"images": _np(images)}
     for k, v in model.state_dict().items():
         out["param/" + k] = _np(v)
     with torch.no_grad():
-        embed = model._pos_embed(model.patch_embed(images))        # (B, N, C), eval: no dropout
+        embed = model.norm_pre(model._pos_embed(model.patch_embed(images)))   # what enters blocks.0
         out["act/embed"] = _np(embed)
         out["act/block0"] = _np(model.blocks[0](embed))
-        features = model.forward_features(images)                  # after the final norm (or none for avg)
+        features = model.forward_features(images)                  # after the final norm (if any)
         out["act/features"] = _np(features)
         out["act/pre_logits"] = _np(model.forward_head(features, pre_logits=True))
-    if R is None:
-        with torch.no_grad():
-            out["logits"] = _np(model(images))
-        return out
-    model.zero_grad(set_to_none=True)
-    x = images.clone().requires_grad_(True)
-    logits = model(x)
-    (logits * R).sum().backward()
-    out["logits"] = _np(logits)
-    out["R"] = _np(R)
-    for k, p in model.named_parameters():
-        out["grad/" + k] = _np(p.grad)
-    out["grad/images"] = _np(x.grad)
+        out["logits"] = _np(model(images))
+    if R is not None:
+        out["R"], out["R_features"] = _np(R), _np(R_features)
+        out.update(_grads(model, images, model, R, "grad/"))
+        out.update(_grads(model, images, model.forward_features, R_features, "grad_features/"))
     return out
 
 
@@ -117,8 +142,12 @@ def make(name):
     if set(model.state_dict()) != {k for k, _ in model.named_parameters()}:
         raise RuntimeError(f"{name}: state dict has buffers or missing parameters")
     B = BATCH[name]
-    images = torch.randn(B, cfg["in_chans"], cfg["img_size"], cfg["img_size"], generator=gen, dtype=torch.float64)
-    R = torch.randn(B, cfg["num_classes"], generator=gen, dtype=torch.float64)
+    hw = tuple(cfg["img_size"]) if isinstance(cfg["img_size"], list) else (cfg["img_size"],) * 2
+    images = torch.randn(B, cfg["in_chans"], *hw, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        out_shape, feature_shape = model(images).shape, model.forward_features(images).shape
+    R = torch.randn(out_shape, generator=gen, dtype=torch.float64)
+    R_features = torch.randn(feature_shape, generator=gen, dtype=torch.float64)
     meta = {
         "config": np.array(json.dumps(cfg, sort_keys=True)),
         "timm_version": np.array(timm.__version__),
@@ -128,7 +157,7 @@ def make(name):
         "seed": np.array(SEED[name]),
         "fused_attn": np.array(bool(model.blocks[0].attn.fused_attn)),
     }
-    f64 = run_timm(model, images, R)
+    f64 = run_timm(model, images, R, R_features)
     model32 = copy.deepcopy(model).float()                         # the same weights, rounded to float32
     f32 = run_timm(model32, images.float())
     return {f"{name}_float64": {**meta, "dtype": np.array("float64"), **f64},

@@ -34,6 +34,7 @@ from minitofe.cli import main
 from minitofe.config import ViTConfig
 from minitofe.io import weights as W
 from minitofe.io.timm import to_timm_state_dict
+from minitofe.nn.vit import vit_features_backward
 from minitofe.tofe.inference import tofe_inference
 from minitofe.train import TrainConfig
 
@@ -57,6 +58,8 @@ def _files(d, model32, rng):
     other = minitofe.new_model(OTHER, minitofe.ToFeConfig(method="dense"), rng, np.float32)
     W.save_safetensors(d / "other.safetensors", other.params, OTHER)
     stnp.save_file(to_timm_state_dict(other.params, OTHER), str(d / "timm.safetensors"), metadata={"format": "pt"})
+    qk = dict(to_timm_state_dict(other.params, OTHER), **{"blocks.0.attn.q_norm.weight": np.ones(4, np.float32)})
+    stnp.save_file(qk, str(d / "qknorm.safetensors"), metadata={"format": "pt"})
     (d / "a.txt").write_text("not weights, not an image")
     (d / "garbage.npz").write_bytes(b"PK\x03\x04 but not a zip")
     Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(d / "grey.png")
@@ -293,6 +296,13 @@ CASES = [
          r"img_size 9 is not a multiple of patch_size 2", lambda c: CFG.replace(img_size=9)),
     Case("vitconfig-unknown-pool", "ViTConfig", "global_pool='max'", V, r"global_pool must be 'token' or 'avg'",
          lambda c: CFG.replace(global_pool="max")),
+    Case("vitconfig-distilled-registers", "ViTConfig", "distilled=True with reg_tokens=4", V,
+         r"distilled=True .* does not combine with reg_tokens", lambda c: CFG.replace(distilled=True, reg_tokens=4)),
+    Case("vitconfig-unknown-activation", "ViTConfig", "act_layer='relu'", V,
+         r"act_layer must be one of \['gelu', 'gelu_tanh', 'quick_gelu'\], got 'relu'",
+         lambda c: CFG.replace(act_layer="relu")),
+    Case("vitconfig-from-dict-string", "ViTConfig.from_dict", "a JSON string instead of a dict", T_,
+         r"ViTConfig.from_dict needs a dict, got str", lambda c: ViTConfig.from_dict(json.dumps(CFG.to_dict()))),
     Case("tofeconfig-unknown-method", "ToFeConfig", "method='tome'", V, r"unknown method 'tome'; choose one of",
          lambda c: minitofe.ToFeConfig(method="tome")),
     Case("tofeconfig-keep-ratio-above-1", "ToFeConfig", "keep_ratios (1.5, ...)", V,
@@ -321,6 +331,9 @@ CASES = [
          lambda c: minitofe.ToFeConfig(tau="1")),
     Case("tofeconfig-unknown-inference", "ToFeConfig", "inference='sample'", V,
          r"inference must be 'topk' or 'threshold'", lambda c: minitofe.ToFeConfig(inference="sample")),
+    Case("tofeconfig-from-dict-string", "ToFeConfig.from_dict", "a JSON string (a safetensors metadata value)",
+         T_, r"ToFeConfig.from_dict needs a dict, got str",
+         lambda c: minitofe.ToFeConfig.from_dict(json.dumps(TCFG.to_dict()))),
     Case("trainconfig-batch-zero", "TrainConfig", "batch_size=0", V, r"batch_size must be a positive int, got 0",
          lambda c: TrainConfig(batch_size=0)),
     Case("trainconfig-steps-negative", "TrainConfig", "steps=-5", V, r"steps must be a positive int, got -5",
@@ -442,6 +455,9 @@ CASES = [
     Case("tofe_inference-missing-key", "tofe_inference", "params without tofe.selector.0.fc1.weight", V,
          r"missing keys \['tofe.selector.0.fc1.weight'\]",
          lambda c: tofe_inference(with_model(c, **{"tofe.selector.0.fc1.weight": None}).params, c.x, CFG, TCFG)),
+    Case("tofe_inference-clip-block", "tofe_inference", "a backbone with LayerNorm eps 1e-5 (CLIP)", V,
+         r"ToFe implements timm's default block only .*norm_eps=1e-05",
+         lambda c: tofe_inference(c.m.params, c.x, CFG.replace(norm_eps=1e-5), TCFG)),
     Case("vit_forward-cfg-dict", "vit_forward", "cfg as a dict", T_,
          r"cfg must be a minitofe.config.ViTConfig, got dict",
          lambda c: minitofe.vit_forward(c.m.backbone_params(), c.x, CFG.to_dict())),
@@ -461,6 +477,9 @@ CASES = [
          lambda c: vit_backward_of(c, np.ones((3, 4), np.float32))),
     Case("vit_backward-not-a-cache", "vit_backward", "None instead of the cache", T_,
          r"cache must be the cache vit_forward returned", lambda c: minitofe.vit_backward(np.ones((3, 4)), None)),
+    Case("vit_features_backward-vit-cache", "vit_features_backward", "vit_forward's cache", T_,
+         r"this cache is from vit_forward: pass it to vit_backward",
+         lambda c: vit_features_backward(np.ones((3, 17, 8)), minitofe.vit_forward(c.dense.params, c.x, CFG)[1])),
     # ---- load_model and the weight loaders
     Case("load_model-missing-file", "load_model", "a path that does not exist", V, r"nope.npz: no such file",
          lambda c: minitofe.load_model(c.d / "nope.npz")),
@@ -486,7 +505,19 @@ CASES = [
          lambda c: W.load_weights(c.d / "other.safetensors", model="vit_fmnist_patch2_28")),
     Case("load_safetensors-heads-do-not-divide", "io.weights.load_safetensors", "num_heads=5 for embed_dim 12", V,
          r"timm.safetensors: ViTConfig: embed_dim 12 is not divisible by num_heads 5",
-         lambda c: W.load_safetensors(c.d / "timm.safetensors", num_heads=5)),
+         lambda c: W.load_safetensors(c.d / "timm.safetensors", num_heads=5, img_size=16, global_pool="token")),
+    Case("load_safetensors-no-img-size", "io.weights.load_safetensors", "a timm file, no image size given", V,
+         r"timm.safetensors: the img_size is not stored in a timm file \(17 positions in pos_embed\).*--img-size",
+         lambda c: W.load_safetensors(c.d / "timm.safetensors", num_heads=3, global_pool="token")),
+    Case("load_safetensors-no-global-pool", "io.weights.load_safetensors", "a timm file, no pooling given", V,
+         r"the global_pool is not stored in a timm file.*--global-pool",
+         lambda c: W.load_safetensors(c.d / "timm.safetensors", num_heads=3, img_size=16)),
+    Case("load_safetensors-other-img-size", "io.weights.load_safetensors", "img_size 8x16 for a 4x4-patch file", V,
+         r"pos_embed has 17 positions, but img_size \(8, 16\) with patch size 4 has 8 patches",
+         lambda c: W.load_safetensors(c.d / "timm.safetensors", num_heads=3, img_size=(8, 16), global_pool="token")),
+    Case("load_safetensors-qk-norm", "io.weights.load_safetensors", "a timm file with qk-norm keys", V,
+         r"the weights have 'blocks.0.attn.q_norm.weight': qk_norm=True",
+         lambda c: W.load_safetensors(c.d / "qknorm.safetensors", num_heads=3, img_size=16, global_pool="token")),
     Case("load_safetensors-no-heads", "io.weights.load_safetensors", "a timm file, no head count given", V,
          r"number of attention heads is not stored.*--heads N",
          lambda c: W.load_safetensors(c.d / "timm.safetensors")),
@@ -600,6 +631,12 @@ CASES = [
          cli("convert", "{d}/other.safetensors", "{d}/c.npz", "--model", "deit_tiny_patch16_224")),
     Case("cli-convert-bad-dtype", "minitofe convert", "--dtype int8", 2, r"argument --dtype: invalid choice: 'int8'",
          cli("convert", "{d}/w.npz", "{d}/c.npz", "--dtype", "int8")),
+    Case("cli-convert-no-img-size", "minitofe convert", "a timm file with --heads only", 2,
+         r"the img_size is not stored in a timm file.*--img-size",
+         cli("convert", "{d}/timm.safetensors", "{d}/c.npz", "--heads", "3")),
+    Case("cli-convert-unknown-model", "minitofe convert", "--model nope", 2,
+         r"unknown model 'nope'.*vit_fmnist_patch2_28",
+         cli("convert", "{d}/timm.safetensors", "{d}/c.npz", "--model", "nope")),
     Case("cli-bench-unknown-flag", "minitofe bench", "--nope", 2, r"unrecognized arguments: --nope",
          cli("bench", "--nope")),
     # ---- the validator's kit: golden bundles and compare

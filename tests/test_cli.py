@@ -14,6 +14,7 @@ from minitofe.io.timm import to_timm_state_dict
 from minitofe.nn.params import init_params
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=3, num_classes=5, embed_dim=12, depth=2, num_heads=3)
+STATED = ("--heads", 3, "--img-size", 8, "--global-pool", "token")       # what a timm file does not record
 
 
 @pytest.fixture
@@ -32,27 +33,28 @@ def run(capsys, *argv):
 
 
 def test_convert_round_trip(tmp_path, timm_file, capsys):
-    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3)
-    assert code == 0 and "w.npz" in out and "N=17 tokens" in out
+    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", *STATED)
+    assert code == 0 and "w.npz" in out and "N=17 tokens" in out and "32 arrays (32 backbone + 0 ToFe)" in out
     code, _, _ = run(capsys, "convert", tmp_path / "w.npz", tmp_path / "back.safetensors")
     assert code == 0
-    assert (tmp_path / "back.safetensors").read_bytes() == timm_file.read_bytes()
+    back, theirs = stnp.load_file(str(tmp_path / "back.safetensors")), stnp.load_file(str(timm_file))
+    assert back.keys() == theirs.keys() and all(np.array_equal(back[k], theirs[k]) for k in theirs)
 
 
 def test_convert_dtype_is_explicit(tmp_path, timm_file, capsys):
-    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3, "--dtype", "float64")
+    code, out, _ = run(capsys, "convert", timm_file, tmp_path / "w.npz", *STATED, "--dtype", "float64")
     assert code == 0 and "float64" in out
     assert W.load_npz(tmp_path / "w.npz")[0]["head.weight"].dtype == np.float64
 
 
 def test_convert_overwrite_rules(tmp_path, timm_file, capsys):
     dst = tmp_path / "w.npz"
-    assert run(capsys, "convert", timm_file, dst, "--heads", 3)[0] == 0
-    code, _, err = run(capsys, "convert", timm_file, dst, "--heads", 3)
+    assert run(capsys, "convert", timm_file, dst, *STATED)[0] == 0
+    code, _, err = run(capsys, "convert", timm_file, dst, *STATED)
     assert code == 2 and err.startswith("minitofe: error:") and "--force" in err
-    assert run(capsys, "convert", timm_file, dst, "--heads", 3, "--force")[0] == 0
+    assert run(capsys, "convert", timm_file, dst, *STATED, "--force")[0] == 0
     before = timm_file.read_bytes()
-    code, _, err = run(capsys, "convert", timm_file, timm_file, "--heads", 3, "--force")
+    code, _, err = run(capsys, "convert", timm_file, timm_file, *STATED, "--force")
     assert code == 2 and "refusing to write over the source" in err
     assert timm_file.read_bytes() == before
 
@@ -60,11 +62,16 @@ def test_convert_overwrite_rules(tmp_path, timm_file, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["{src}", "{tmp}/w.npz"], "--heads N"),
     (["{src}", "{tmp}/w.npz", "--model", "deit_tiny_patch16_224"], "embed_dim: preset 192, weights 12"),
-    (["{src}", "{tmp}/w.npz", "--heads", "5"], "not divisible by num_heads 5"),
+    (["{src}", "{tmp}/w.npz", "--heads", "5", "--img-size", "8", "--global-pool", "token"],
+     "not divisible by num_heads 5"),
+    (["{src}", "{tmp}/w.npz", "--heads", "3"], "--img-size"),
+    (["{src}", "{tmp}/w.npz", "--heads", "3", "--img-size", "8"], "--global-pool"),
+    (["{src}", "{tmp}/w.npz", "--heads", "3", "--img-size", "4x12", "--global-pool", "token"],
+     "pos_embed has 17 positions, but img_size (4, 12)"),
     (["{src}", "{tmp}/w.h5", "--heads", "3"], "w.h5: unknown weight file extension"),
     (["{src}", "{tmp}/w.pth", "--heads", "3"], "w.pth: minitofe writes .npz or .safetensors"),
     (["{tmp}/missing.safetensors", "{tmp}/w.npz"], "missing.safetensors: no such file"),
-    (["{src}", "{tmp}/no/such/dir/w.npz", "--heads", "3"], "does not exist"),
+    (["{src}", "{tmp}/no/such/dir/w.npz", *(str(a) for a in STATED)], "does not exist"),
 ])
 def test_convert_errors(tmp_path, timm_file, capsys, argv, message):
     argv = [a.format(src=timm_file, tmp=tmp_path) for a in argv]
@@ -89,13 +96,16 @@ def test_torch_missing_is_a_runtime_failure(tmp_path, capsys, monkeypatch):
 def test_os_error_is_a_runtime_failure(tmp_path, timm_file, capsys, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
-    monkeypatch.setattr(W, "atomic_write", full)
-    code, _, err = run(capsys, "convert", timm_file, tmp_path / "w.npz", "--heads", 3)
+    from minitofe.io import npz
+    monkeypatch.setattr(npz, "atomic_write", full)
+    code, _, err = run(capsys, "convert", timm_file, tmp_path / "w.npz", *STATED)
     assert code == 1 and "No space left on device" in err
 
 
 def test_usage_errors(capsys):
     assert run(capsys, "convert")[0] == 2                                      # argparse: missing SRC
+    code, _, err = run(capsys, "convert", "a.npz", "b.npz", "--img-size", "8x")
+    assert code == 2 and "--img-size: expected S or HxW, got '8x'" in err
     code, _, err = run(capsys, "convert", "a.npz", "b.npz", "--model", "nope")
     assert code == 2 and "unknown model 'nope'" in err and "vit_fmnist_patch2_28" in err
     assert run(capsys, "frobnicate")[0] == 2

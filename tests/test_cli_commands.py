@@ -78,16 +78,21 @@ def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, imag
 
 
 def test_timm_weights_need_and_take_a_preset_or_head_count(tmp_path, capsys, images):
-    """A .safetensors file carries no head count: predict says which flag to pass, and takes it."""
-    pytest.importorskip("safetensors")
-    from minitofe.io.weights import save_safetensors
+    """A timm .safetensors file carries no head count, image size or pooling: predict says which flags to
+    pass; a file minitofe wrote (or converted with those flags) states its config and needs none."""
+    stnp = pytest.importorskip("safetensors.numpy")
+    from minitofe.io.timm import to_timm_state_dict
     cfg = minitofe.get_config("vit_fmnist_patch2_28").replace(depth=4)
     model = minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"), np.random.default_rng(0), np.float32)
     path = tmp_path / "timm.safetensors"
-    save_safetensors(str(path), model.params, cfg, metadata={"format": "pt"})    # as timm writes it
+    stnp.save_file(to_timm_state_dict(model.params, cfg), str(path), metadata={"format": "pt"})   # as timm does
     code, _, err = run(capsys, "predict", images[0], "--weights", path)
     assert code != 0 and "--model NAME" in err and "--heads N" in err
-    code, out, _ = run(capsys, "predict", images[0], "--weights", path, "--heads", "3", "--json")
+    code, _, err = run(capsys, "predict", images[0], "--weights", path, "--heads", "3")
+    assert code != 0 and "--img-size" in err
+    code, _, _ = run(capsys, "convert", path, tmp_path / "m.npz", "--heads", "3", "--img-size", "28",
+                     "--global-pool", "token")
+    code, out, _ = run(capsys, "predict", images[0], "--weights", tmp_path / "m.npz", "--json")
     assert code == 0 and json.loads(out)["method"] == "dense"
 
 

@@ -1,9 +1,10 @@
 """minitofe against live timm/torch on more configs (skipped when torch or timm is not installed).
 
 - hypothesis-drawn small configs (class token / distilled / avg pooling with and without class token,
-  LayerScale or not, qkv bias or not, 1-3 channels, 1-3 heads of size 2-5, patch size 1-3, depth 1-3):
-  logits within 1e-10 and every gradient (parameters and images, against torch autograd) within
-  relative error 1e-6, in float64;
+  LayerScale or not, qkv bias or not, 1-3 channels, 1-3 heads of size 2-5, patch size 1-3, depth 1-3,
+  and the timm options: register tokens, no_embed_class, pre_norm, fc_norm on/off, no final norm,
+  head-less, non-square images, LayerNorm eps, gelu_tanh / quick_gelu): logits within 1e-12 and every
+  gradient (parameters and images, against torch autograd) within relative error 1e-6, in float64;
 - the real-size ``deit_tiny_patch16_224`` forward in float32 on one image, within 1e-4 (its distilled
   twin too, marked slow);
 - weights converted by minitofe to a ``.safetensors`` file and loaded by timm's strict
@@ -24,6 +25,7 @@ from hypothesis import assume, given, settings, strategies as st  # noqa: E402
 
 from minitofe.config import ViTConfig, get_config  # noqa: E402
 from minitofe.gradcheck import rel_error  # noqa: E402
+from minitofe.io.timm_model import from_timm_model  # noqa: E402
 from minitofe.io.weights import (from_timm_state_dict, load_safetensors, save_safetensors,  # noqa: E402
                                  to_timm_state_dict)
 from minitofe.nn.vit import vit_backward, vit_forward  # noqa: E402
@@ -45,14 +47,21 @@ def small_configs(draw):
     # LayerNorm over C <= 2 features is degenerate (its output does not depend on its input, so the
     # true gradients are 0 and both sides hold only rounding noise): keep C >= 3.
     assume(embed_dim >= 3)
+    extra = {}
+    if variant != "distilled":
+        extra = dict(reg_tokens=draw(st.integers(0, 2)), no_embed_class=draw(st.booleans()),
+                     pre_norm=draw(st.booleans()), fc_norm=draw(st.sampled_from([None, True, False])),
+                     final_norm=draw(st.booleans()), pool_include_prefix=draw(st.booleans()))
+    gh, gw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
     return ViTConfig(
-        img_size=patch_size * draw(st.integers(1, 4)), patch_size=patch_size,
-        in_chans=draw(st.integers(1, 3)), num_classes=draw(st.integers(1, 6)),
+        img_size=(patch_size * gh, patch_size * gw), patch_size=patch_size,
+        in_chans=draw(st.integers(1, 3)), num_classes=draw(st.integers(0, 6)),
         embed_dim=embed_dim, depth=draw(st.integers(1, 3)),
         num_heads=num_heads, mlp_ratio=draw(st.sampled_from([1.0, 2.0, 4.0])),
         qkv_bias=draw(st.booleans()), init_values=draw(st.sampled_from([None, 0.1, 1.0])),
         class_token=variant != "avg_nocls", global_pool="avg" if variant.startswith("avg") else "token",
-        distilled=variant == "distilled")
+        distilled=variant == "distilled", norm_eps=draw(st.sampled_from([1e-6, 1e-5])),
+        act_layer=draw(st.sampled_from(["gelu", "gelu_tanh", "quick_gelu"])), **extra)
 
 
 def timm_model(cfg, seed, dtype=torch.float64):
@@ -61,21 +70,23 @@ def timm_model(cfg, seed, dtype=torch.float64):
     return make_fixtures.randomise_(model, gen), gen
 
 
-@settings(max_examples=10, deadline=None, database=None)
+@settings(max_examples=25, deadline=None, database=None)
 @given(cfg=small_configs(), batch=st.integers(1, 3), seed=st.integers(0, 2 ** 16))
 def test_small_configs_forward_and_grads(cfg, batch, seed):
     model, gen = timm_model(cfg, seed)
-    images = torch.randn(batch, cfg.in_chans, cfg.img_size, cfg.img_size, generator=gen, dtype=torch.float64)
-    R = torch.randn(batch, cfg.num_classes, generator=gen, dtype=torch.float64)
+    images = torch.randn(batch, cfg.in_chans, *cfg.img_hw, generator=gen, dtype=torch.float64)
     x = images.clone().requires_grad_(True)
     t_logits = model(x)
+    R = torch.randn(t_logits.shape, generator=gen, dtype=torch.float64)
     (t_logits * R).sum().backward()
 
-    params = from_timm_state_dict(model.state_dict(), cfg)
+    params, got_cfg = from_timm_model(model)
+    assert got_cfg == cfg.replace(init_values=got_cfg.init_values)
     logits, cache = vit_forward(params, images.numpy(), cfg)
-    assert np.max(np.abs(logits - t_logits.detach().numpy())) <= 1e-10
+    assert np.max(np.abs(logits - t_logits.detach().numpy())) <= 1e-12
     dimages, grads = vit_backward(R.numpy(), cache)
-    t_grads = from_timm_state_dict({k: p.grad for k, p in model.named_parameters()}, cfg)
+    t_grads = from_timm_state_dict({k: p.grad if p.grad is not None else torch.zeros_like(p)
+                                    for k, p in model.named_parameters()}, cfg)
     assert grads.keys() == params.keys() == t_grads.keys()
     errors = {k: rel_error(grads[k], t_grads[k]) for k in params}
     errors["images"] = rel_error(dimages, x.grad.numpy())

@@ -1,209 +1,99 @@
-"""Weight files: minitofe's own ``.npz``, timm's ``model.safetensors``, torch ``state_dict`` files, and
-``convert`` between them (``minitofe convert SRC DST``).
+"""Weight files: minitofe's own ``.npz`` (``io.npz``), timm's ``.safetensors``, torch ``state_dict``
+files, and ``convert`` between them (``minitofe convert SRC DST``).
 
-- ``.npz`` (minitofe): every parameter under its key (ToFe's ``tofe.*`` keys included), plus
-  ``__config__`` (JSON of ``ViTConfig.to_dict()``) and ``__meta__`` (JSON dict), as 0-d unicode arrays;
-  read with ``allow_pickle=False``.
-- ``.safetensors`` (timm layout): exactly the keys, shapes and dtypes of a timm ``VisionTransformer``
-  state dict, so timm's ``load_state_dict`` takes the file unchanged; the file's metadata (timm writes
-  ``{'format': 'pt'}``) is kept through a conversion, so timm -> minitofe -> timm gives the same bytes.
-- ``.pth`` / ``.pt`` / ``.bin`` (read only): a torch state dict, possibly wrapped as
-  ``{'state_dict': ...}`` or ``{'model': ...}``; needs torch (imported only here, ``weights_only=True``).
+- ``.safetensors`` (timm layout): the backbone under timm's keys, shapes and dtypes, so timm's
+  ``load_state_dict`` takes the file. minitofe writes its config into the metadata (``minitofe.config``,
+  the full ``ViTConfig`` as JSON, and ``minitofe.num_heads``) and its meta dict (``minitofe.meta``: ToFe
+  config, learned keep ratios, ...), so it reads its own files back exactly, with nothing to state. A
+  ToFe model's ``tofe.*`` arrays are written too (timm then needs ``strict=False``), unless
+  ``backbone_only``, which writes the timm backbone alone and drops the ToFe entries of the meta.
+- A ``.safetensors`` from timm has no such metadata: its config comes from a statement (a preset, a timm
+  architecture name, a ``ViTConfig``, or ``num_heads`` + ``img_size`` + ``global_pool``; see
+  ``io.timm_config``), checked against what the keys prove.
+- ``.pth`` / ``.pt`` / ``.bin`` (read only): a torch state dict, possibly wrapped as ``{'state_dict': ...}``
+  or ``{'model': ...}``; needs torch (imported only here, ``weights_only=True``).
 
 Every error is a ``ValueError`` or ``TypeError`` whose message starts with the file's path. Files are
-written atomically (temporary file in the same folder, fsync, ``os.replace``). The layout change between
-timm and minitofe lives in ``minitofe.io.timm``.
+written atomically (temporary file in the same folder, fsync, ``os.replace``).
 """
-import contextlib
 import json
 import os
-import secrets
-import zipfile
-import zlib
-
-import numpy as np
 
 from ..config import ViTConfig
-from ..nn.params import check_params
-from .timm import (TOFE_PREFIX, from_timm_model, from_timm_state_dict, infer_config,  # noqa: F401
-                   match_preset, to_timm_state_dict)
+from ..nn.params import check_params  # noqa: F401  (re-exported)
+from .files import (TORCH_EXTS, about, atomic_write, existing_file, float_dtype, weight_format,  # noqa: F401
+                    writable_format)
+from .npz import CONFIG_KEY, META_KEY, _read_npz, _write_npz, load_npz, save_npz  # noqa: F401
+from .timm import TOFE_PREFIX, from_timm_state_dict, to_timm_state_dict  # noqa: F401
+from .timm_config import infer_config, legacy_minitofe_config, match_preset
+from .timm_model import from_timm_model  # noqa: F401
 
-CONFIG_KEY, META_KEY = "__config__", "__meta__"
 TIMM_METADATA = {"format": "pt"}
 HEADS_KEY = "minitofe.num_heads"      # safetensors metadata written by minitofe (timm ignores it)
-TORCH_EXTS = (".pth", ".pt", ".bin")
+CONFIG_META, MINITOFE_META = "minitofe.config", "minitofe.meta"
+TOFE_META = ("tofe", "learned_keep_ratios")      # meta entries about the ToFe modules
 TORCH_HINT = 'reading .pth/.pt/.bin files needs torch: pip install "minitofe[torch]"'
 
 
-# ---- small helpers: paths, error messages, atomic writes, dtypes ----
-
-def weight_format(path):
-    """'npz', 'safetensors' or 'torch', from the file extension."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"a weight file path must be a str or os.PathLike, got {type(path).__name__}")
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, not a weight file")
-    ext = os.path.splitext(os.fspath(path))[1].lower()
-    if ext in (".npz", ".safetensors"):
-        return ext[1:]
-    if ext in TORCH_EXTS:
-        return "torch"
-    raise ValueError(f"{path}: unknown weight file extension {ext!r}; "
-                     f"expected .npz, .safetensors, .pth, .pt or .bin")
-
-
-def existing_file(path):
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"{path}: is a directory, not a weight file")
-    if not os.path.isfile(path):
-        raise ValueError(f"{path}: no such file")
-    return path
-
-
-@contextlib.contextmanager
-def about(path):
-    """Prefix the message of a ValueError/TypeError raised inside with the file it concerns."""
+def _json_object(path, key, text):
     try:
-        yield
+        value = json.loads(text)
     except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
-    except TypeError as e:
-        raise TypeError(f"{path}: {e}") from e
-
-
-def atomic_write(path, write):
-    """Call ``write(binary_file)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path`` in one step, so a crash never leaves a half-written weight file."""
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{path}: folder {folder} does not exist")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)   # 0o666: the umask applies
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def float_dtype(dtype):
-    """None, or one of float32/float64 (the explicit cast a caller asked for)."""
-    if dtype is None:
-        return None
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
-# ---- minitofe's .npz ----
-
-def _write_npz(f, arrays):
-    """np.savez's format (a zip of .npy members), with a fixed timestamp: equal arrays, equal bytes."""
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for key, arr in arrays.items():
-            info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(arr), allow_pickle=False)
-
-
-def save_npz(path, params, cfg, meta=None):
-    """Write params (backbone + optional ``tofe.*`` keys), cfg and a JSON-able ``meta`` dict to ``path``."""
-    check_params(params, cfg, extra_ok=(TOFE_PREFIX,))
-    meta = {} if meta is None else meta
-    if not isinstance(meta, dict):
-        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
-    try:
-        meta_json = json.dumps(meta, sort_keys=True)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"meta must hold JSON values only: {e}") from None
-    arrays = dict(params)
-    arrays[CONFIG_KEY] = np.array(json.dumps(cfg.to_dict(), sort_keys=True))
-    arrays[META_KEY] = np.array(meta_json)
-    atomic_write(path, lambda f: _write_npz(f, arrays))
-
-
-def _json_entry(arrays, key):
-    arr = arrays.pop(key)
-    if arr.ndim != 0 or arr.dtype.kind != "U":
-        raise ValueError(f"{key!r} must be a 0-d unicode array holding JSON, got {arr.dtype} {arr.shape}")
-    try:
-        value = json.loads(str(arr))
-    except ValueError as e:
-        raise ValueError(f"{key!r} is not valid JSON ({e})") from None
+        raise ValueError(f"{path}: metadata {key!r} is not valid JSON ({e})") from None
     if not isinstance(value, dict):
-        raise ValueError(f"{key!r} must hold a JSON object, got {type(value).__name__}")
+        raise ValueError(f"{path}: metadata {key!r} must hold a JSON object, got {type(value).__name__}")
     return value
 
 
-def _read_npz(path):
-    with open(path, "rb") as fh:          # our own handle: np.load leaks its own when the zip is bad
-        try:
-            data = np.load(fh, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: not a readable .npz file ({e})") from None
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: holds a single .npy array, not a minitofe .npz weight file")
-        with data:
-            try:
-                return {k: data[k] for k in data.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
-                raise ValueError(f"{path}: corrupt .npz file ({type(e).__name__}: {e})") from None
-
-
-def load_npz(path, dtype=None):
-    """-> (params, cfg, meta). ``dtype`` casts every array explicitly; otherwise the stored dtype is kept."""
-    path = existing_file(path)
-    dtype = float_dtype(dtype)
-    arrays = _read_npz(path)
+def _check_statement(path, cfg, model, num_heads, stated):
+    """A file that states its own config: whatever the caller states too must agree with it."""
     with about(path):
-        if CONFIG_KEY not in arrays:
-            raise ValueError(f"no {CONFIG_KEY!r} entry, so not a minitofe weight file "
-                             f"(timm weights convert with `minitofe convert SRC DST --model NAME`)")
-        cfg = ViTConfig.from_dict(_json_entry(arrays, CONFIG_KEY))
-        meta = _json_entry(arrays, META_KEY) if META_KEY in arrays else {}
-        params = arrays if dtype is None else {k: v.astype(dtype) for k, v in arrays.items()}
-        check_params(params, cfg, extra_ok=(TOFE_PREFIX,))
-    return params, cfg, meta
+        match_preset(cfg, model, num_heads)
+        for name, value in stated.items():
+            if value is not None and getattr(cfg.replace(**{name: value}), name) != getattr(cfg, name):
+                raise ValueError(f"the file's config has {name}={getattr(cfg, name)!r}, asked for {value!r}")
 
 
-# ---- timm's safetensors and torch state-dict files ----
-
-def _timm_params(path, state, cfg, model, num_heads, dtype):
-    if cfg is not None and (model is not None or num_heads is not None):
-        raise TypeError("pass either cfg or model/num_heads, not both")
+def _timm_params(path, state, cfg, model, num_heads, dtype, stated):
+    if cfg is not None and (model is not None or num_heads is not None or any(v is not None for v in stated.values())):
+        raise TypeError("pass either cfg or model/num_heads/img_size/..., not both")
     with about(path):
-        cfg = infer_config(state, model, num_heads) if cfg is None else cfg
+        cfg = infer_config(state, model, num_heads, **stated) if cfg is None else cfg
         return from_timm_state_dict(state, cfg, float_dtype(dtype)), cfg
 
 
-def load_safetensors(path, cfg=None, model=None, num_heads=None, dtype=None):
-    """timm-layout ``.safetensors`` -> (params, cfg, metadata); ``metadata`` is the file's own (None
-    if it has none). Without ``cfg``, the config is inferred (``infer_config``) with ``model``/``num_heads``."""
+def load_safetensors(path, cfg=None, model=None, num_heads=None, dtype=None, **stated):
+    """``.safetensors`` -> (params, cfg, meta). A file minitofe wrote carries its config and meta; for a
+    timm file, ``cfg`` or the statement (``model``, or ``num_heads`` with ``img_size`` and
+    ``global_pool``, see ``io.timm_config.infer_config``) gives the config, and meta is the file's own
+    metadata (timm writes ``{'format': 'pt'}``)."""
     from safetensors import SafetensorError, safe_open
     path = existing_file(path)
     try:
         with safe_open(path, framework="np") as f:
-            metadata = f.metadata()
+            metadata = f.metadata() or {}
             state = {k: f.get_tensor(k) for k in f.keys()}
     except (SafetensorError, OSError, ValueError, EOFError) as e:
         raise ValueError(f"{path}: not a readable safetensors file ({e})") from None
     except TypeError as e:                                   # e.g. bfloat16: NumPy has no such dtype
         raise TypeError(f"{path}: cannot read a tensor with NumPy ({e})") from None
-    if cfg is None and model is None and num_heads is None and metadata and HEADS_KEY in metadata:
-        num_heads = _heads_from_metadata(path, metadata[HEADS_KEY])      # a file minitofe wrote
-    params, cfg = _timm_params(path, state, cfg, model, num_heads, dtype)
-    return params, cfg, metadata
+    meta = {k: v for k, v in metadata.items() if not k.startswith("minitofe.")}
+    if MINITOFE_META in metadata:
+        meta = _json_object(path, MINITOFE_META, metadata[MINITOFE_META])
+    if CONFIG_META in metadata and cfg is None:                          # a file minitofe wrote
+        with about(path):
+            cfg = ViTConfig.from_dict(_json_object(path, CONFIG_META, metadata[CONFIG_META]))
+        _check_statement(path, cfg, model, num_heads, stated)
+        model = num_heads = None
+        stated = {}
+    elif HEADS_KEY in metadata and cfg is None and model is None and not any(stated.values()):
+        heads = _heads_from_metadata(path, metadata[HEADS_KEY])          # minitofe before configs were stored
+        if num_heads is not None and num_heads != heads:
+            raise ValueError(f"{path}: the file's config has num_heads={heads}, asked for {num_heads}")
+        with about(path):
+            cfg, num_heads = legacy_minitofe_config(state, heads), None
+    params, cfg = _timm_params(path, state, cfg, model, num_heads, dtype, stated)
+    return params, cfg, meta
 
 
 def _heads_from_metadata(path, value):
@@ -213,17 +103,37 @@ def _heads_from_metadata(path, value):
         raise ValueError(f"{path}: metadata {HEADS_KEY!r} is {value!r}, not an integer") from None
 
 
-def save_safetensors(path, params, cfg, metadata=None):
-    """Write the backbone in timm's layout (``tofe.*`` keys left out); ``metadata`` defaults to timm's
-    ``{'format': 'pt'}`` plus the head count (the one size the shapes do not tell), so minitofe reads
-    its own files back without ``--model``; given metadata (a converted timm file's) is kept as is."""
+def _backbone(params, meta):
+    return ({k: v for k, v in params.items() if not k.startswith(TOFE_PREFIX)},
+            {k: v for k, v in (meta or {}).items() if k not in TOFE_META})
+
+
+def save_safetensors(path, params, cfg, metadata=None, meta=None, backbone_only=False):
+    """Write the backbone in timm's layout, then any ``tofe.*`` arrays (none with ``backbone_only``).
+    The metadata is timm's ``{'format': 'pt'}``, the str entries of ``metadata`` / ``meta`` (a
+    converted file's own), and minitofe's config and meta. Returns the keys written."""
     from safetensors.numpy import save
-    metadata = dict(TIMM_METADATA, **{HEADS_KEY: str(cfg.num_heads)}) if metadata is None else metadata
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                 for k, v in metadata.items()):
+    if backbone_only:
+        params, meta = _backbone(params, meta)
+    if metadata is not None and not (isinstance(metadata, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
         raise TypeError(f"safetensors metadata must be a dict of str -> str, got {metadata!r}")
-    data = save(to_timm_state_dict(params, cfg), metadata=metadata)
+    if meta is not None and not isinstance(meta, dict):
+        raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
+    out = dict(TIMM_METADATA, **(metadata or {}))
+    out.update({str(k): v for k, v in (meta or {}).items() if isinstance(v, str) and not k.startswith("minitofe.")})
+    try:
+        if meta:
+            out[MINITOFE_META] = json.dumps(meta, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"meta must hold JSON values only: {e}") from None
+    out[CONFIG_META] = json.dumps(cfg.to_dict(), sort_keys=True)
+    out[HEADS_KEY] = str(cfg.num_heads)
+    tensors = to_timm_state_dict(params, cfg)
+    tensors.update({k: v for k, v in params.items() if k.startswith(TOFE_PREFIX)})
+    data = save(tensors, metadata=out)
     atomic_write(path, lambda f: f.write(data))
+    return list(tensors)
 
 
 def _import_torch():
@@ -245,8 +155,9 @@ def _unwrap_checkpoint(obj):
     return obj
 
 
-def load_torch(path, cfg=None, model=None, num_heads=None, dtype=None):
-    """torch ``state_dict`` file (timm layout) -> (params, cfg, {}); loaded with ``weights_only=True``."""
+def load_torch(path, cfg=None, model=None, num_heads=None, dtype=None, **stated):
+    """torch ``state_dict`` file (timm layout) -> (params, cfg, {}); loaded with ``weights_only=True``;
+    the config comes from ``cfg`` or the statement, as for a timm ``.safetensors``."""
     path = existing_file(path)
     torch = _import_torch()
     try:
@@ -255,56 +166,37 @@ def load_torch(path, cfg=None, model=None, num_heads=None, dtype=None):
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
     with about(path):
         state = _unwrap_checkpoint(obj)
-    params, cfg = _timm_params(path, state, cfg, model, num_heads, dtype)
+    params, cfg = _timm_params(path, state, cfg, model, num_heads, dtype, stated)
     return params, cfg, {}
 
 
-# ---- any format ----
-
-def load_weights(path, model=None, num_heads=None, dtype=None):
-    """Dispatch on the extension -> (params, cfg, meta). For ``.npz`` the stored config is used and
-    ``model``/``num_heads``, if given, must agree with it; for timm files they name the heads."""
+def load_weights(path, model=None, num_heads=None, dtype=None, **stated):
+    """Dispatch on the extension -> (params, cfg, meta). A file minitofe wrote (``.npz``, or
+    ``.safetensors`` with its config) states its config, and ``model`` / ``num_heads`` / ``stated``, if
+    given, must agree with it; for timm files they are the statement (``io.timm_config``)."""
     kind = weight_format(path)
     if kind == "safetensors":
-        params, cfg, metadata = load_safetensors(path, model=model, num_heads=num_heads, dtype=dtype)
-        return params, cfg, dict(metadata or {})
+        return load_safetensors(path, model=model, num_heads=num_heads, dtype=dtype, **stated)
     if kind == "torch":
-        return load_torch(path, model=model, num_heads=num_heads, dtype=dtype)
+        return load_torch(path, model=model, num_heads=num_heads, dtype=dtype, **stated)
     params, cfg, meta = load_npz(path, dtype=dtype)
-    if model is not None or num_heads is not None:
-        fields = {k: v for k, v in cfg.to_dict().items() if k != "num_heads"}
-        with about(path):
-            if num_heads is not None and num_heads != cfg.num_heads:
-                raise ValueError(f"the file's config has num_heads={cfg.num_heads}, asked for {num_heads}")
-            if model is not None:
-                match_preset(fields, model, cfg.num_heads)
+    _check_statement(path, cfg, model, num_heads, stated)
     return params, cfg, meta
 
 
-def safetensors_metadata(meta):
-    """A meta dict -> safetensors metadata (str -> str): empty -> timm's default, non-str values JSON."""
-    if not meta:
-        return None
-    return {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in meta.items()}
-
-
-def writable_format(path):
-    """'npz' or 'safetensors': the formats minitofe writes (torch files are read only)."""
-    kind = weight_format(path)
-    if kind == "torch":
-        raise ValueError(f"{path}: minitofe writes .npz or .safetensors, not {os.path.splitext(path)[1]}")
-    return kind
-
-
-def save_weights(path, params, cfg, meta=None):
-    """Write ``.npz`` (everything) or ``.safetensors`` (timm layout; meta becomes its metadata)."""
+def save_weights(path, params, cfg, meta=None, backbone_only=False):
+    """Write ``.npz`` or ``.safetensors`` (timm layout, meta in its metadata) -> the keys written.
+    ``backbone_only`` leaves out the ``tofe.*`` arrays and the ToFe entries of ``meta``."""
+    if backbone_only:
+        params, meta = _backbone(params, meta)
     if writable_format(path) == "npz":
-        return save_npz(path, params, cfg, meta)
-    return save_safetensors(path, params, cfg, safetensors_metadata(meta))
+        save_npz(path, params, cfg, meta)
+        return list(params)
+    return save_safetensors(path, params, cfg, meta=meta)
 
 
-def convert(src, dst, model=None, num_heads=None, dtype=None, overwrite=False):
-    """Read ``src`` (any format), write ``dst`` (.npz or .safetensors) -> (params, cfg, meta).
+def convert(src, dst, model=None, num_heads=None, dtype=None, overwrite=False, backbone_only=False, **stated):
+    """Read ``src`` (any format), write ``dst`` (.npz or .safetensors) -> (params written, cfg, meta).
 
     Refuses to write over ``src`` itself, and over an existing ``dst`` unless ``overwrite``."""
     src, dst = os.fspath(src), os.fspath(dst)
@@ -316,6 +208,8 @@ def convert(src, dst, model=None, num_heads=None, dtype=None, overwrite=False):
             raise ValueError(f"{dst}: refusing to write over the source file {src}")
         if not overwrite:
             raise ValueError(f"{dst}: exists already (use --force to overwrite it)")
-    params, cfg, meta = load_weights(src, model=model, num_heads=num_heads, dtype=dtype)
-    save_weights(dst, params, cfg, meta)
-    return params, cfg, meta
+    params, cfg, meta = load_weights(src, model=model, num_heads=num_heads, dtype=dtype, **stated)
+    if backbone_only:
+        params, meta = _backbone(params, meta)
+    written = save_weights(dst, params, cfg, meta)
+    return {k: params[k] for k in written}, cfg, meta

@@ -95,15 +95,19 @@ def ragged_block_forward(x, offsets, params, prefix, num_heads):
 
 
 # ---------------------------------------------------------------- training pair
-def block_forward(x, params, prefix, num_heads, key_mask=None):
-    """x: (B, N, C); key_mask: (B, N) or None -> (B, N, C), cache for ``block_backward`` (this module's)."""
+def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, act_layer="gelu"):
+    """x: (B, N, C); key_mask: (B, N) or None -> (B, N, C), cache for ``block_backward`` (this module's).
+    The fused MLP kernel is exact GELU: another ``act_layer`` runs on the reference (``nn.block``)."""
+    if act_layer != "gelu":
+        raise ValueError(f"the Numba block implements act_layer='gelu' only, got {act_layer!r}; "
+                         f"use the reference nn.block.block_forward (fast=False)")
     B, N, C = x.shape
     H, M, dt = num_heads, B * N, x.dtype
     scale = dt.type((C // H) ** -0.5)
     p = lambda name: params[prefix + name]                                # noqa: E731
     g1, g2 = params.get(prefix + "ls1.gamma"), params.get(prefix + "ls2.gamma")
     x2 = np.ascontiguousarray(x).reshape(M, C)
-    n1, c_n1 = layernorm_forward(x2, p("norm1.weight"), p("norm1.bias"))
+    n1, c_n1 = layernorm_forward(x2, p("norm1.weight"), p("norm1.bias"), norm_eps)
     qkv = n1 @ p("attn.qkv.weight").T                                     # (M, 3C)
     if prefix + "attn.qkv.bias" in params:
         add_bias_(qkv, p("attn.qkv.bias"))
@@ -122,7 +126,7 @@ def block_forward(x, params, prefix, num_heads, key_mask=None):
     a = o @ p("attn.proj.weight").T
     add_bias_(a, p("attn.proj.bias"))
     x1 = x2 + (a * g1 if g1 is not None else a)
-    n2, c_n2 = layernorm_forward(x1, p("norm2.weight"), p("norm2.bias"))
+    n2, c_n2 = layernorm_forward(x1, p("norm2.weight"), p("norm2.bias"), norm_eps)
     h = n2 @ p("mlp.fc1.weight").T                                        # (M, hidden)
     act = np.empty_like(h)
     bias_gelu_keep_(h, p("mlp.fc1.bias"), dt.type(INV_SQRT2), act)

@@ -1,1 +1,1 @@
-"""Layers of the reference ViT, as forward/backward pairs (STYLE.md §1)."""
+"""Layers of the reference ViT, as forward/backward pairs."""

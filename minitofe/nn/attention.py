@@ -1,4 +1,4 @@
-"""Multi-head self-attention with an optional soft key mask (DESIGN.md "Keep path").
+"""Multi-head self-attention with an optional soft key mask (the ToFe keep path).
 
 Without a mask this is timm's ``Attention``: ``qkv`` Linear, scale ``hs ** -0.5`` on the queries,
 softmax over keys, ``proj`` Linear. With a key mask ``m`` of shape (B, N) (1 keep, 0 freeze) the attention

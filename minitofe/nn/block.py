@@ -1,20 +1,28 @@
 """The MLP and the pre-norm transformer block, as in timm's ``Block``:
 
     x = x + ls1 * Attn(LN1(x), key_mask)
-    x = x + ls2 * MLP(LN2(x)),   MLP = fc2(GELU(fc1(.)))
+    x = x + ls2 * MLP(LN2(x)),   MLP = fc2(act(fc1(.)))
 
 LayerScale (``ls1.gamma``, ``ls2.gamma``) is used when those keys are present (``init_values`` set),
 and is 1 otherwise. Parameters are read from the flat dict under ``prefix`` (e.g. ``"blocks.3."``).
+``norm_eps`` and ``act_layer`` default to timm's ViT (1e-6, exact GELU); ``block_options(cfg)`` gives
+them for a config. Post-norm blocks (timm's ``ResPostBlock``) are not this block: conversion refuses them.
 """
+from .activations import act_backward, act_forward
 from .attention import attention_backward, attention_forward
-from .layers import (gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
-                     linear_backward, linear_forward)
+from .layers import layernorm_backward, layernorm_forward, linear_backward, linear_forward
+from ..config import LN_EPS
 
 
-def mlp_forward(x, params, prefix):
-    """x: (..., C) -> (..., C) through fc1 (C -> hidden), exact GELU, fc2 (hidden -> C)."""
+def block_options(cfg):
+    """The keyword arguments of ``block_forward`` that a ``ViTConfig`` sets."""
+    return {"norm_eps": cfg.norm_eps, "act_layer": cfg.act_layer}
+
+
+def mlp_forward(x, params, prefix, act_layer="gelu"):
+    """x: (..., C) -> (..., C) through fc1 (C -> hidden), the activation, fc2 (hidden -> C)."""
     h, c1 = linear_forward(x, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])
-    a, cg = gelu_forward(h)
+    a, cg = act_forward(h, act_layer)
     y, c2 = linear_forward(a, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])
     return y, (prefix, c1, cg, c2)
 
@@ -23,20 +31,20 @@ def mlp_backward(dy, cache):
     prefix, c1, cg, c2 = cache
     grads = {}
     da, grads[prefix + "fc2.weight"], grads[prefix + "fc2.bias"] = linear_backward(dy, c2)
-    dh = gelu_backward(da, cg)
+    dh = act_backward(da, cg)
     dx, grads[prefix + "fc1.weight"], grads[prefix + "fc1.bias"] = linear_backward(dh, c1)
     return dx, grads
 
 
-def block_forward(x, params, prefix, num_heads, key_mask=None):
+def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, act_layer="gelu"):
     """x: (B, N, C); key_mask: (B, N) or None (see ``attention``). Returns (B, N, C) and the cache."""
     g1 = params.get(prefix + "ls1.gamma")
     g2 = params.get(prefix + "ls2.gamma")
-    n1, c_n1 = layernorm_forward(x, params[prefix + "norm1.weight"], params[prefix + "norm1.bias"])
+    n1, c_n1 = layernorm_forward(x, params[prefix + "norm1.weight"], params[prefix + "norm1.bias"], norm_eps)
     a, c_attn = attention_forward(n1, params, prefix + "attn.", num_heads, key_mask)
     x1 = x + (a * g1 if g1 is not None else a)
-    n2, c_n2 = layernorm_forward(x1, params[prefix + "norm2.weight"], params[prefix + "norm2.bias"])
-    f, c_mlp = mlp_forward(n2, params, prefix + "mlp.")
+    n2, c_n2 = layernorm_forward(x1, params[prefix + "norm2.weight"], params[prefix + "norm2.bias"], norm_eps)
+    f, c_mlp = mlp_forward(n2, params, prefix + "mlp.", act_layer)
     out = x1 + (f * g2 if g2 is not None else f)
     return out, (prefix, g1, g2, a, f, c_n1, c_attn, c_n2, c_mlp)
 
@@ -66,3 +74,12 @@ def block_backward(dout, cache):
     grads.update(g)
     dx_branch, grads[prefix + "norm1.weight"], grads[prefix + "norm1.bias"] = layernorm_backward(dn1, c_n1)
     return dx1 + dx_branch, grads, dkey_mask
+
+
+def check_default_block(cfg, who):
+    """Refuse a config whose blocks are not timm's default (LayerNorm eps 1e-6, exact GELU): ``who``
+    (the ToFe stages, the Numba kernels) implements only that block."""
+    if not cfg.default_block:
+        raise ValueError(f"{who} implements timm's default block only (LayerNorm eps {LN_EPS}, act_layer "
+                         f"'gelu'); this backbone has norm_eps={cfg.norm_eps}, act_layer={cfg.act_layer!r} "
+                         f"(the dense vit_forward runs it)")

@@ -1,16 +1,22 @@
-"""Token embedding and the classification head, as in timm's ``VisionTransformer``.
+"""Token embedding, as in timm's ``VisionTransformer`` (``patch_embed``, ``_pos_embed``, ``norm_pre``).
 
-Embedding: the patch-embedding convolution (kernel = stride = patch size) is a matmul on flattened
-patches. minitofe stores ``patch_embed.proj.weight`` as (C, in_chans * p * p), the conv weight
-(C, in_chans, p, p) flattened in the same (channel, row, column) order as ``patchify`` flattens a patch;
-that reshape is the only change conversion from timm makes. Then the class token (and the distillation
-token of distilled DeiT) is prepended and the learned position embedding (1, N, C) is added.
+The patch-embedding convolution (kernel = stride = patch size) is a matmul on flattened patches.
+minitofe stores ``patch_embed.proj.weight`` as (C, in_chans * p * p), the conv weight (C, in_chans, p, p)
+flattened in the same (channel, row, column) order as ``patchify`` flattens a patch; that reshape is the
+only change conversion from timm makes. Images may be non-square, (B, Cin, Hh, W) with both sides
+multiples of p; patches are in raster order (row by row).
 
-Head: final LayerNorm ``norm`` then the class token through ``head`` (distilled DeiT: the class and
-distillation tokens through ``head`` and ``head_dist``, averaged, as timm does at inference); with
-``global_pool='avg'`` the patch tokens are averaged, normalised by ``fc_norm`` (timm's layout) and
-classified.
+Then the prefix tokens are prepended, always in timm's order: class token, register tokens
+(``reg_token``, (1, R, C)), distillation token (distilled DeiT; never together with registers). The
+learned position embedding is added to all N tokens (``pos_embed`` (1, N, C)), or, with
+``no_embed_class`` (DeiT-III, FlexiViT, DINOv2-reg), to the P patches only, before the prefix tokens
+are prepended (``pos_embed`` (1, P, C)). With ``pre_norm`` (CLIP) the tokens then go through the
+LayerNorm ``norm_pre`` and the patch embedding has no bias, as in timm.
+
+The head (final norm, pooling, ``fc_norm``, classifier) lives in ``nn.head``; ``head_forward`` and
+``head_backward`` are re-exported here for the modules that import them from this one.
 """
+from .head import head_backward, head_forward  # noqa: F401  (re-exported)
 from .layers import layernorm_backward, layernorm_forward, linear_backward, linear_forward
 from ..backend import get_xp
 
@@ -31,68 +37,49 @@ def unpatchify(patches, p, Cin, Hh, W):
     return x.reshape(B, Cin, Hh, W)
 
 
+def prefix_slices(cfg):
+    """{timm key: slice of the token axis} for the prefix tokens: cls_token, reg_token, dist_token."""
+    out, start = {}, 0
+    for key, n in (("cls_token", int(cfg.class_token)), ("reg_token", cfg.reg_tokens),
+                   ("dist_token", int(cfg.distilled))):
+        if n:
+            out[key] = slice(start, start + n)
+            start += n
+    return out
+
+
 def embed_forward(images, params, cfg):
     """images: (B, Cin, Hh, W) -> tokens (B, N, C): prefix tokens first, then patches in raster order."""
     xp = get_xp(images)
     B = images.shape[0]
     patches = patchify(images, cfg.patch_size)                          # (B, P, Cin p p)
-    t, c_proj = linear_forward(patches, params["patch_embed.proj.weight"], params["patch_embed.proj.bias"])
-    prefix = []
-    if cfg.class_token:
-        prefix.append(xp.broadcast_to(params["cls_token"], (B, 1, cfg.embed_dim)))
-    if cfg.distilled:
-        prefix.append(xp.broadcast_to(params["dist_token"], (B, 1, cfg.embed_dim)))
+    t, c_proj = linear_forward(patches, params["patch_embed.proj.weight"], params.get("patch_embed.proj.bias"))
+    if cfg.no_embed_class:
+        t = t + params["pos_embed"]                                     # patches only
+    prefix = [xp.broadcast_to(params[key], (B, s.stop - s.start, cfg.embed_dim))
+              for key, s in prefix_slices(cfg).items()]
     x = xp.concatenate(prefix + [t], axis=1) if prefix else t
-    x = x + params["pos_embed"]                                         # (B, N, C)
-    return x, (cfg, images.shape, c_proj)
+    if not cfg.no_embed_class:
+        x = x + params["pos_embed"]                                     # (B, N, C)
+    c_pre = None
+    if cfg.pre_norm:
+        x, c_pre = layernorm_forward(x, params["norm_pre.weight"], params["norm_pre.bias"], cfg.norm_eps)
+    return x, (cfg, images.shape, c_proj, c_pre)
 
 
 def embed_backward(dx, cache):
-    """-> dimages (B, Cin, Hh, W), grads for patch_embed / cls_token / dist_token / pos_embed."""
-    cfg, shape, c_proj = cache
+    """-> dimages (B, Cin, Hh, W), grads for patch_embed / prefix tokens / pos_embed / norm_pre."""
+    cfg, shape, c_proj, c_pre = cache
+    grads = {}
+    if c_pre is not None:
+        dx, grads["norm_pre.weight"], grads["norm_pre.bias"] = layernorm_backward(dx, c_pre)
     T = cfg.num_prefix_tokens
-    grads = {"pos_embed": dx.sum(axis=0, keepdims=True)}
-    if cfg.class_token:
-        grads["cls_token"] = dx[:, 0:1].sum(axis=0, keepdims=True)
-    if cfg.distilled:
-        grads["dist_token"] = dx[:, 1:2].sum(axis=0, keepdims=True)
-    dpatches, grads["patch_embed.proj.weight"], grads["patch_embed.proj.bias"] = linear_backward(dx[:, T:], c_proj)
+    dpatch_tokens = dx[:, T:]
+    grads["pos_embed"] = (dpatch_tokens if cfg.no_embed_class else dx).sum(axis=0, keepdims=True)
+    for key, s in prefix_slices(cfg).items():
+        grads[key] = dx[:, s].sum(axis=0, keepdims=True)
+    dpatches, grads["patch_embed.proj.weight"], db = linear_backward(dpatch_tokens, c_proj)
+    if db is not None:
+        grads["patch_embed.proj.bias"] = db
     B, Cin, Hh, W = shape
     return unpatchify(dpatches, cfg.patch_size, Cin, Hh, W), grads
-
-
-def head_forward(x, params, cfg):
-    """x: (B, N, C) after the last block -> logits (B, num_classes)."""
-    if cfg.global_pool == "avg":
-        pooled = x[:, cfg.num_prefix_tokens:].mean(axis=1)
-        h, c_norm = layernorm_forward(pooled, params["fc_norm.weight"], params["fc_norm.bias"])
-        logits, c_head = linear_forward(h, params["head.weight"], params["head.bias"])
-        return logits, (cfg, x.shape, c_norm, c_head, None)
-    h, c_norm = layernorm_forward(x, params["norm.weight"], params["norm.bias"])
-    logits, c_head = linear_forward(h[:, 0], params["head.weight"], params["head.bias"])
-    c_dist = None
-    if cfg.distilled:
-        logits_dist, c_dist = linear_forward(h[:, 1], params["head_dist.weight"], params["head_dist.bias"])
-        logits = 0.5 * (logits + logits_dist)
-    return logits, (cfg, x.shape, c_norm, c_head, c_dist)
-
-
-def head_backward(dlogits, cache):
-    """-> dx (B, N, C), grads for norm / fc_norm / head / head_dist."""
-    cfg, shape, c_norm, c_head, c_dist = cache
-    xp = get_xp(dlogits)
-    grads = {}
-    if cfg.global_pool == "avg":
-        dh, grads["head.weight"], grads["head.bias"] = linear_backward(dlogits, c_head)
-        dpooled, grads["fc_norm.weight"], grads["fc_norm.bias"] = layernorm_backward(dh, c_norm)
-        dx = xp.zeros(shape, dtype=dlogits.dtype)
-        T = cfg.num_prefix_tokens
-        dx[:, T:] = dpooled[:, None, :] / (shape[1] - T)
-        return dx, grads
-    dh = xp.zeros(shape, dtype=dlogits.dtype)                           # (B, N, C)
-    if cfg.distilled:
-        dlogits = 0.5 * dlogits
-        dh[:, 1], grads["head_dist.weight"], grads["head_dist.bias"] = linear_backward(dlogits, c_dist)
-    dh[:, 0], grads["head.weight"], grads["head.bias"] = linear_backward(dlogits, c_head)
-    dx, grads["norm.weight"], grads["norm.bias"] = layernorm_backward(dh, c_norm)
-    return dx, grads

@@ -1,4 +1,4 @@
-"""Elementary layers as forward/backward pairs (STYLE.md §1): linear, LayerNorm, GELU, softmax,
+"""Elementary layers as forward/backward pairs: linear, LayerNorm, GELU, softmax,
 cross-entropy.
 
 Every ``*_forward`` returns ``(out, cache)``; every ``*_backward(dout, cache)`` returns the gradient of

@@ -1,6 +1,6 @@
 """The parameter dict of a ViT: its keys and shapes (timm's names), initialisation, and validation.
 
-Parameters are one flat ``{timm state-dict key: array}`` dict (STYLE.md §2). ``param_shapes(cfg)`` is
+Parameters are one flat ``{timm state-dict key: array}`` dict. ``param_shapes(cfg)`` is
 the single source of truth for which keys a config has; loaders and ``vit_forward`` check against it so
 that a missing, unexpected or mis-shaped key is reported by name.
 """
@@ -12,17 +12,23 @@ from ..config import ViTConfig
 
 
 def param_shapes(cfg):
-    """Ordered ``{key: shape}`` for the backbone described by ``cfg`` (timm order)."""
-    C, P, Hd = cfg.embed_dim, cfg.num_patches, cfg.mlp_hidden
+    """Ordered ``{key: shape}`` for the backbone described by ``cfg`` (timm's state-dict order)."""
+    C, Hd = cfg.embed_dim, cfg.mlp_hidden
     patch_in = cfg.in_chans * cfg.patch_size ** 2
     s = {}
     if cfg.class_token:
         s["cls_token"] = (1, 1, C)
-    s["pos_embed"] = (1, cfg.num_tokens, C)
+    if cfg.reg_tokens:
+        s["reg_token"] = (1, cfg.reg_tokens, C)
+    s["pos_embed"] = (1, cfg.embed_len, C)
     if cfg.distilled:                                # timm registers it after the parent's tokens
         s["dist_token"] = (1, 1, C)
     s["patch_embed.proj.weight"] = (C, patch_in)     # timm: (C, in_chans, p, p), flattened
-    s["patch_embed.proj.bias"] = (C,)
+    if not cfg.pre_norm:                             # timm: the patch embedding has no bias with pre_norm
+        s["patch_embed.proj.bias"] = (C,)
+    else:
+        s["norm_pre.weight"] = (C,)
+        s["norm_pre.bias"] = (C,)
     for i in range(cfg.depth):
         b = f"blocks.{i}."
         s[b + "norm1.weight"] = (C,)
@@ -42,14 +48,16 @@ def param_shapes(cfg):
         s[b + "mlp.fc2.bias"] = (C,)
         if cfg.init_values is not None:
             s[b + "ls2.gamma"] = (C,)
-    norm = "fc_norm" if cfg.global_pool == "avg" else "norm"
-    s[norm + ".weight"] = (C,)
-    s[norm + ".bias"] = (C,)
-    s["head.weight"] = (cfg.num_classes, C)
-    s["head.bias"] = (cfg.num_classes,)
-    if cfg.distilled:
-        s["head_dist.weight"] = (cfg.num_classes, C)
-        s["head_dist.bias"] = (cfg.num_classes,)
+    for norm, used in (("norm", cfg.use_norm), ("fc_norm", cfg.use_fc_norm)):
+        if used:
+            s[norm + ".weight"] = (C,)
+            s[norm + ".bias"] = (C,)
+    if cfg.num_classes:                              # num_classes=0: timm's head is the identity
+        s["head.weight"] = (cfg.num_classes, C)
+        s["head.bias"] = (cfg.num_classes,)
+        if cfg.distilled:
+            s["head_dist.weight"] = (cfg.num_classes, C)
+            s["head_dist.bias"] = (cfg.num_classes,)
     return s
 
 
@@ -66,14 +74,14 @@ def trunc_normal(rng, shape, std, a=-2.0, b=2.0, dtype=np.float64):
 
 def init_params(cfg, rng, dtype=np.float64):
     """Fresh parameters following timm's default ('') init: Linear weights trunc-normal(0.02) with zero
-    bias, LayerNorm ones/zeros, pos_embed trunc-normal(0.02), cls_token normal(1e-6), dist_token
+    bias, LayerNorm ones/zeros, pos_embed trunc-normal(0.02), cls_token and reg_token normal(1e-6), dist_token
     trunc-normal(0.02), patch-embedding conv torch's default uniform(+-1/sqrt(fan_in)), LayerScale
     ``init_values``. ``rng`` is a ``numpy.random.Generator`` (randomness is passed in)."""
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"init_params: rng must be a numpy.random.Generator, got {type(rng).__name__}")
     params = {}
     for key, shape in param_shapes(cfg).items():
-        if key == "cls_token":
+        if key in ("cls_token", "reg_token"):
             v = rng.normal(0.0, 1e-6, size=shape)
         elif key in ("pos_embed", "dist_token"):
             v = trunc_normal(rng, shape, 0.02)
@@ -82,7 +90,7 @@ def init_params(cfg, rng, dtype=np.float64):
             v = rng.uniform(-bound, bound, size=shape)
         elif key.endswith(".gamma"):
             v = np.full(shape, float(cfg.init_values))
-        elif "norm" in key.split(".")[-2]:                  # norm1, norm2, norm, fc_norm
+        elif "norm" in key.split(".")[-2]:                  # norm1, norm2, norm, fc_norm, norm_pre
             v = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
         elif key.endswith(".weight"):
             v = trunc_normal(rng, shape, 0.02)

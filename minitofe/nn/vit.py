@@ -1,14 +1,23 @@
-"""The dense Vision Transformer: embedding, ``depth`` pre-norm blocks, head (timm's ``VisionTransformer``).
+"""The dense Vision Transformer, timm's ``VisionTransformer``: embedding, ``depth`` pre-norm blocks, head.
 
-``vit_forward(params, images, cfg) -> (logits, cache)`` and ``vit_backward(dlogits, cache) -> (dimages,
-grads)``; ``grads`` has exactly the keys, shapes and dtype of ``params``. The dtype follows the params:
-float32 or float64, and the images must match it (nothing is cast silently).
+    vit_forward(params, images, cfg) -> (out, cache)            timm's ``model(images)``
+    vit_backward(dout, cache) -> (dimages, grads)
+    vit_forward_features(params, images, cfg) -> (features, cache)   timm's ``forward_features``
+    vit_features_backward(dfeatures, cache) -> (dimages, grads)
+
+``out`` is the logits (B, num_classes); for a model without classifier (num_classes=0), or with
+``pre_logits=True``, it is the pooled features (B, C) (timm's ``forward_head(x, pre_logits=True)``).
+``features`` are all N tokens after the final norm (B, N, C). ``grads`` has exactly the keys, shapes
+and dtype of ``params``; a parameter the output does not depend on (the classifier, for features) gets
+zeros. The dtype follows the params: float32 or float64, and the images must match it (nothing is cast
+silently).
 """
 import numpy as np
 
-from .block import block_backward, block_forward
-from .embed import embed_backward, embed_forward, head_backward, head_forward
-from .params import check_params
+from .block import block_backward, block_forward, block_options
+from .embed import embed_backward, embed_forward
+from .head import final_norm_backward, final_norm_forward, head_backward, head_forward, head_output
+from .params import check_params, param_shapes
 from ..backend import get_xp
 from ..kernels import choose, use_fast
 
@@ -16,10 +25,10 @@ from ..kernels import choose, use_fast
 def check_images(images, cfg, dtype):
     """Validate a batch of images against the config and the params' dtype; raise naming the problem."""
     xp = get_xp(images)
+    want = (cfg.in_chans,) + cfg.img_hw
     if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"images must be an array of shape (B, {cfg.in_chans}, {cfg.img_size}, "
-                        f"{cfg.img_size}), got {type(images).__name__}")
-    want = (cfg.in_chans, cfg.img_size, cfg.img_size)
+        raise TypeError(f"images must be an array of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                        f"got {type(images).__name__}")
     if images.ndim != 4 or tuple(images.shape[1:]) != want:
         raise ValueError(f"images must have shape (B, {want[0]}, {want[1]}, {want[2]}) (NCHW), "
                          f"got {tuple(images.shape)}")
@@ -32,48 +41,83 @@ def check_images(images, cfg, dtype):
         raise ValueError("images contain NaN or inf values")
 
 
-def vit_forward(params, images, cfg, check=True, fast=False):
-    """params: {timm key: array}; images: (B, Cin, Hh, W) of the params' dtype -> logits (B, num_classes).
-
-    ``check=False`` skips input validation (for inner loops that already validated). ``fast=True`` runs
-    the blocks on the Numba kernels of ``minitofe.kernels`` (the reference when Numba is absent or the
-    arrays are on a GPU); ``vit_backward`` then uses the matching fast backward."""
+def _trunk_forward(params, images, cfg, check, fast):
+    """Embedding and blocks -> tokens (B, N, C), embed cache, block caches, whether the fast path ran.
+    The Numba kernels implement timm's default block only; other configs run the reference."""
     if check:
         dtype = check_params(params, cfg)
         check_images(images, cfg, dtype)
-    fast = use_fast(fast, images)
+    fast = use_fast(fast, images) and cfg.default_block
     block = choose(fast, block_forward)
+    options = {} if fast else block_options(cfg)
     x, c_embed = embed_forward(images, params, cfg)                  # (B, N, C)
     c_blocks = []
     for i in range(cfg.depth):
-        x, c = block(x, params, f"blocks.{i}.", cfg.num_heads)
+        x, c = block(x, params, f"blocks.{i}.", cfg.num_heads, **options)
         c_blocks.append(c)
-    logits, c_head = head_forward(x, params, cfg)
-    return logits, (c_embed, c_blocks, c_head, fast)
+    return x, c_embed, c_blocks, fast
 
 
-def _check_dlogits(dlogits, cache):
-    """dlogits must be (B, num_classes) in the forward's dtype; cache must be ``vit_forward``'s."""
+def vit_forward(params, images, cfg, check=True, fast=False, pre_logits=False):
+    """params: {timm key: array}; images: (B, Cin, Hh, W) of the params' dtype -> logits (B, num_classes)
+    (pooled features (B, C) when ``pre_logits`` or num_classes=0), and the cache.
+
+    ``check=False`` skips input validation (for inner loops that already validated). ``fast=True`` runs
+    the blocks on the Numba kernels of ``minitofe.kernels`` (the reference when Numba is absent, the
+    arrays are on a GPU or the block is not timm's default); ``vit_backward`` then uses the matching
+    fast backward."""
+    x, c_embed, c_blocks, fast = _trunk_forward(params, images, cfg, check, fast)
+    out, c_head = head_forward(x, params, cfg, pre_logits)
+    return out, (c_embed, c_blocks, c_head, fast)
+
+
+def vit_forward_features(params, images, cfg, check=True, fast=False):
+    """-> features (B, N, C): every token after the final norm (timm's ``forward_features``), and the
+    cache for ``vit_features_backward``. Pool them with ``nn.head.forward_head``."""
+    x, c_embed, c_blocks, fast = _trunk_forward(params, images, cfg, check, fast)
+    features, c_norm = final_norm_forward(x, params, cfg)
+    return features, (c_embed, c_blocks, ("features", c_norm, features.shape, features.dtype), fast)
+
+
+def _check_grad_input(dout, cache, features):
+    """dout must have the output's shape and dtype; cache must come from the matching forward."""
     if not isinstance(cache, tuple) or len(cache) != 4:
         raise TypeError(f"cache must be the cache vit_forward returned (a tuple of 4), got {type(cache).__name__}")
-    cfg, shape, _, c_linear, _ = cache[2]          # head cache; c_linear = (input, head.weight, has_bias)
-    dtype = c_linear[1].dtype
-    if not hasattr(dlogits, "shape") or not hasattr(dlogits, "dtype"):
-        raise TypeError(f"dlogits must be an array of shape ({shape[0]}, {cfg.num_classes}), "
-                        f"got {type(dlogits).__name__}")
-    if tuple(dlogits.shape) != (shape[0], cfg.num_classes):
-        raise ValueError(f"dlogits must have the logits' shape ({shape[0]}, {cfg.num_classes}), "
-                         f"got {tuple(dlogits.shape)}")
-    if dlogits.dtype != dtype:
-        raise TypeError(f"dlogits have dtype {dlogits.dtype} but the forward ran in {dtype}; cast explicitly")
+    is_features = cache[2][0] == "features"
+    if is_features != features:
+        raise TypeError(f"this cache is from {'vit_forward_features' if is_features else 'vit_forward'}: "
+                        f"pass it to {'vit_features_backward' if is_features else 'vit_backward'}")
+    shape, dtype = (tuple(cache[2][2]), cache[2][3]) if features else head_output(cache[2])
+    name, what = ("dfeatures", "features'") if features else ("dlogits", "logits'")
+    if not hasattr(dout, "shape") or not hasattr(dout, "dtype"):
+        raise TypeError(f"{name} must be an array of shape {shape}, got {type(dout).__name__}")
+    if tuple(dout.shape) != shape:
+        raise ValueError(f"{name} must have the {what} shape {shape}, got {tuple(dout.shape)}")
+    if dout.dtype != dtype:
+        raise TypeError(f"{name} have dtype {dout.dtype} but the forward ran in {dtype}; cast explicitly")
+
+
+def _complete(grads, cfg, dtype, xp):
+    """Zeros for the parameters the output does not depend on, then timm's key order."""
+    return {k: grads[k] if k in grads else xp.zeros(shape, dtype=dtype) for k, shape in param_shapes(cfg).items()}
 
 
 def vit_backward(dlogits, cache):
     """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
-    _check_dlogits(dlogits, cache)
+    _check_grad_input(dlogits, cache, features=False)
     c_embed, c_blocks, c_head, fast = cache
     dx, grads = head_backward(dlogits, c_head)
-    return dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast), grads
+    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast)
+    return dimages, _complete(grads, c_embed[0], dlogits.dtype, get_xp(dlogits))
+
+
+def vit_features_backward(dfeatures, cache):
+    """dfeatures: (B, N, C) -> dimages, grads (same keys as params; zeros for the head's)."""
+    _check_grad_input(dfeatures, cache, features=True)
+    c_embed, c_blocks, (_, c_norm, _, _), fast = cache
+    dx, grads = final_norm_backward(dfeatures, c_norm)
+    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast)
+    return dimages, _complete(grads, c_embed[0], dfeatures.dtype, get_xp(dfeatures))
 
 
 def dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast=False):

@@ -20,7 +20,7 @@ from .inference import run_blocks
 from .tokens import values_at_positions
 from ..backend import get_xp, to_numpy
 from ..kernels import choose, use_fast
-from ..nn.block import block_backward, block_forward
+from ..nn.block import block_backward, block_forward, check_default_block
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import check_params
@@ -40,6 +40,7 @@ class EvitCache(NamedTuple):
 def check_evit_inputs(params, images, cfg, tcfg, keep_rates):
     """Validate the inputs of an EViT forward; returns the stage starts."""
     check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
+    check_default_block(cfg, "EViT")
     if not cfg.class_token:
         raise ValueError("method 'evit' ranks tokens by the class token's attention: the model has no class "
                          "token (class_token=False)")

@@ -22,6 +22,7 @@ names of the authors' ``score_predictor.{i}`` module, so their checkpoints map b
 import numpy as np
 
 from .config import ToFeConfig
+from ..nn.block import check_default_block
 from ..nn.params import key_mismatch, trunc_normal
 
 
@@ -104,6 +105,7 @@ def check_tofe_params(params, cfg, tcfg):
         raise TypeError(f"tcfg must be a minitofe.ToFeConfig, got {type(tcfg).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    check_default_block(cfg, "ToFe")
     want = tofe_param_shapes(cfg, tcfg)
     C, r = cfg.embed_dim, tcfg.approx_reduction
     known = tofe_param_shapes(cfg, tcfg, selector=tcfg.learned_selector or C % 4 == 0,
