@@ -30,7 +30,11 @@ def load_for_inference(weights=None, random_fallback=False, model=None, heads=No
     ``heads``: the preset name or head count a timm file (.safetensors / .pth) needs."""
     import minitofe
     if weights:
-        return minitofe.load_model(weights, model=model, num_heads=heads), str(weights)
+        loaded = minitofe.load_model(weights, model=model, num_heads=heads)
+        if not loaded.cfg.num_classes:
+            raise ValueError(f"{weights}: a backbone without classifier head (num_classes=0); this command "
+                             f"classifies images (features in Python: minitofe.nn.vit.vit_forward_features)")
+        return loaded, str(weights)
     path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
     if path is None and random_fallback:
         from .config import get_config

@@ -58,6 +58,8 @@ def _files(d, model32, rng):
     other = minitofe.new_model(OTHER, minitofe.ToFeConfig(method="dense"), rng, np.float32)
     W.save_safetensors(d / "other.safetensors", other.params, OTHER)
     stnp.save_file(to_timm_state_dict(other.params, OTHER), str(d / "timm.safetensors"), metadata={"format": "pt"})
+    headless = minitofe.new_model(CFG.replace(num_classes=0), minitofe.ToFeConfig(method="dense"), rng, np.float32)
+    minitofe.save_model(d / "headless.npz", headless)
     qk = dict(to_timm_state_dict(other.params, OTHER), **{"blocks.0.attn.q_norm.weight": np.ones(4, np.float32)})
     stnp.save_file(qk, str(d / "qknorm.safetensors"), metadata={"format": "pt"})
     (d / "a.txt").write_text("not weights, not an image")
@@ -571,6 +573,9 @@ CASES = [
     # ---- the command line (exit code, message on stderr)
     Case("cli-predict-txt-image", "minitofe predict", "a .txt file as the image", 2, r"a.txt: unreadable image",
          cli("predict", "{d}/a.txt", *PRED)),
+    Case("cli-predict-headless", "minitofe predict", "--weights a backbone without classifier (num_classes=0)", 2,
+         r"headless.npz: a backbone without classifier head \(num_classes=0\)",
+         cli("predict", "{d}/grey.png", "--weights", "{d}/headless.npz")),
     Case("cli-predict-weights-directory", "minitofe predict", "--weights DIR", 2, r"data: is a directory",
          cli("predict", "{d}/grey.png", "--weights", "{d}/data")),
     Case("cli-predict-budget-zero", "minitofe predict", "--budget 0", 2, r"budget must be a fraction .* got 0.0",
