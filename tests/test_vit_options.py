@@ -167,7 +167,7 @@ def test_fast_path_equals_reference(name):
     assert np.array_equal(vit_forward(params, images, clip, fast=True)[0], vit_forward(params, images, clip)[0])
 
 
-TOFE_BACKBONE = dict(img_size=6, reg_tokens=2, no_embed_class=True, pre_norm=True, init_values=0.3, depth=3)
+TOFE_BACKBONE = dict(img_size=(6, 4), reg_tokens=2, no_embed_class=True, pre_norm=True, init_values=0.3, depth=3)
 
 
 def _tofe_model(method, seed=0):
