@@ -7,10 +7,12 @@ import os
 
 import numpy as np
 
+from .io.shipped import BACKBONE_MODEL
+
 
 # Every option's default. argparse's own defaults stay None so that a --config file and the options a
 # resumed run started with (--resume) can sit between these and the flags given now.
-DEFAULTS = dict(model="vit_fmnist_patch4_28", method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
+DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
                 fast=True, eval_every=200, eval_images=1000, checkpoint_every=100, warmup_steps=50)
