@@ -32,3 +32,15 @@ def test_the_environment_variable_comes_first_and_missing_files_give_none(tmp_pa
     assert shipped.weights_dirs()[0] == d
     assert shipped.find_shipped("vit_fmnist_patch4_28.npz") == d / "vit_fmnist_patch4_28.npz"
     assert shipped.find_shipped("no-such-file.npz") is None
+
+
+def test_the_wheel_ships_exactly_the_files_the_commands_use_by_default():
+    import configparser
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    cfg = configparser.ConfigParser()
+    cfg.read(repo / "setup.cfg")
+    listed = [f.strip() for f in cfg["options.data_files"]["share/minitofe/weights"].split(",")]
+    defaults = [shipped.BACKBONE_FILE] + ([shipped.TOFE_FILE] if (repo / "weights" / shipped.TOFE_FILE).is_file()
+                                          else [])
+    assert sorted(listed) == sorted(f"weights/{name}" for name in defaults)
+    assert all((repo / f).is_file() for f in listed)
