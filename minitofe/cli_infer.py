@@ -75,12 +75,13 @@ def class_names(cfg):
 
 def budget_ratios(model, method, budget):
     """Keep ratios for ``method`` at ``budget`` x dense MACs (None when no budget is asked for): the
-    learned profile scaled, for learned methods with recorded ratios; the config's otherwise."""
+    learned profile scaled, for methods that learn their ratios and have recorded them; the config's
+    otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally)."""
     from .tofe.budget import ratios_for_budget
     tcfg = model.tofe.replace(method=method)
     if budget is None or method == "dense":
         return None
-    base = model.learned_keep_ratios if (tcfg.learned_selector and model.learned_keep_ratios) else None
+    base = model.learned_keep_ratios if (tcfg.learned_ratios and model.learned_keep_ratios) else None
     return ratios_for_budget(model.cfg, tcfg, budget, base)
 
 

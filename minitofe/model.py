@@ -104,7 +104,7 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     tcfg = model.tofe
     if method is not None or inference is not None:
         tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
-    learned_here = tcfg.learned_selector and tcfg.method != "tofe-uniform"   # uniform: fixed ratios
+    learned_here = tcfg.learned_ratios
     # (evit / dynamicvit are not learned_selector: they use their config's keep rate / rho^(s+1))
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios

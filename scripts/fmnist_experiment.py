@@ -47,7 +47,7 @@ METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "tofe-uni
 TRAINING_FREE = ("evit-drop", "idle")
 # flags every training job shares; lam 20: with the default 2 the realised MACs settled ~0.2 above the
 # target on the earlier backbone (weights/README.md), and eval rescales to the exact budget anyway
-COMMON = ["--model", MODEL, "--batch", str(BATCH), "--lr", "1e-3", "--lam", "20", "--eval-every", "400",
+COMMON = ["--lr", "1e-3", "--lam", "20", "--eval-every", "400",
           "--eval-images", "5000", "--checkpoint-every", "50", "--no-progress"]
 # the hyper-parameter grid every learned method gets (name -> extra flags)
 GRID = {"bb0.1": ["--backbone-lr-scale", "0.1"], "bb1": ["--backbone-lr-scale", "1.0"]}
@@ -57,12 +57,18 @@ def steps(epochs):
     return round(epochs * TRAIN_IMAGES / BATCH)
 
 
+def backbone_cfg():
+    """The backbone's ViTConfig: from the ``.npz`` when it exists, else the preset ``MODEL``."""
+    import minitofe
+    from minitofe.config import get_config
+    return minitofe.load_model(BACKBONE_NPZ).cfg if BACKBONE_NPZ.is_file() else get_config(MODEL)
+
+
 def uniform_ratios(budget):
     """Equal keep ratios for every stage that meet ``budget`` (the tofe-uniform ablation)."""
-    from minitofe.config import get_config
     from minitofe.tofe.budget import ratios_for_budget
     from minitofe.tofe.config import ToFeConfig
-    cfg, tcfg = get_config(MODEL), ToFeConfig(method="tofe-uniform")
+    cfg, tcfg = backbone_cfg(), ToFeConfig(method="tofe-uniform")
     return ratios_for_budget(cfg, tcfg, budget, (1.0,) * len(tcfg.resolved_stages(cfg.depth)))
 
 
@@ -107,7 +113,9 @@ def train_cmd(run_dir, phase, name, flags):
     out = job_dir(run_dir, phase, name)
     if (out / "checkpoint.npz").is_file():
         return [sys.executable, "-m", "minitofe", "train", "--out", str(out), "--resume", "--no-progress"]
-    return [sys.executable, "-m", "minitofe", "train", "--init", str(BACKBONE), *COMMON, *flags, "--out", str(out)]
+    return [sys.executable, "-m", "minitofe", "train", "--init", str(BACKBONE), "--model", MODEL, "--batch", str(BATCH),
+            *COMMON, *flags,
+            "--out", str(out)]
 
 
 def run_jobs(jobs, run_dir, n_parallel):

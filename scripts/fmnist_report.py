@@ -43,8 +43,8 @@ def mean_std(values):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
-def table(cache, models, dense_top1):
-    lines = [f"Dense backbone: {100 * dense_top1:.2f} % top-1 (n = 10 000).", "",
+def table(cache, models, dense):
+    lines = [f"Dense backbone: {100 * dense['top1']:.2f} % top-1 (n = {dense['n']}).", "",
              "| method | MACs target | seeds | top-1 (%) mean ± std | realised MACs (%) | keep ratios per stage |",
              "|---|---|---|---|---|---|"]
     rows = {}
@@ -172,7 +172,7 @@ def report(run_dir, methods):
     models = final_models(run_dir, methods)
     try:
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
-        (out / "table.md").write_text(table(cache, models, dense["top1"]))
+        (out / "table.md").write_text(table(cache, models, dense))
         curves(cache, models, out / "curves.png")
     finally:
         cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))

@@ -83,7 +83,9 @@ def ratios_for_budget(cfg, tcfg, budget, base=None, iters=60):
                          f"({topk_macs(cfg, tcfg, lo_r) / dense:.3f} of dense MACs)")
     if topk_macs(cfg, tcfg, hi_r) <= budget * dense:
         return tuple(hi_r.tolist())
-    lo, hi = 0.0, 1.0 / base.max()
+    # up to the scale at which every stage saturates at 1 (ratios are clipped), so that any budget between
+    # the cheapest setting and keep-all is reached, whatever the profile's shape
+    lo, hi = 0.0, 1.0 / base.min()
     for _ in range(iters):                        # MACs are monotone in the scale
         mid = 0.5 * (lo + hi)
         r = np.clip(base * mid, 1.0 / P, 1.0)

@@ -159,6 +159,12 @@ class ToFeConfig:
         return self.method in ("tofe-cumulative", "tofe", "tofe-identity", "tofe-uniform")
 
     @property
+    def learned_ratios(self):
+        """``topk`` inference takes the keep ratios recorded in training (not ``tofe-uniform``: its ratios
+        are the fixed ``keep_ratios``, whatever its training happened to keep)."""
+        return self.learned_selector and self.method != "tofe-uniform"
+
+    @property
     def uses_approximator(self):
         return self.method in ("tofe", "tofe-uniform")
 

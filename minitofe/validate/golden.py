@@ -189,7 +189,7 @@ def _fixed_ratios(model, mode):
     tcfg = model.tofe
     if tcfg.method == "dense" or mode == "threshold":
         return model
-    learned = model.learned_keep_ratios if tcfg.learned_selector and tcfg.method != "tofe-uniform" else None
+    learned = model.learned_keep_ratios if tcfg.learned_ratios else None
     ratios = resolve_keep_ratios(tcfg, None, learned)
     return Model(model.params, model.cfg, tcfg.replace(keep_ratios=ratios), None)
 

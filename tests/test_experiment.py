@@ -1,0 +1,66 @@
+"""The experiment driver end to end on a tiny model and tiny Fashion-MNIST-format files: search on val,
+the choice, the seeded final runs, and the report (table, curves, keep ratios, stage errors). Slow: ~40
+``minitofe train`` / ``eval`` processes."""
+import gzip
+import json
+import pathlib
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+import minitofe
+from minitofe.config import ViTConfig
+
+SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+
+
+def _fashion_mnist(root, n_train=132, n_test=40):
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for split, count in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(count) % 10
+        images = (rng.integers(0, 60, (count, 28, 28)) + 19 * labels[:, None, None]).astype(np.uint8)
+        for kind, arr, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels.astype(np.uint8), 0x801)):
+            with gzip.open(root / f"{split}-{kind}-ubyte.gz", "wb") as f:
+                f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
+                        + arr.tobytes())
+    return root
+
+
+@pytest.mark.slow
+def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    import fmnist_report as R
+    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(_fashion_mnist(tmp_path / "fm")))
+    cfg = ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=2)
+    backbone = tmp_path / "backbone.npz"
+    minitofe.save_model(backbone, minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"),
+                                                     np.random.default_rng(0), np.float32))
+    for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("TRAIN_IMAGES", 121), ("BATCH", 16),
+                        ("SEEDS", (0, 1)), ("BUDGETS", (0.6, 0.5)),
+                        ("CURVE_BUDGETS", (0.5, 1.0)),
+                        ("METHODS", {"tofe": (0, 1), "tofe-identity": (0,), "dynamicvit": (0,),
+                                     "tofe-uniform": (0,), "evit": (0,)})):
+        monkeypatch.setattr(X, name, value)
+    run_dir = tmp_path / "exp"
+    assert X.main(["run", "--phase", "search", "--run-dir", str(run_dir)]) == 0
+    choice = json.loads((run_dir / "choice.json").read_text())
+    assert set(choice) == set(X.METHODS) and all(c["grid"] in X.GRID for c in choice.values())
+    assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
+    finals = R.final_models(run_dir, list(X.METHODS))
+    assert sorted(len(v) for v in finals.values()) == [1] * 8 + [2] * 2      # tofe has two seeds
+    # a final run that is already done is not run again
+    assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
+    R.report(run_dir, list(X.METHODS))
+    out = run_dir / "report"
+    table = (out / "table.md").read_text()
+    assert "| tofe | 50 % | 2 |" in table and "| dynamicvit | 60 % | 1 |" in table
+    for png in ("curves.png", "keep_ratios.png", "stage_errors.png"):
+        assert (out / png).stat().st_size > 1000
+    errors = json.loads((out / "stage_errors.json").read_text())
+    assert set(errors) == {"tofe", "tofe-identity", "idle (training-free)"} and len(errors["tofe"]) == 3
+    evals = json.loads((out / "evals.json").read_text())
+    assert all(r["split"] == "test" for r in evals.values())
