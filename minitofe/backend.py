@@ -1,4 +1,4 @@
-"""The one array-backend switch (STYLE.md §4).
+"""The one array-backend switch (docs/contributing.md §4).
 
 This is the only module that may import CuPy. Everything else asks ``xp = get_xp(x)`` for the array
 module that owns ``x`` and calls ``xp.*`` on it, so the same code runs on NumPy (host) and CuPy (device)

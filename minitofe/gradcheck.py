@@ -1,4 +1,4 @@
-"""A gradient checker that ships with the package (STYLE.md §6).
+"""A gradient checker that ships with the package (docs/contributing.md §6).
 
 - ``numerical_grad(f, x)``: central differences ``(f(x + h e_i) - f(x - h e_i)) / 2h`` for every entry
   of a float64 array, in place (restored afterwards).

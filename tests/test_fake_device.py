@@ -1,4 +1,4 @@
-"""The whole model on a strict fake device (STYLE.md §4): what CI can check of the CuPy path without a GPU.
+"""The whole model on a strict fake device (docs/contributing.md §4): what CI can check of the CuPy path without a GPU.
 
 ``FakeDeviceArray`` refuses every implicit conversion to NumPy as ``cupy.ndarray`` does, so a stray
 ``np.`` call on a device array anywhere in the forward or backward raises here. Each test runs the same

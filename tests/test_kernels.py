@@ -1,4 +1,4 @@
-"""Every Numba kernel equals its NumPy reference (STYLE.md §5) on random and non-contiguous inputs, and
+"""Every Numba kernel equals its NumPy reference (docs/contributing.md §5) on random and non-contiguous inputs, and
 the fast paths of the ViT and of ToFe inference equal the reference paths end to end."""
 import inspect
 

@@ -1,4 +1,4 @@
-"""The MACs function (DESIGN.md "FLOPs"): published DeiT figures, a hand-computed example, the exact
+"""The MACs function (docs/method.md "MACs"): published DeiT figures, a hand-computed example, the exact
 derivative, and an independent count of the matmuls the code actually runs."""
 import numpy as np
 import pytest

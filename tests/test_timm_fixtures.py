@@ -35,7 +35,7 @@ MAX_TOTAL_BYTES = 2 * 1024 * 1024
 def load(name, dtype):
     """-> cfg, minitofe params, the raw fixture arrays (dict). The timm state dict is converted by the
     package's converter: the only layout change is the patch-embedding conv weight (C, Cin, p, p) ->
-    (C, Cin * p * p), DESIGN.md "Backbone"."""
+    (C, Cin * p * p), docs/method.md "The backbone"."""
     with np.load(FIXTURES / f"{name}_{dtype}.npz", allow_pickle=False) as f:
         fx = {k: f[k] for k in f.files}
     cfg = ViTConfig.from_dict(json.loads(str(fx["config"])))

@@ -1,4 +1,4 @@
-"""hypothesis property tests of the mask and reordering invariants (DESIGN.md "Invariants"), each with
+"""hypothesis property tests of the mask and reordering invariants (docs/method.md "Invariants the tests hold"), each with
 >= 200 examples on random small configs."""
 import numpy as np
 from hypothesis import given, settings, strategies as st

@@ -1,5 +1,5 @@
 """Checks for notebook 04's and 05's exercises: the MACs of one stage, the budget loss and its gradient in
-the kept counts, and the ``topk`` / ``threshold`` keep decisions (DESIGN.md "FLOPs", "Losses", "Token
+the kept counts, and the ``topk`` / ``threshold`` keep decisions (docs/method.md "MACs", "Losses", "Token
 selector" / Inference). The references are ``macs.tofe_macs`` (the one cost function), ``losses`` and
 ``scoring.topk_mask``."""
 import numpy as np

@@ -1,5 +1,5 @@
 """Checks for notebook 02's exercises: the hard Gumbel-Softmax keep/freeze mask and its straight-through
-gradient (DESIGN.md "Token selector", Decision / Training; ``minitofe.tofe.gumbel``)."""
+gradient (docs/method.md "Token selector", Decision / Training; ``minitofe.tofe.gumbel``)."""
 import numpy as np
 
 from ..tofe.gumbel import gumbel_noise, gumbel_softmax_backward, gumbel_softmax_forward

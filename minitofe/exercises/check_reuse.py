@@ -1,4 +1,4 @@
-"""Check for notebook 03's lagged-reuse exercise: which kept tokens count as *reused* (DESIGN.md "Token
+"""Check for notebook 03's lagged-reuse exercise: which kept tokens count as *reused* (docs/method.md "Token
 selector": a token frozen at one stage may be kept again at a later one).
 
 The package has no separate function for this bookkeeping: ``tofe_inference`` records it while it runs.

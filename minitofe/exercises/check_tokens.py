@@ -1,6 +1,6 @@
 """Checks for notebook 03's exercises on the selector and the two token paths: the selector's forward with
 its global-context step, gather/scatter of the kept tokens in their original order, and the approximator's
-backward (DESIGN.md "Token selector", "Keep path", "Freeze path")."""
+backward (docs/method.md "Token selector", "Keep path", "Freeze path")."""
 import numpy as np
 
 from ..tofe.approximator import approximator_backward, approximator_forward

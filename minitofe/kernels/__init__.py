@@ -1,4 +1,4 @@
-"""Fast twins of reference functions: Numba kernels on the CPU (STYLE.md §5, "reference first, fast second").
+"""Fast twins of reference functions: Numba kernels on the CPU (docs/contributing.md §5, "reference first, fast second").
 
 Every fast function here has the *name and signature* of a NumPy reference elsewhere in the package
 (``gather_tokens`` of ``tofe.tokens``, ``layernorm_forward`` of ``nn.layers``, ``block_forward`` of

@@ -1,4 +1,4 @@
-"""The conventions a golden bundle is made under, as sentences stored in its metadata (DESIGN.md's
+"""The conventions a golden bundle is made under, as sentences stored in its metadata (docs/method.md's
 semantics, with this bundle's numbers filled in), so that someone holding only the file knows what each
 tensor means.
 """
