@@ -233,7 +233,7 @@ def run_viz(args):
     from .viz import save_token_maps
     paths = args.images or sample_images()
     model, source, x, logits, info, _, names, _ = classify(args, paths)
-    titles = [f"{pathlib.Path(p).name}: {names[int(k)]}" for p, k in zip(paths, logits.argmax(1))]
+    titles = [f"pred {names[int(k)]}: {pathlib.Path(p).name}" for p, k in zip(paths, logits.argmax(1))]
     save_token_maps(args.out, x, info, model.cfg, titles)
     print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, weights {source})")
     return 0
@@ -249,6 +249,7 @@ def add_demo(sub):
 
 
 def run_demo(args):
+    from .data import FASHION_MNIST_CLASSES
     from .viz import save_token_maps
     model, source = load_args(args, random_fallback=True)
     paths = sample_images()
@@ -264,7 +265,9 @@ def run_demo(args):
         print(f"{p.name:34s} {names[int(dense[i].argmax())]:12s} {names[int(logits[i].argmax())]:12s} "
               f"{info['macs'][i] / 1e6:7.1f} ({100 * info['macs_ratio'][i]:.0f} %)")
     print(f"time for {len(paths)} images: dense {t_dense:.3f} s, {model.tofe.method} {t_tofe:.3f} s")
-    titles = [f"{names[int(k)]}" for k in logits.argmax(1)]
+    titles = [f"pred: {names[int(k)]}" for k in logits.argmax(1)]
+    if model.cfg.num_classes == len(FASHION_MNIST_CLASSES):         # the samples are named <class index>_...
+        titles = [f"{t} (true: {FASHION_MNIST_CLASSES[int(p.name.split('_')[0])]})" for t, p in zip(titles, paths)]
     save_token_maps(args.out, x, info, model.cfg, titles)
     print(f"wrote {os.path.abspath(args.out)}: kept / frozen / reused patches per stage")
     return 0

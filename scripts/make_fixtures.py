@@ -12,8 +12,10 @@ compares minitofe against these files without torch.
 This script imports torch, timm and NumPy only -- never minitofe -- so the fixtures do not depend on the
 code they test. ``tests/test_timm_live.py`` reuses ``build_model`` and ``randomise_`` from here.
 
-    /work/torchenv/bin/python scripts/make_fixtures.py            # (re)write tests/fixtures/*.npz
-    /work/torchenv/bin/python scripts/make_fixtures.py --check    # regenerate in memory, compare, write nothing
+Run with a Python that has torch and timm (``pip install ".[torch]"``):
+
+    python scripts/make_fixtures.py            # (re)write tests/fixtures/*.npz
+    python scripts/make_fixtures.py --check    # regenerate in memory, compare, write nothing
 """
 import argparse
 import copy

@@ -16,8 +16,10 @@ Outcomes: ``equal`` (logits or pooled features AND ``forward_features`` within `
 ``refused`` (a ValueError/TypeError naming what minitofe does not compute), ``WRONG`` (loaded and
 differs: must never happen; the tests fail on it).
 
-    /work/torchenv/bin/python scripts/timm_matrix.py               # everything (a few minutes)
-    /work/torchenv/bin/python scripts/timm_matrix.py --only 'deit*' 'opt:*'
+Run with a Python that has torch and timm (``pip install ".[torch]"``):
+
+    python scripts/timm_matrix.py               # everything (a few minutes)
+    python scripts/timm_matrix.py --only 'deit*' 'opt:*'
 """
 import argparse
 import collections
