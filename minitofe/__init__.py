@@ -3,8 +3,8 @@
 The public API lives in ``minitofe.model`` and is re-exported here; see the README.
 """
 from .config import PRESETS, ViTConfig, get_config
-from .model import (Model, add_tofe, draw_noise, load_model, new_model, predict, save_model, teacher_forward,
-                    train_backward, train_forward, update_learned_ratios)
+from .model import (Model, add_tofe, draw_noise, load_model, load_shipped, new_model, predict, save_model,
+                    teacher_forward, train_backward, train_forward, update_learned_ratios)
 from .nn.vit import vit_backward, vit_forward
 from .tofe.config import METHODS, ToFeConfig
 from .tofe.macs import dense_macs, tofe_macs

@@ -246,11 +246,16 @@ def machine():
 
 def run_bench(json=False, quick=False):
     """Run every section; returns (and unless ``json`` prints as tables) the results."""
+    from tqdm.auto import tqdm
     reps = 2 if quick else 5
     t0 = time.perf_counter()
-    res = {"machine": machine(), "dense": bench_dense(quick, reps), "tofe": bench_tofe(quick, reps),
-           "tokens": bench_tokens(quick, reps), "train": bench_train(quick, reps),
-           "startup": bench_startup(quick, reps)}
+    res = {"machine": machine()}
+    sections = {"dense": bench_dense, "tofe": bench_tofe, "tokens": bench_tokens, "train": bench_train,
+                "startup": bench_startup}
+    with tqdm(sections.items(), desc="bench", unit="section", file=sys.stderr) as bar:  # stdout stays clean
+        for name, run in bar:
+            bar.set_postfix_str(name)
+            res[name] = run(quick, reps)
     res["bench_seconds"] = time.perf_counter() - t0
     print(_json.dumps(res) if json else format_tables(res))
     return res

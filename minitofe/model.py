@@ -22,7 +22,7 @@ from .tofe.inference import tofe_inference
 from .tofe.params import init_tofe_params
 from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
 
-__all__ = ["Model", "new_model", "load_model", "add_tofe", "save_model", "predict", "train_forward", "train_backward",
+__all__ = ["Model", "new_model", "load_model", "load_shipped", "add_tofe", "save_model", "predict", "train_forward", "train_backward",
            "draw_noise", "teacher_forward", "update_learned_ratios"]
 
 
@@ -70,6 +70,31 @@ def load_model(path, model=None, num_heads=None, dtype=None):
         tofe = ToFeConfig(method="dense")
     ratios = meta.get("learned_keep_ratios")
     return Model(params, cfg, tofe, tuple(ratios) if ratios is not None else None)
+
+
+def load_shipped(method="tofe", rng=None, dtype=None, random_fallback=True):
+    """The weights minitofe ships, loaded by name (``minitofe.io.shipped``) -> (model, description).
+
+    The fine-tuned ToFe model when it is shipped and ``method`` is its method; otherwise the dense
+    backbone with fresh ToFe modules for ``method`` (selectors at their random init, approximators at the
+    identity), said in the description; with ``random_fallback``, random weights (also said) when no file
+    is found, else ``ValueError``."""
+    from .config import get_config
+    from .io.shipped import BACKBONE_FILE, BACKBONE_MODEL, TOFE_FILE, find_shipped, weights_dirs
+    tofe_path, backbone_path = find_shipped(TOFE_FILE), find_shipped(BACKBONE_FILE)
+    if tofe_path is not None:
+        model = load_model(tofe_path, dtype=dtype)
+        if model.tofe.method == method:
+            return model, f"fine-tuned {method} weights {tofe_path.name} (learned keep ratios {model.learned_keep_ratios})"
+    if backbone_path is not None:
+        model = add_tofe(load_model(backbone_path, dtype=dtype), ToFeConfig(method=method), rng)
+        return model, (f"backbone {backbone_path.name} with FRESH {method} modules (random selectors, identity "
+                       f"approximators: not trained)")
+    if not random_fallback:
+        raise ValueError(f"no shipped weights ({TOFE_FILE}, {BACKBONE_FILE}) in {[str(d) for d in weights_dirs()]}")
+    model = new_model(get_config(BACKBONE_MODEL), ToFeConfig(method=method), rng,
+                      np.float32 if dtype is None else dtype)
+    return model, "RANDOM weights (no shipped weights found): predictions are meaningless"
 
 
 def add_tofe(model, tofe, rng=None):

@@ -44,3 +44,27 @@ def test_the_wheel_ships_exactly_the_files_the_commands_use_by_default():
                                           else [])
     assert sorted(listed) == sorted(f"weights/{name}" for name in defaults)
     assert all((repo / f).is_file() for f in listed)
+
+
+def test_load_shipped_takes_files_by_name_and_says_what_it_loaded(tmp_path, monkeypatch):
+    import numpy as np
+    import minitofe
+    from minitofe.config import ViTConfig
+    cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=8, depth=4, num_heads=2)
+    monkeypatch.setattr(shipped, "weights_dirs", lambda: [tmp_path])
+    model, text = minitofe.load_shipped(method="tofe")
+    assert "RANDOM" in text and model.tofe.method == "tofe"
+    with __import__("pytest").raises(ValueError, match="no shipped weights"):
+        minitofe.load_shipped(random_fallback=False)
+    backbone = minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"), np.random.default_rng(0), np.float32)
+    minitofe.save_model(tmp_path / shipped.BACKBONE_FILE, backbone)
+    # an ablation saved under another name is never picked up instead of the shipped ToFe model
+    minitofe.save_model(tmp_path / "tofe-identity_other.npz", minitofe.add_tofe(
+        minitofe.load_model(tmp_path / shipped.BACKBONE_FILE), minitofe.ToFeConfig(method="tofe-identity")))
+    model, text = minitofe.load_shipped(method="tofe")
+    assert "FRESH tofe modules" in text and model.tofe.method == "tofe"
+    trained = minitofe.add_tofe(minitofe.load_model(tmp_path / shipped.BACKBONE_FILE), minitofe.ToFeConfig())
+    trained.learned_keep_ratios = (0.5, 0.3, 0.2)
+    minitofe.save_model(tmp_path / shipped.TOFE_FILE, trained)
+    model, text = minitofe.load_shipped(method="tofe")
+    assert text.startswith("fine-tuned tofe") and model.learned_keep_ratios == (0.5, 0.3, 0.2)
