@@ -226,7 +226,7 @@ def add_viz(sub):
     p = sub.add_parser("viz", help="draw kept / frozen / reused patches per stage to a PNG")
     p.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     add_model_args(p)
-    p.add_argument("--out", default="minitofe_tokens.png", help="PNG to write (default minitofe_tokens.png)")
+    p.add_argument("--out", default="minitofe_tokens.png", help="PNG to write (default: %(default)s)")
 
 
 def run_viz(args):
@@ -278,7 +278,8 @@ def add_eval(sub):
     add_model_args(p)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
                                                            "subfolder per class)")
-    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files")
+    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: $MINITOFE_FASHION_MNIST, "
+                                       "else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--split", choices=["test", "val", "train", "train+val"], default="test",
                    help="Fashion-MNIST split (default: %(default)s; 'val' is the 5 000 images carved out of "
                         "the training file for choosing hyper-parameters)")
