@@ -15,7 +15,7 @@ from .io.shipped import BACKBONE_MODEL
 DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
-                fast=True, eval_every=200, eval_images=1000, checkpoint_every=100, warmup_steps=50)
+                fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100, warmup_steps=50)
 
 
 def add_train(sub):
@@ -53,6 +53,9 @@ def add_train(sub):
     p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps; continue with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     opt("--fast", "Numba kernels for the blocks when Numba is installed; --no-fast: the pure-NumPy reference",
+        action=argparse.BooleanOptionalAction)
+    opt("--teacher-cache", "compute the dense teacher once for the whole training set and keep it in memory "
+                           "(ToFe steps ~20 %% faster, results bit-identical here; ~4 GB for 55 000 Fashion-MNIST images)",
         action=argparse.BooleanOptionalAction)
     opt("--eval-every", "evaluate on the evaluation split every N steps", type=int)
     opt("--eval-images", "how many evaluation images each evaluation uses", type=int)
@@ -179,6 +182,7 @@ def run_train(args):
     images, labels = first_images(images, labels, o["limit"])
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
                       backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],
+                      teacher_cache=o["teacher_cache"],
                       eval_every=o["eval_every"], eval_images=o["eval_images"],
                       checkpoint_every=o["checkpoint_every"], warmup_steps=o["warmup_steps"])
     if eval_data is not None:

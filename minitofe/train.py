@@ -50,6 +50,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
+    teacher_cache: bool = False        # compute the teacher once for the whole training set (minitofe.teacher)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_images", "checkpoint_every", "log_every",
@@ -61,6 +62,9 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: need {name} >= 0, got {v!r}")
             if name not in ("warmup_steps", "seed") and v <= 0:
                 raise ValueError(f"TrainConfig: {name} must be a positive int, got {v!r}")
+        if not isinstance(self.teacher_cache, bool) or not isinstance(self.fast, bool):
+            raise TypeError(f"TrainConfig: teacher_cache and fast must be True or False, got "
+                            f"{self.teacher_cache!r}, {self.fast!r}")
         for name in ("lr", "backbone_lr_scale", "weight_decay", "min_lr", "ratio_momentum") + (
                 ("clip_grad",) if self.clip_grad is not None else ()):
             v = getattr(self, name)
@@ -88,8 +92,10 @@ def _lr_scales(params, tcfg, train_cfg):
     return {k: (1.0 if k.startswith("tofe.") else train_cfg.backbone_lr_scale) for k in params}
 
 
-def train_step(model, teacher_params, images, labels, step, train_cfg):
-    """Forward + backward of one batch -> (out dict with 'loss', 'losses', ..., grads)."""
+def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=None):
+    """Forward + backward of one batch -> (out dict with 'loss', 'losses', ..., grads). ``teacher``: the
+    teacher's outputs for this batch when they are already known (``TeacherCache``); else they are
+    computed from ``teacher_params``."""
     cfg, tcfg = model.cfg, model.tofe
     if tcfg.method == "dense":
         logits, cache = vit_forward(model.params, images, cfg, fast=train_cfg.fast)
@@ -97,8 +103,9 @@ def train_step(model, teacher_params, images, labels, step, train_cfg):
         _, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
         return {"loss": float(loss), "losses": {"cls": float(loss), "total": float(loss)}}, grads
     stages = tcfg.resolved_stages(cfg.depth)
-    teacher = None
-    if tcfg.needs_teacher:
+    if not tcfg.needs_teacher:
+        teacher = None
+    elif teacher is None:
         teacher = teacher_forward(teacher_params, images, cfg, stages, fast=train_cfg.fast)
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
     tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
@@ -232,6 +239,11 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
     images, labels = train_data
     opt, start, ckpt, log_path, scales = (run[k] for k in ("opt", "start", "ckpt", "log_path", "scales"))
     frozen = [k for k, s in scales.items() if s == 0.0]
+    cache = None
+    if train_cfg.teacher_cache and model.tofe.needs_teacher and start < train_cfg.steps:
+        from .teacher import TeacherCache
+        cache = TeacherCache(teacher_params, images, model.cfg, model.tofe.resolved_stages(model.cfg.depth),
+                             train_cfg.batch_size, fast=train_cfg.fast, progress=progress)
 
     def save(step):
         meta = dict(_expected_meta(model, train_cfg), step=step,
@@ -244,7 +256,8 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
         for step in bar:
             t0 = time.perf_counter()
             idx = batch_indices(step, len(images), train_cfg.batch_size, train_cfg.seed)
-            out, grads = train_step(model, teacher_params, images[idx], labels[idx], step, train_cfg)
+            known = {} if cache is None else {"teacher": cache.batch(idx)}
+            out, grads = train_step(model, teacher_params, images[idx], labels[idx], step, train_cfg, **known)
             if grads is None or not all(np.all(np.isfinite(g)) for g in grads.values()):
                 what = "loss" if grads is None else "gradient"
                 raise NonFiniteLossError(f"step {step}: non-finite {what} (loss {out['loss']}); stopped. "

@@ -229,3 +229,26 @@ def test_no_other_owner_shares_the_models_arrays(tmp_path):
     minitofe.add_tofe(model, minitofe.ToFeConfig(method="tofe", stages=(1, 2), keep_ratios=(0.5, 0.5)))
     assert all(model.params[k] is backbone[k] for k in backbone)
     assert not any(np.shares_memory(model.params[k], v) for k, v in old_tofe.items())
+
+
+@pytest.mark.parametrize("method, fast", [("tofe", False), ("tofe", True), ("dynamicvit", False)])
+def test_a_cached_teacher_trains_like_the_teacher_computed_per_batch(tmp_path, method, fast):
+    from minitofe.teacher import TeacherCache
+    model, data = _model(method, np.float32), _data(30)
+    data = (data[0].astype(np.float32), data[1])
+    stages = model.tofe.resolved_stages(CFG.depth)
+    cache = TeacherCache(model.backbone_params(), data[0], CFG, stages, chunk=8, fast=fast)
+    idx = np.array([29, 3, 3, 17])
+    direct = minitofe.teacher_forward(model.backbone_params(), data[0][idx], CFG, stages, fast=fast)
+    got = cache.batch(idx)
+    assert set(got) == set(direct)
+    np.testing.assert_allclose(got["logits"], direct["logits"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(got["tokens"], direct["tokens"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    runs = {}
+    for cached in (False, True):
+        cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=1, fast=fast, teacher_cache=cached,
+                          out_dir=str(tmp_path / str(cached)))
+        runs[cached] = train(_model(method, np.float32), model.backbone_params(), data, None, cfg, progress=False)
+    for k in runs[False].params:
+        np.testing.assert_allclose(runs[True].params[k], runs[False].params[k], rtol=1e-4, atol=1e-5, err_msg=k)
