@@ -31,7 +31,7 @@ def conventions(cfg, tcfg, mode, dtype):
         c.update(_inference_conventions(tcfg, mode))
     c["macs"] = ("multiply-accumulates of the matmuls (minitofe.tofe.macs): block on n tokens "
                  "(4 + 2 mlp_ratio) n C^2 + 2 n^2 C, selector per stage on N tokens N C (C/2) + N C (C/4) "
-                 "+ N (C/4) 2 (dynamicvit: on the tokens alive), approximator 2 (N - n) C^2 / r, patch "
+                 "+ N (C/4) 2 (tofe-cumulative: on the tokens alive), approximator 2 (N - n) C^2 / r, patch "
                  "embedding P C in_chans p^2, head C classes; n = T + kept patches; macs_ratio = macs / "
                  "dense macs, per image")
     return c
@@ -46,12 +46,12 @@ def _train_conventions(cfg, tcfg, T):
                  "tokens only, column 0 = keep, 1 = freeze",
         "selector": "stage.<s>.selector_logits: (B, P, 2) [keep, freeze] for the patch tokens (prefix "
                     "tokens are always kept); global context g = mean of u over the patch tokens only"
-                    + (" still alive (dynamicvit)" if tcfg.method == "dynamicvit" else ""),
+                    + (" still alive (tofe-cumulative)" if tcfg.method == "tofe-cumulative" else ""),
         "masks": f"stage.<s>.mask: (B, N), 1 = keep (runs the stage's blocks), 0 = freeze; the {T} prefix "
                  f"token(s) always 1; value = the hard decision onehot(argmax softmax((logits + G) / tau)) "
                  f"column 0 with tau = {tcfg.tau:g}, ties to keep; gradient straight through the soft "
-                 f"softmax" + ("; dynamicvit multiplies by the previous stage's mask" if tcfg.method ==
-                               "dynamicvit" else ""),
+                 f"softmax" + ("; tofe-cumulative multiplies by the previous stage's mask" if tcfg.method ==
+                               "tofe-cumulative" else ""),
         "attention_mask": "inside stage s, A_ij = m'_ij exp(s_ij) / sum_k m'_ik exp(s_ik) with m'_ij = "
                           "mask_j for j != i and m'_ii = 1; block tensors of stage s are compared on the "
                           "rows the mask keeps only (stage.<s>.mask==1)",
@@ -81,10 +81,10 @@ def _inference_conventions(tcfg, mode):
         "decision": f"{mode}: stage s keeps {rule}; kept tokens run the stage's blocks, frozen ones "
                     f"the approximator (or are carried / dropped, by method)",
         "scores": "stage.<s>.scores: (B, P) keep probability softmax(selector_logits)[..., 0], or the "
-                  "class-token attention for evit / idle",
+                  "class-token attention for evit-drop / idle",
         "kept": "stage.<s>.kept_idx: (B, K_max) int64 indices of the kept patches (0 = first patch, "
                 "prefix tokens not counted) in increasing order, padded with -1; stage.<s>.mask: (B, N) "
                 "1 for the prefix and kept tokens, 0 otherwise; kept_counts (B, S)",
-        "stage_output": "stage.<s>.out: all N tokens after stage s (tokens dropped for good by evit / "
-                        "dynamicvit are not compared: rows stage.<s>.mask==1)",
+        "stage_output": "stage.<s>.out: all N tokens after stage s (tokens dropped for good by evit-drop / "
+                        "tofe-cumulative are not compared: rows stage.<s>.mask==1)",
     }
