@@ -1,4 +1,5 @@
-"""ToFe building blocks: selector, Gumbel-Softmax, approximator, losses, parameters.
+"""ToFe building blocks: selector, Gumbel-Softmax, approximator, losses, the budget loss, the stage's
+mix, the token gather, parameters.
 
 Every backward is checked against central finite differences in float64 (minitofe.gradcheck) on a loss
 sum(out * R) with a fixed random R, after moving the parameters away from their init."""
@@ -8,6 +9,7 @@ import pytest
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, numerical_grad, rel_error
 from minitofe.tofe.approximator import approximator_backward, approximator_forward
+from minitofe.tofe.budget_loss import budget_loss_backward, budget_loss_forward
 from minitofe.tofe.config import ToFeConfig
 from minitofe.tofe.gumbel import (gumbel_noise, gumbel_softmax_backward, gumbel_softmax_forward,
                                   tau_at)
@@ -15,6 +17,8 @@ from minitofe.tofe.losses import (approx_loss_backward, approx_loss_forward, flo
                                   flops_loss_forward, kd_loss_backward, kd_loss_forward)
 from minitofe.tofe.params import check_tofe_params, init_tofe_params, tofe_param_shapes
 from minitofe.tofe.selector import keep_probability, selector_backward, selector_forward
+from minitofe.tofe.stage import mix_backward, mix_forward
+from minitofe.tofe.tokens import gather_tokens, gather_tokens_backward, mask_to_indices, ragged_indices
 
 TOL = 1e-6
 CFG = ViTConfig(img_size=4, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
@@ -193,6 +197,43 @@ def test_flops_loss(per_image):
     assert dratio.shape == (5,) and rel_error(numerical_grad(f, ratio), dratio) <= TOL
     with pytest.raises(ValueError, match=r"ratio must be \(B,\)"):
         flops_loss_forward(ratio[:, None], 0.5, 2.0, per_image)
+
+
+@pytest.mark.parametrize("method, per_image", [("tofe", False), ("tofe", True), ("tofe-uniform", False),
+                                               ("tofe-cumulative", False)])
+def test_budget_loss_gradient_per_kept_patch(method, per_image):
+    """d L / d m[b, p] of a stage's patches is that stage's dkept[b] (the kept count n_s = T + sum_p m)."""
+    rng = np.random.default_rng(9)
+    tcfg = ToFeConfig(method=method, stages=TCFG.stages, per_image_budget=per_image, target_ratio=0.4)
+    T, P = CFG.num_prefix_tokens, CFG.num_patches
+    patches = [rng.random((3, P)) for _ in TCFG.stages]                                # m_s, (B, P)
+    f = lambda: budget_loss_forward([np.concatenate([np.ones((3, T)), m], axis=1) for m in patches], CFG,
+                                    tcfg, TCFG.stages)
+    loss, macs, ratio, keep_frac, cache = f()
+    assert macs.shape == ratio.shape == (3,) and keep_frac.shape == (3, 3) and loss > 0
+    dkept = budget_loss_backward(cache)
+    for s, m in enumerate(patches):
+        assert rel_error(numerical_grad(lambda: f()[0], m), np.broadcast_to(dkept[s][:, None], (3, P))) <= TOL
+
+
+def test_mix_gradients():
+    rng = np.random.default_rng(10)
+    h, a, m, R = rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 4)), rng.random((2, 5)), \
+        rng.standard_normal((2, 5, 4))
+    dh, da, dm = mix_backward(R, h, a, m)
+    f = lambda: (mix_forward(h, a, m) * R).sum()
+    for x, dx in ((h, dh), (a, da), (m, dm)):
+        assert rel_error(numerical_grad(f, x), dx) <= TOL
+
+
+def test_gather_tokens_gradient_and_ragged_indices():
+    rng = np.random.default_rng(11)
+    x, keep = rng.standard_normal((3, 6, 4)), rng.random((3, 6)) < 0.5
+    idx = mask_to_indices(np.stack([[True, False, True, True, False, False]] * 3))      # (3, 3)
+    R = rng.standard_normal((3, 3, 4))
+    dx = gather_tokens_backward(R, idx, 6)
+    assert rel_error(numerical_grad(lambda: (gather_tokens(x, idx) * R).sum(), x), dx) <= TOL
+    assert [r.tolist() for r in ragged_indices(keep)] == [np.flatnonzero(row).tolist() for row in keep]
 
 
 # ---------------------------------------------------------------- parameters

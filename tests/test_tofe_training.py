@@ -3,7 +3,7 @@ with the straight-through surrogate), every method's gradient keys, a 20-step sm
 import numpy as np
 import pytest
 
-import minitofe.tofe.training as training
+import minitofe.tofe.stage as stage
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
 from minitofe.nn.params import init_params
@@ -62,7 +62,7 @@ def test_hard_mask_gradients_with_the_straight_through_surrogate(monkeypatch):
         y, c = gumbel_softmax_forward(logits, noise_s, tau, hard=True)
         base.append((y, c[0]))
         return y, c
-    monkeypatch.setattr(training, "gumbel_softmax_forward", record)
+    monkeypatch.setattr(stage, "gumbel_softmax_forward", record)
     tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher)
     calls = iter(())
 
@@ -70,7 +70,7 @@ def test_hard_mask_gradients_with_the_straight_through_surrogate(monkeypatch):
         y_hard0, y_soft0 = next(calls)
         y_soft, c = gumbel_softmax_forward(logits, noise_s, tau, hard=False)
         return y_hard0 + (y_soft - y_soft0), c
-    monkeypatch.setattr(training, "gumbel_softmax_forward", surrogate)
+    monkeypatch.setattr(stage, "gumbel_softmax_forward", surrogate)
 
     def f():
         nonlocal calls

@@ -49,6 +49,13 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     return out, (prefix, g1, g2, a, f, c_n1, c_attn, c_n2, c_mlp)
 
 
+def run_blocks(x, params, cfg, lo, hi):
+    """Blocks lo .. hi-1 on tokens x (B, n, C), keeping no caches (inference)."""
+    for j in range(lo, hi):
+        x, _ = block_forward(x, params, f"blocks.{j}.", cfg.num_heads)
+    return x
+
+
 def block_backward(dout, cache):
     """-> dx (B, N, C), grads {timm key: array}, dkey_mask (B, N) or None."""
     prefix, g1, g2, a, f, c_n1, c_attn, c_n2, c_mlp = cache

@@ -11,13 +11,13 @@ import numpy as np
 
 from .budget import dynamicvit_ratios
 from .evit_model import evit_inference
-from .inference import run_blocks
 from .macs import dense_macs, tofe_macs
 from .predictor import patches_to_keep, predictor_forward
 from .scoring import stage_ranges
 from .tokens import gather_tokens, values_at_positions
 from ..backend import get_xp, to_numpy
 from ..kernels import choose
+from ..nn.block import run_blocks
 from ..nn.embed import embed_forward, head_forward
 
 

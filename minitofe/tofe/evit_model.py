@@ -16,11 +16,10 @@ from .budget import evit_keep_rate
 from .evit import evit_block_backward, evit_block_forward, keep_count
 from .macs import dense_macs, tofe_macs
 from .scoring import stage_ranges
-from .inference import run_blocks
 from .tokens import values_at_positions
 from ..backend import get_xp, to_numpy
 from ..kernels import choose, use_fast
-from ..nn.block import block_backward, block_forward, check_default_block
+from ..nn.block import block_backward, block_forward, check_default_block, run_blocks
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import check_params

@@ -11,6 +11,8 @@ are never candidates again). The authors' ``evit`` and ``dynamicvit`` have their
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
 earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
 """
+from typing import NamedTuple
+
 import numpy as np
 
 from .approximator import approximator_forward
@@ -18,14 +20,26 @@ from .config import FAITHFUL_BASELINES, is_sequence
 from .params import check_tofe_params
 from .macs import cls_attention_macs, dense_macs, tofe_macs
 from .ragged import pack_rows, ragged_block_forward, unpack_rows
+from .record import new_record, record_stage
 from .scoring import stage_ranges, stage_scores, topk_mask
-from .tokens import gather_tokens, mask_to_indices, scatter_tokens
+from .tokens import gather_tokens, mask_to_indices, ragged_indices, scatter_tokens
 from ..backend import get_xp, to_numpy
 from ..kernels import choose
-from ..nn.block import block_forward
+from ..nn.block import run_blocks
 from ..nn.embed import embed_forward, head_forward
 from ..nn.params import check_params
 from ..nn.vit import check_images
+
+
+class StageOps(NamedTuple):
+    """The functions a reduced stage runs on: the NumPy references, or their Numba twins (same names and
+    signatures, ``minitofe.kernels``)."""
+    run_blocks: object
+    gather_tokens: object
+    scatter_tokens: object
+    pack_rows: object
+    unpack_rows: object
+    ragged_block_forward: object
 
 
 def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
@@ -38,13 +52,6 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
             if any(not (0.0 < v <= 1.0) for v in r):
                 raise ValueError(f"keep ratios must lie in (0, 1], got {r}")
             return r
-
-
-def run_blocks(x, params, cfg, lo, hi):
-    """Blocks lo .. hi-1 on tokens x (B, n, C), keeping no caches (inference)."""
-    for j in range(lo, hi):
-        x, _ = block_forward(x, params, f"blocks.{j}.", cfg.num_heads)
-    return x
 
 
 def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, fast=False):
@@ -62,81 +69,91 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     arrays are on a GPU).
     """
     if check:
-        dtype = check_params(params, cfg, extra_ok=("tofe.",))
-        check_images(images, cfg, dtype)
+        check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
         check_tofe_params(params, cfg, tcfg)
     if tcfg.method in FAITHFUL_BASELINES:
-        from .baselines import baseline_inference          # here: those modules use run_blocks
+        from .baselines import baseline_inference          # here: that module imports this one's callers
         return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, fast)
-    xp = get_xp(images)
-    run, gather, scatter, pack, unpack, ragged_block = choose(
-        fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows, ragged_block_forward,
-        like=images)
+    ops = StageOps(*choose(fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows,
+                           ragged_block_forward, like=images))
     stages = tcfg.resolved_stages(cfg.depth)
-    B, T, P = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches
-    info = {"kept": [], "frozen": [], "reused": [], "dropped": [], "keep_prob": [], "stage_outputs": [],
-            "stages": stages}
-    x, _ = embed_forward(images, params, cfg)
+    xp, B, P, drop = get_xp(images), images.shape[0], cfg.num_patches, not tcfg.reuses_tokens
+    info = dict(new_record("dropped", "keep_prob", "stage_outputs"), stages=stages)
+    x, _ = embed_forward(images, params, cfg)                                          # embed
     if tcfg.method == "dense":
-        x = run(x, params, cfg, 0, cfg.depth)
-        logits, _ = head_forward(x, params, cfg)
-        macs = np.full(B, dense_macs(cfg), dtype=np.float64)
-        info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((B, 0), int))
-        return logits, info
-    ratios = resolve_keep_ratios(tcfg, keep_ratios)
-    if len(ratios) != len(stages):
-        raise ValueError(f"{len(stages)} stages but {len(ratios)} keep ratios {ratios}")
-    drop = not tcfg.reuses_tokens
-    x = run(x, params, cfg, 0, stages[0])
-    alive = xp.ones((B, P), dtype=bool) if drop else None
-    ever_frozen = xp.zeros((B, P), dtype=bool)
-    candidates = []
-    prefix_mask = xp.ones((B, T), dtype=bool)
-    for s, (lo, hi) in enumerate(stage_ranges(cfg, stages)):
+        return _dense_inference(x, params, cfg, info, ops)
+    ratios = _stage_ratios(tcfg, keep_ratios, stages)
+    x = ops.run_blocks(x, params, cfg, 0, stages[0])                                   # dense blocks
+    alive = xp.ones((B, P), dtype=bool) if drop else None          # drop methods: not yet dropped
+    ever_frozen, candidates = xp.zeros((B, P), dtype=bool), []
+    for s, blocks in enumerate(stage_ranges(cfg, stages)):                             # stages
         candidates.append(P if alive is None else to_numpy(alive.sum(axis=1)))
-        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{lo}.", alive)
-        if kept_masks is not None:
-            kept = _given_mask(kept_masks, s, B, P, xp)
-            if alive is not None and bool((kept & ~alive).any()):
-                raise ValueError(f"kept_masks[{s}] keeps a token that method {tcfg.method!r} already dropped")
-        elif tcfg.inference == "threshold" and tcfg.learned_selector:
-            kept = scores > tcfg.threshold
-            if alive is not None:
-                kept &= alive
-        else:
-            kept = topk_mask(scores, int(round(ratios[s] * P)), alive)
-        token_mask = xp.concatenate([prefix_mask, kept], axis=1)     # (B, N)
-        counts = kept.sum(axis=1)
-        if bool((counts == counts[0]).all()):
-            idx = mask_to_indices(token_mask)                         # (B, T + K)
-            h = run(gather(x, idx), params, cfg, lo, hi)
-            x_new = scatter(x, h, idx)
-        else:                                                         # ragged: pack real tokens only
-            idx_list = [xp.nonzero(row)[0] for row in token_mask]
-            h, offsets = pack(x, idx_list)
-            for j in range(lo, hi):
-                h = ragged_block(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
-            x_new = unpack(x, h, idx_list, offsets)
-        frozen = ~kept if alive is None else xp.zeros_like(kept)         # drop methods never freeze
-        if tcfg.uses_approximator and bool(frozen.any()):
-            rows = xp.nonzero(frozen)
-            a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.")
-            x_new[rows[0], rows[1] + T] = a
-        info["kept"].append(to_numpy(kept))
-        info["frozen"].append(to_numpy(frozen))
-        info["reused"].append(to_numpy(kept & ever_frozen))
+        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive)    # (B, P)
+        kept = decide(scores, s, alive, ratios, kept_masks, tcfg)                        # (B, P) bool
+        frozen, ever_frozen = record_stage(info, kept, drop, ever_frozen)
+        x = run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
         info["dropped"].append(to_numpy(~kept) if alive is not None else np.zeros((B, P), bool))
         info["keep_prob"].append(to_numpy(scores))
-        info["stage_outputs"].append(x_new)
-        ever_frozen |= frozen
-        if alive is not None:
-            alive = kept
-        x = x_new
-    logits, _ = head_forward(x, params, cfg)
-    kept_counts = np.stack([k.sum(axis=1) for k in info["kept"]], axis=1)    # (B, S)
+        info["stage_outputs"].append(x)
+        alive = kept if alive is not None else None
+    logits, _ = head_forward(x, params, cfg)                                           # head
+    kept_counts = np.stack([k.sum(axis=1) for k in info["kept"]], axis=1)              # (B, S)
     macs = realised_macs(cfg, tcfg, stages, kept_counts, candidates)
     info.update(kept_counts=kept_counts, macs=macs, macs_ratio=macs / dense_macs(cfg))
     return logits, info
+
+
+def decide(scores, s, alive, ratios, kept_masks, tcfg):
+    """Stage s's kept patches (B, P) bool: the given ``kept_masks[s]``, ``keep_prob > threshold``
+    (``threshold`` with a learned selector; any count per image) or the top K = round(rho_s * P)."""
+    B, P = scores.shape
+    if kept_masks is not None:
+        kept = _given_mask(kept_masks, s, B, P, get_xp(scores))
+        if alive is not None and bool((kept & ~alive).any()):
+            raise ValueError(f"kept_masks[{s}] keeps a token that method {tcfg.method!r} already dropped")
+        return kept
+    if tcfg.inference == "threshold" and tcfg.learned_selector:
+        kept = scores > tcfg.threshold
+        return kept & alive if alive is not None else kept
+    return topk_mask(scores, int(round(ratios[s] * P)), alive)
+
+
+def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
+    """Stage s on x (B, N, C): the keep path runs the blocks (lo, hi) on the prefix and kept tokens only
+    (gathered when every image keeps as many, else packed into one ragged batch) and writes them back;
+    the freeze path puts the frozen tokens through the approximator (or leaves them) -> x_out (B, N, C)."""
+    xp, T = get_xp(x), cfg.num_prefix_tokens
+    token_mask = xp.concatenate([xp.ones((x.shape[0], T), dtype=bool), kept], axis=1)     # (B, N)
+    counts = kept.sum(axis=1)
+    if bool((counts == counts[0]).all()):
+        idx = mask_to_indices(token_mask)                                              # (B, T + K)
+        x_out = ops.scatter_tokens(x, ops.run_blocks(ops.gather_tokens(x, idx), params, cfg, *blocks), idx)
+    else:                                                             # ragged: pack real tokens only
+        idx_list = ragged_indices(token_mask)
+        h, offsets = ops.pack_rows(x, idx_list)
+        for j in range(*blocks):
+            h = ops.ragged_block_forward(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
+        x_out = ops.unpack_rows(x, h, idx_list, offsets)
+    if tcfg.uses_approximator and bool(frozen.any()):
+        rows = xp.nonzero(frozen)
+        a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.")
+        x_out[rows[0], rows[1] + T] = a
+    return x_out
+
+
+def _dense_inference(x, params, cfg, info, ops):
+    """Method ``dense``: every block on every token."""
+    logits, _ = head_forward(ops.run_blocks(x, params, cfg, 0, cfg.depth), params, cfg)
+    macs = np.full(x.shape[0], dense_macs(cfg), dtype=np.float64)
+    info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((x.shape[0], 0), int))
+    return logits, info
+
+
+def _stage_ratios(tcfg, keep_ratios, stages):
+    ratios = resolve_keep_ratios(tcfg, keep_ratios)
+    if len(ratios) != len(stages):
+        raise ValueError(f"{len(stages)} stages but {len(ratios)} keep ratios {ratios}")
+    return ratios
 
 
 def _given_mask(kept_masks, s, B, P, xp):

@@ -2,23 +2,11 @@
 
 Indices are ``kept_idx`` arrays of shape (B, K): for every image the token positions to keep, in
 ascending (original) order, prefix tokens included. ``gather`` copies those rows out; ``scatter`` writes
-rows back into a copy of a base array. Both have backwards, so the gather/scatter path is differentiable
-too. The Numba kernels of ``minitofe.kernels`` have the same signatures and are checked against these.
+rows back into a copy of a base array. ``gather_tokens_backward`` is the gather's gradient (EViT's
+reduction block uses it in training); inference needs no backward. The Numba kernels of
+``minitofe.kernels`` have the same signatures and are checked against these.
 """
 from ..backend import get_xp
-
-
-def check_kept_idx(kept_idx, B, N):
-    """Validate (B, K) integer indices: in range, strictly increasing per row (original order, no repeats)."""
-    xp = get_xp(kept_idx)
-    if kept_idx.ndim != 2 or kept_idx.shape[0] != B or kept_idx.dtype.kind not in "iu":
-        raise ValueError(f"kept_idx must be integers of shape ({B}, K), got {kept_idx.dtype} {kept_idx.shape}")
-    if kept_idx.shape[1] > N:
-        raise ValueError(f"kept_idx keeps {kept_idx.shape[1]} tokens but there are only N = {N}")
-    if kept_idx.size and (int(kept_idx.min()) < 0 or int(kept_idx.max()) >= N):
-        raise ValueError(f"kept_idx out of range [0, {N}): min {int(kept_idx.min())}, max {int(kept_idx.max())}")
-    if kept_idx.shape[1] > 1 and not bool(xp.all(xp.diff(kept_idx, axis=1) > 0)):
-        raise ValueError("kept_idx rows must be strictly increasing (original token order, no repeats)")
 
 
 def gather_tokens(x, kept_idx):
@@ -42,16 +30,6 @@ def scatter_tokens(base, rows, kept_idx):
     out = base.copy()
     out[xp.arange(base.shape[0])[:, None], kept_idx] = rows
     return out
-
-
-def scatter_tokens_backward(dout, kept_idx):
-    """-> dbase (B, N, C) (dout with the overwritten rows zeroed), drows (B, K, C)."""
-    xp = get_xp(dout)
-    batch = xp.arange(dout.shape[0])[:, None]
-    drows = dout[batch, kept_idx]
-    dbase = dout.copy()
-    dbase[batch, kept_idx] = 0
-    return dbase, drows
 
 
 def mask_to_indices(keep_mask):

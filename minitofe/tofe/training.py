@@ -19,94 +19,46 @@ by the previous one (a dropped token never returns) and carries dropped tokens u
 out of all later attention). ``tofe-uniform`` replaces the MACs budget by a per-stage keep-ratio penalty
 ``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. The authors' ``evit`` and
 ``dynamicvit`` are handed to their own modules (``evit_model``, ``dynamicvit``).
-"""
-import numpy as np
 
-from .approximator import approximator_backward, approximator_forward
+This module reads as the paper's figure, embed -> dense blocks -> stages -> head -> losses, forward and
+back; the pieces are pairs of their own: one stage (select -> keep path -> freeze path -> mix) in
+``stage.py``, the budget loss in ``budget_loss.py``, the kept / frozen / reused record in ``record.py``
+(shared with inference), the teacher, the noise and the input checks in ``train_inputs.py``.
+"""
+from typing import NamedTuple
+
+from .budget_loss import BudgetCache, budget_loss_backward, budget_loss_forward
 from .dynamicvit import DynamicViTCache, dynamicvit_train_backward, dynamicvit_train_forward
 from .evit_model import EvitCache, evit_train_backward, evit_train_forward
-from .gumbel import gumbel_noise, gumbel_softmax_backward, gumbel_softmax_forward
-from .losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward, flops_loss_forward,
-                     kd_loss_backward, kd_loss_forward)
-from .macs import dense_macs, tofe_macs
-from .params import check_tofe_params
+from .losses import kd_loss_backward, kd_loss_forward
+from .record import new_record, record_stage
 from .scoring import stage_ranges
-from .selector import selector_backward, selector_forward
-from .inference import run_blocks
-from ..backend import get_xp, to_numpy
+from .stage import stage_train_backward, stage_train_forward
+from .train_inputs import check_train_inputs, draw_noise, teacher_forward  # noqa: F401 (public here)
+from ..backend import get_xp
 from ..kernels import choose, use_fast
 from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
-from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_forward
-from ..nn.params import check_params
-from ..nn.vit import check_images, dense_blocks_embed_backward
+from ..nn.layers import cross_entropy_backward, cross_entropy_forward
+from ..nn.vit import dense_blocks_embed_backward
 
 
-def teacher_forward(teacher_params, images, cfg, stages, fast=False):
-    """The dense teacher: logits (B, K), its tokens at the end of every stage, list of (B, N, C), and
-    (class-token heads) ``features`` (B, N, C), the final tokens after ``norm`` (DynamicViT distils them).
-    ``fast=True`` runs the blocks on the Numba kernels (see ``minitofe.kernels``)."""
-    check_images(images, cfg, check_params(teacher_params, cfg, extra_ok=("tofe.",)))
-    run = choose(fast, run_blocks, like=images)
-    x, _ = embed_forward(images, teacher_params, cfg)
-    x = run(x, teacher_params, cfg, 0, stages[0])
-    tokens = []
-    for lo, hi in stage_ranges(cfg, stages):
-        x = run(x, teacher_params, cfg, lo, hi)
-        tokens.append(x)
-    logits, _ = head_forward(x, teacher_params, cfg)
-    out = {"logits": logits, "tokens": tokens}
-    if "norm.weight" in teacher_params:
-        out["features"] = layernorm_forward(x, teacher_params["norm.weight"], teacher_params["norm.bias"])[0]
-    return out
+class LossCache(NamedTuple):
+    c_ce: tuple           # cross-entropy cache
+    c_kd: tuple           # L_kd cache; None without distillation (alpha = 0 or no teacher)
+    alpha: float          # weight of L_kd
+    c_budget: BudgetCache
 
 
-def draw_noise(rng, cfg, tcfg, B, dtype):
-    """Gumbel noise for one training forward: a list of S arrays (B, P, 2)."""
-    S = len(tcfg.resolved_stages(cfg.depth))
-    return [gumbel_noise(rng, (B, cfg.num_patches, 2), dtype) for _ in range(S)]
-
-
-def _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher):
-    if not tcfg.learned_selector:
-        raise ValueError(f"method {tcfg.method!r} has no learned selector and is not trained "
-                         f"(training-free); use tofe_inference")
-    if not cfg.num_classes:
-        raise ValueError("the backbone has no classifier head (num_classes=0): there are no logits to train")
-    dtype = check_params(params, cfg, extra_ok=("tofe.",))
-    check_images(images, cfg, dtype)
-    check_tofe_params(params, cfg, tcfg)
-    S = len(tcfg.resolved_stages(cfg.depth))
-    want = (images.shape[0], cfg.num_patches, 2)
-    if not isinstance(noise, (list, tuple)) or len(noise) != S:
-        raise ValueError(f"noise must be a list of {S} arrays of shape {want} (one per stage)")
-    for s, g in enumerate(noise):
-        if not hasattr(g, "shape") or not hasattr(g, "dtype"):
-            raise TypeError(f"noise[{s}] must be an array of shape {want}, got {type(g).__name__}")
-        if tuple(g.shape) != want or g.dtype != dtype:
-            raise ValueError(f"noise[{s}] must be {np.dtype(dtype)} of shape {want}, got {g.dtype} {tuple(g.shape)}")
-        if not bool(get_xp(g).isfinite(g).all()):
-            raise ValueError(f"noise[{s}] contains NaN or inf values")
-    if teacher is not None:
-        _check_teacher(teacher, images.shape[0], cfg, S)
-    if teacher is None and (tcfg.alpha > 0 or (tcfg.beta > 0 and tcfg.uses_approximator)):
-        raise ValueError("alpha > 0 or beta > 0 need the dense teacher's outputs: pass "
-                         "teacher=teacher_forward(teacher_params, images, cfg, stages), or set alpha=beta=0")
-
-
-def _check_teacher(teacher, B, cfg, S):
-    """teacher: the dict of ``teacher_forward`` for this batch: logits (B, K), S token arrays (B, N, C)."""
-    if not isinstance(teacher, dict) or not {"logits", "tokens"} <= set(teacher):
-        got = f"a dict with keys {sorted(teacher)}" if isinstance(teacher, dict) else type(teacher).__name__
-        raise TypeError(f"teacher must be the dict teacher_forward returns ('logits', 'tokens'), got {got}")
-    want = (B, cfg.num_classes)
-    if tuple(getattr(teacher["logits"], "shape", ())) != want:
-        raise ValueError(f"teacher['logits'] must have shape {want}, got "
-                         f"{tuple(getattr(teacher['logits'], 'shape', ()))} (another batch or model?)")
-    tok = (B, cfg.num_tokens, cfg.embed_dim)
-    shapes = [tuple(getattr(t, "shape", ())) for t in teacher["tokens"]]
-    if len(shapes) != S or any(s != tok for s in shapes):
-        raise ValueError(f"teacher['tokens'] must be {S} arrays of shape {tok} (one per stage), got {shapes}")
+class TrainCache(NamedTuple):
+    cfg: object
+    tcfg: object
+    c_embed: tuple
+    c_pre: list           # block caches of the dense blocks before the first stage, in forward order
+    c_stages: list        # one StageCache per stage
+    c_head: tuple
+    c_losses: LossCache
+    fast: bool            # the blocks ran on the Numba kernels: the backward runs their twins
 
 
 def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
@@ -128,130 +80,74 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
         return evit_train_forward(params, images, labels, cfg, tcfg, fast=fast)
     if tcfg.method == "dynamicvit":
         return dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, fast)
-    _check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
-    xp = get_xp(images)
+    check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
     fast = use_fast(fast, images)
     block_fwd = choose(fast, block_forward)
     tau = tcfg.tau if tau is None else tau
-    stages = tcfg.resolved_stages(cfg.depth)
-    B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
-    drop = not tcfg.reuses_tokens
-    ones_prefix = xp.ones((B, T), dtype=images.dtype)
-    out = {"selector_logits": [], "masks": [], "stage_outputs": [], "kept": [], "frozen": [], "reused": []}
-    ever_frozen = xp.zeros((B, P), dtype=bool)
-    x, c_embed = embed_forward(images, params, cfg)
+    stages, B, P, T = tcfg.resolved_stages(cfg.depth), images.shape[0], cfg.num_patches, cfg.num_prefix_tokens
+    out = new_record("selector_logits", "masks", "stage_outputs")
+    x, c_embed = embed_forward(images, params, cfg)                                    # embed
     c_pre = []
-    for i in range(stages[0]):
-        x, c = block_fwd(x, params, f"blocks.{i}.", H)
+    for i in range(stages[0]):                                                         # dense blocks
+        x, c = block_fwd(x, params, f"blocks.{i}.", cfg.num_heads)
         c_pre.append(c)
-    m_prev = xp.ones((B, P), dtype=images.dtype)
+    xp = get_xp(images)
+    m_prev, ever_frozen = xp.ones((B, P), dtype=images.dtype), xp.zeros((B, P), dtype=bool)
     c_stages, approx_terms = [], []
-    for s, (lo, hi) in enumerate(stage_ranges(cfg, stages)):
-        alive = (m_prev > 0.5).astype(m_prev.dtype) if drop else None                 # constant weights
-        sel_logits, c_sel = selector_forward(x, params, f"tofe.selector.{s}.", T, alive)  # (B, N, 2)
-        y, c_g = gumbel_softmax_forward(sel_logits[:, T:], noise[s], tau, hard=hard)
-        m_patch = y[..., 0] * m_prev if drop else y[..., 0]                          # (B, P)
-        m = xp.concatenate([ones_prefix, m_patch], axis=1)                            # (B, N)
-        h, c_blocks = x, []
-        for j in range(lo, hi):
-            h, c = block_fwd(h, params, f"blocks.{j}.", H, key_mask=m)
-            c_blocks.append(c)
-        c_a = c_al = None
-        if tcfg.uses_approximator:
-            a, c_a = approximator_forward(x, params, f"tofe.approx.{s}.")
-            if tcfg.beta > 0:
-                frozen_w = (m_patch < 0.5).astype(m_patch.dtype)   # the frozen decisions, a constant
-                term, c_al = approx_loss_forward(a[:, T:], teacher["tokens"][s][:, T:], frozen_w)
-                approx_terms.append(term)
-        else:
-            a = x
-        mm = m[..., None]
-        x_new = mm * h + (1.0 - mm) * a
-        c_stages.append((x, h, a, m, y[..., 0], m_prev, c_sel, c_g, c_blocks, c_a, c_al))
+    for s, blocks in enumerate(stage_ranges(cfg, stages)):                             # stages
+        t_s = teacher["tokens"][s] if teacher is not None else None
+        x, m, sel_logits, term, c = stage_train_forward(x, m_prev, params, cfg, tcfg, s, blocks, noise[s],
+                                                        tau, hard, t_s, block_fwd)
+        c_stages.append(c)
+        approx_terms += [term] if term is not None else []
         out["selector_logits"].append(sel_logits)
         out["masks"].append(m)
-        out["stage_outputs"].append(x_new)
-        kept_now = m_patch > 0.5
-        frozen_now = ~kept_now if not drop else xp.zeros_like(kept_now)   # drop methods never freeze
-        out["kept"].append(to_numpy(kept_now))
-        out["frozen"].append(to_numpy(frozen_now))
-        out["reused"].append(to_numpy(kept_now & ever_frozen))
-        ever_frozen |= frozen_now
-        m_prev, x = m_patch, x_new
-    logits, c_head = head_forward(x, params, cfg)
-    out["logits"] = logits
+        out["stage_outputs"].append(x)
+        m_prev = m[:, T:]                                                              # (B, P)
+        _, ever_frozen = record_stage(out, m_prev > 0.5, not tcfg.reuses_tokens, ever_frozen)
+    logits, c_head = head_forward(x, params, cfg)                                      # head
+    losses, extra, c_losses = tofe_losses_forward(logits, labels, out["masks"], approx_terms, teacher,
+                                                  cfg, tcfg, stages)                   # losses
+    out.update(extra, logits=logits, losses=losses, loss=losses["total"])
+    return out, TrainCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_losses, fast)
+
+
+def tofe_losses_forward(logits, labels, masks, approx_terms, teacher, cfg, tcfg, stages):
+    """L = L_cls + alpha L_kd + beta L_approx + L_flops -> losses {cls, kd, approx, flops, total},
+    {macs, macs_ratio (B,), keep_ratios (S,)}, cache. ``approx_terms``: the stages' L_approx terms."""
     l_cls, c_ce = cross_entropy_forward(logits, labels, tcfg.label_smoothing)
     l_kd, c_kd = (kd_loss_forward(logits, teacher["logits"], tcfg.kd_temperature)
                   if teacher is not None and tcfg.alpha > 0 else (0.0, None))
     l_approx = float(sum(approx_terms)) if approx_terms else 0.0
-    # compute budget: kept counts n_s = T + sum(m) are differentiable through the straight-through mask
-    kept = xp.stack([mk.sum(axis=1) for mk in out["masks"]], axis=1)                  # (B, S), incl. T
-    macs, dmacs = tofe_macs(cfg, stages, kept, selector=True, approximator=tcfg.uses_approximator,
-                            approx_reduction=tcfg.approx_reduction, drop=drop)
-    dense = dense_macs(cfg)
-    keep_frac = (kept - T) / P                                                         # (B, S)
-    if tcfg.method == "tofe-uniform":
-        c_fl = []
-        l_flops = 0.0
-        for s in range(len(stages)):
-            term, c = flops_loss_forward(keep_frac[:, s], tcfg.keep_ratios[s], tcfg.lam)
-            l_flops += float(term)
-            c_fl.append(c)
-    else:
-        l_flops, c_fl = flops_loss_forward(macs / dense, tcfg.target_ratio, tcfg.lam, tcfg.per_image_budget)
-        l_flops = float(l_flops)
+    l_flops, macs, macs_ratio, keep_frac, c_budget = budget_loss_forward(masks, cfg, tcfg, stages)
     total = float(l_cls) + tcfg.alpha * float(l_kd) + tcfg.beta * l_approx + l_flops
-    out["losses"] = {"cls": float(l_cls), "kd": float(l_kd), "approx": l_approx, "flops": l_flops, "total": total}
-    out["loss"] = total
-    out.update(macs=macs, macs_ratio=macs / dense, keep_ratios=keep_frac.mean(axis=0))
-    cache = (cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dmacs / dense, fast)
-    return out, cache
+    losses = {"cls": float(l_cls), "kd": float(l_kd), "approx": l_approx, "flops": l_flops, "total": total}
+    extra = {"macs": macs, "macs_ratio": macs_ratio, "keep_ratios": keep_frac.mean(axis=0)}
+    return losses, extra, LossCache(c_ce, c_kd, tcfg.alpha, c_budget)
+
+
+def tofe_losses_backward(cache):
+    """-> dlogits (B, K), dkept: S arrays (B,) (the budget loss's gradient per stage's kept count). The
+    L_approx terms send their gradient through the stages' freeze paths (``stage.freeze_path_backward``)."""
+    dlogits = cross_entropy_backward(1.0, cache.c_ce)
+    if cache.c_kd is not None:
+        dlogits = dlogits + cache.alpha * kd_loss_backward(1.0, cache.c_kd)
+    return dlogits, budget_loss_backward(cache.c_budget)
 
 
 def tofe_train_backward(cache):
     """Gradient of the total loss -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
     if isinstance(cache, (EvitCache, DynamicViTCache)):
         return (evit_train_backward if isinstance(cache, EvitCache) else dynamicvit_train_backward)(cache)
-    if not isinstance(cache, tuple) or len(cache) != 13:
+    if not isinstance(cache, TrainCache):
         what = f"a tuple of {len(cache)}" if isinstance(cache, tuple) else type(cache).__name__
-        raise TypeError(f"cache must be the cache tofe_train_forward returned (a tuple of 13), got {what}")
-    cfg, tcfg, stages, drop, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_fl, dratio_dkept, fast = cache
-    block_bwd = choose(fast, block_backward)
-    T, S = cfg.num_prefix_tokens, len(stages)
-    dlogits = cross_entropy_backward(1.0, c_ce)
-    if c_kd is not None:
-        dlogits = dlogits + tcfg.alpha * kd_loss_backward(1.0, c_kd)
-    if tcfg.method == "tofe-uniform":                       # d/dkept of lam (mean keep_frac_s - rho_s)^2
-        dkept = [flops_loss_backward(1.0, c) / cfg.num_patches for c in c_fl]
-    else:
-        dratio = flops_loss_backward(1.0, c_fl)                                       # (B,)
-        dkept = [dratio * dratio_dkept[:, s] for s in range(S)]
-    dx, grads = head_backward(dlogits, c_head)
-    dm_carry = 0.0                                  # dynamicvit: gradient into m_patch from the next stage
-    for s in reversed(range(S)):
-        x_in, h, a, m, hard, m_prev, c_sel, c_g, c_blocks, c_a, c_al = c_stages[s]
-        mm = m[..., None]
-        dh = mm * dx
-        da = (1.0 - mm) * dx
-        dm = ((h - a) * dx).sum(axis=-1)                                              # (B, N)
-        for c in reversed(c_blocks):
-            dh, g, dkm = block_bwd(dh, c)
-            grads.update(g)
-            dm = dm + dkm
-        if c_al is not None:
-            da[:, T:] += tcfg.beta * approx_loss_backward(1.0, c_al)
-        if c_a is not None:
-            da, g = approximator_backward(da, c_a)
-            grads.update(g)
-        dm_patch = dm[:, T:] + dkept[s][:, None] + dm_carry                          # (B, P)
-        if drop:
-            dm_carry = dm_patch * hard
-            dm_patch = dm_patch * m_prev
-        dy = get_xp(dx).zeros(dm_patch.shape + (2,), dtype=dx.dtype)
-        dy[..., 0] = dm_patch
-        dsel = get_xp(dx).zeros(dx.shape[:2] + (2,), dtype=dx.dtype)                 # (B, N, 2)
-        dsel[:, T:] = gumbel_softmax_backward(dy, c_g)
-        dxs, g = selector_backward(dsel, c_sel)
+        raise TypeError(f"cache must be the cache tofe_train_forward returned (a TrainCache), got {what}")
+    block_bwd = choose(cache.fast, block_backward)
+    dlogits, dkept = tofe_losses_backward(cache.c_losses)                              # losses
+    dx, grads = head_backward(dlogits, cache.c_head)                                   # head
+    dm_next = 0.0                              # drop methods: the gradient into m_patch from the next stage
+    for s in reversed(range(len(cache.c_stages))):                                     # stages
+        dx, g, dm_next = stage_train_backward(dx, dkept[s], dm_next, cache.c_stages[s], block_bwd)
         grads.update(g)
-        dx = dh + da + dxs
-    return dense_blocks_embed_backward(dx, c_pre, c_embed, grads, fast), grads
+    dimages = dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.fast)  # blocks, embed
+    return dimages, grads
