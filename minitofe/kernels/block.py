@@ -14,6 +14,7 @@ The fast training cache is not the reference's: pair ``kernels.block_forward`` w
 ``kernels.block_backward`` (``nn.vit`` does).
 """
 import threading
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,31 @@ from .layers import (INV_SQRT2, INV_SQRT_2PI, add_bias_, bias_gelu_, bias_gelu_k
 from ..config import LN_EPS
 
 _local = threading.local()
+
+
+class FastBlockCache(NamedTuple):
+    """What the fast block backward reads (M = B * N rows; not the reference's ``nn.block.BlockCache``)."""
+    prefix: str           # "blocks.3."
+    params: dict          # the flat parameter dict (weights are read again in the backward)
+    H: int                # number of heads
+    scale: object         # hs ** -0.5, in the arrays' dtype
+    shape: tuple          # (B, N, C)
+    g1: object            # (C,) LayerScale ls1.gamma, or None
+    g2: object            # (C,) LayerScale ls2.gamma, or None
+    c_n1: tuple           # norm1's cache (kernels.layers)
+    n1: object            # (M, C) norm1's output
+    q: object             # (B, H, N, hs) contiguous
+    k: object             # (B, H, N, hs)
+    v: object             # (B, H, N, hs)
+    A: object             # (B, H, N, N) attention probabilities
+    pr: object            # (B, H, N, N) the masked softmax's p = e / Z (A = m' * p), or None without a mask
+    o: object             # (M, C) the heads' outputs, before proj
+    a: object             # (M, C) the attention branch's output, before ls1
+    c_n2: tuple           # norm2's cache
+    n2: object            # (M, C) norm2's output
+    h: object             # (M, hidden) fc1's output, before GELU
+    act: object           # (M, hidden) GELU(h)
+    f: object             # (M, C) the MLP branch's output, before ls2
 
 
 def _buf(name, shape, dtype):
@@ -133,7 +159,8 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     f = act @ p("mlp.fc2.weight").T
     add_bias_(f, p("mlp.fc2.bias"))
     out = x1 + (f * g2 if g2 is not None else f)
-    cache = (prefix, params, H, scale, (B, N, C), g1, g2, c_n1, n1, q, k, v, A, pr, o, a, c_n2, n2, h, act, f)
+    cache = FastBlockCache(prefix, params, H, scale, (B, N, C), g1, g2, c_n1, n1, q, k, v, A, pr, o, a, c_n2, n2,
+                           h, act, f)
     return out.reshape(B, N, C), cache
 
 

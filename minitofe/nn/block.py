@@ -8,10 +8,24 @@ and is 1 otherwise. Parameters are read from the flat dict under ``prefix`` (e.g
 ``norm_eps`` and ``act_layer`` default to timm's ViT (1e-6, exact GELU); ``block_options(cfg)`` gives
 them for a config. Post-norm blocks (timm's ``ResPostBlock``) are not this block: conversion refuses them.
 """
+from typing import NamedTuple
+
 from .activations import act_backward, act_forward
 from .attention import attention_backward, attention_forward
 from .layers import layernorm_backward, layernorm_forward, linear_backward, linear_forward
 from ..config import LN_EPS
+
+
+class BlockCache(NamedTuple):
+    prefix: str           # "blocks.3."
+    g1: object            # (C,) LayerScale ls1.gamma, or None
+    g2: object            # (C,) LayerScale ls2.gamma, or None
+    a: object             # (B, N, C) the attention branch's output, before ls1
+    f: object             # (B, N, C) the MLP branch's output, before ls2
+    c_n1: tuple           # norm1's cache
+    c_attn: tuple         # the attention's cache
+    c_n2: tuple           # norm2's cache
+    c_mlp: tuple          # the MLP's cache
 
 
 def block_options(cfg):
@@ -46,7 +60,7 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     n2, c_n2 = layernorm_forward(x1, params[prefix + "norm2.weight"], params[prefix + "norm2.bias"], norm_eps)
     f, c_mlp = mlp_forward(n2, params, prefix + "mlp.", act_layer)
     out = x1 + (f * g2 if g2 is not None else f)
-    return out, (prefix, g1, g2, a, f, c_n1, c_attn, c_n2, c_mlp)
+    return out, BlockCache(prefix, g1, g2, a, f, c_n1, c_attn, c_n2, c_mlp)
 
 
 def run_blocks(x, params, cfg, lo, hi):
