@@ -5,7 +5,7 @@ module that owns ``x`` and calls ``xp.*`` on it, so the same code runs on NumPy 
 arrays. Shims cover what differs between the two: ``erf`` (SciPy vs. cupyx) and scatter-add.
 
 Array modules other than NumPy are *registered* (``register_array_module``): CuPy when it imports, and
-in the tests the strict fake device of ``minitofe.kernels.fakedevice``, an array type that refuses every
+in the tests the strict fake device of ``minitofe.testing.fakedevice``, an array type that refuses every
 implicit conversion to NumPy as CuPy does. Running the model on the fake device is how CI, which has no
 GPU, catches a stray ``np.`` call on a device array.
 """

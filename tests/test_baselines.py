@@ -345,7 +345,7 @@ def test_fast_path_equals_the_reference(method):
 def test_training_runs_on_the_fake_device(method):
     """Written against ``get_xp``: on the strict fake GPU array the same numbers come out."""
     from minitofe.backend import to_numpy
-    from minitofe.kernels.fakedevice import to_device
+    from minitofe.testing.fakedevice import to_device
     params, images, labels, tcfg, teacher, noise, _ = _setup(method, evit_keep_rate=0.5, dvit_rho=0.7)
     runs = []
     for to in (lambda a: a, to_device):

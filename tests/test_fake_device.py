@@ -11,7 +11,7 @@ import scipy.special
 import minitofe
 from minitofe.backend import erf, get_xp, is_host, scatter_add, to_numpy
 from minitofe.config import ViTConfig
-from minitofe.kernels.fakedevice import FakeDeviceArray, fake_xp, to_device
+from minitofe.testing.fakedevice import FakeDeviceArray, fake_xp, to_device
 from minitofe.nn.layers import cross_entropy_backward, cross_entropy_forward
 from minitofe.nn.vit import vit_backward, vit_forward
 from minitofe.optim import adamw_init, adamw_step, clip_grad_norm

@@ -10,7 +10,7 @@ pytest.importorskip("numba")
 
 import minitofe.kernels as kernels                                       # noqa: E402
 from minitofe.config import ViTConfig                                    # noqa: E402
-from minitofe.kernels.fakedevice import to_device                        # noqa: E402
+from minitofe.testing.fakedevice import to_device                        # noqa: E402
 from minitofe.nn import attention, block, layers                         # noqa: E402
 from minitofe.nn.params import init_params                               # noqa: E402
 from minitofe.nn.vit import vit_backward, vit_forward                    # noqa: E402

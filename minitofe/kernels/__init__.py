@@ -14,9 +14,9 @@ asked for, so the reference path never pays its import or compile time; compiled
 disk (``cache=True``), so later processes do not compile again either.
 
 Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
-unpack), ``layers`` (LayerNorm, GELU, masked softmax and their backwards), ``block`` (the block
-forward/backward, the cache-free inference runner with buffer reuse) and ``fakedevice`` (a strict fake
-GPU array type for tests; not a kernel, no Numba needed).
+unpack), ``layers`` (LayerNorm, GELU, masked softmax and their backwards), ``attention`` and ``block``
+(the block forward/backward, the cache-free inference runner with buffer reuse). The strict fake GPU
+array type of the tests is not a kernel: it lives in ``minitofe.testing.fakedevice``.
 """
 import functools
 import importlib
