@@ -120,6 +120,16 @@ def vit_features_backward(dfeatures, cache):
     return dimages, _complete(grads, c_embed[0], dfeatures.dtype, get_xp(dfeatures))
 
 
+def dense_blocks_forward(x, params, lo, hi, num_heads, block_fwd=block_forward):
+    """Unmasked blocks lo .. hi-1 on x (B, N, C) -> x, their caches in forward order (the dense blocks
+    before ToFe's first stage; ``block_fwd``: ``block_forward`` or its Numba twin)."""
+    caches = []
+    for i in range(lo, hi):
+        x, c = block_fwd(x, params, f"blocks.{i}.", num_heads)
+        caches.append(c)
+    return x, caches
+
+
 def dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast=False):
     """Back through unmasked blocks (``c_blocks`` in forward order), then the embedding: adds their
     gradients to ``grads`` and returns dimages. The tail of ``vit_backward`` and of ToFe's training

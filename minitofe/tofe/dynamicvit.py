@@ -39,7 +39,7 @@ from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_backward, layernorm_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images, dense_blocks_embed_backward
+from ..nn.vit import check_images, dense_blocks_embed_backward, dense_blocks_forward
 
 
 class DynamicViTCache(NamedTuple):
@@ -78,6 +78,14 @@ def check_dynamicvit_teacher(teacher, B, cfg, tcfg):
             raise ValueError(f"teacher[{key!r}] must have shape {want[key]}, got {got or 'nothing'}")
 
 
+def check_dynamicvit_noise(noise, S, shape, dtype):
+    """noise: S arrays of ``shape`` (B, P, 2) and ``dtype`` (``training.draw_noise``)."""
+    shapes = [(tuple(getattr(g, "shape", ())), getattr(g, "dtype", None)) for g in noise or ()]
+    if len(shapes) != S or any(sh != (shape, dtype) for sh in shapes):
+        raise ValueError(f"noise must be {S} {dtype} arrays of shape {shape} (training.draw_noise), "
+                         f"got {shapes}")
+
+
 def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
                              fast=False):
     """One training forward with the Gumbel ``noise`` (S arrays (B, P, 2), ``training.draw_noise``).
@@ -90,19 +98,13 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     check_dynamicvit_teacher(teacher, B, cfg, tcfg)
     stages, ratios = tcfg.resolved_stages(cfg.depth), dynamicvit_ratios(cfg, tcfg)
-    shapes = [(tuple(getattr(g, "shape", ())), getattr(g, "dtype", None)) for g in noise or ()]
-    if len(shapes) != len(stages) or any(sh != ((B, P, 2), images.dtype) for sh in shapes):
-        raise ValueError(f"noise must be {len(stages)} {images.dtype} arrays of shape {(B, P, 2)} "
-                         f"(training.draw_noise), got {shapes}")
+    check_dynamicvit_noise(noise, len(stages), (B, P, 2), images.dtype)
     xp = get_xp(images)
     fast = use_fast(fast, images)
     block_fwd = choose(fast, block_forward)
     tau = tcfg.tau if tau is None else tau
     x, c_embed = embed_forward(images, params, cfg)
-    c_pre = []
-    for i in range(stages[0]):
-        x, c = block_fwd(x, params, f"blocks.{i}.", H)
-        c_pre.append(c)
+    x, c_pre = dense_blocks_forward(x, params, 0, stages[0], H, block_fwd)
     prev = xp.ones((B, P), dtype=x.dtype)                               # d_{-1}
     out = {"masks": [], "kept": []}
     c_stages, c_ratio, ratio_loss = [], [], 0.0

@@ -40,7 +40,7 @@ from ..kernels import choose, use_fast
 from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
-from ..nn.vit import dense_blocks_embed_backward
+from ..nn.vit import dense_blocks_embed_backward, dense_blocks_forward
 
 
 class LossCache(NamedTuple):
@@ -87,10 +87,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     stages, B, P, T = tcfg.resolved_stages(cfg.depth), images.shape[0], cfg.num_patches, cfg.num_prefix_tokens
     out = new_record("selector_logits", "masks", "stage_outputs")
     x, c_embed = embed_forward(images, params, cfg)                                    # embed
-    c_pre = []
-    for i in range(stages[0]):                                                         # dense blocks
-        x, c = block_fwd(x, params, f"blocks.{i}.", cfg.num_heads)
-        c_pre.append(c)
+    x, c_pre = dense_blocks_forward(x, params, 0, stages[0], cfg.num_heads, block_fwd)  # dense blocks
     xp = get_xp(images)
     m_prev, ever_frozen = xp.ones((B, P), dtype=images.dtype), xp.zeros((B, P), dtype=bool)
     c_stages, approx_terms = [], []
