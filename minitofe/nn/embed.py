@@ -53,7 +53,8 @@ def embed_forward(images, params, cfg):
     xp = get_xp(images)
     B = images.shape[0]
     patches = patchify(images, cfg.patch_size)                          # (B, P, Cin p p)
-    t, c_proj = linear_forward(patches, params["patch_embed.proj.weight"], params.get("patch_embed.proj.bias"))
+    t, c_proj = linear_forward(patches, params["patch_embed.proj.weight"],
+                               params.get("patch_embed.proj.bias"))
     if cfg.no_embed_class:
         t = t + params["pos_embed"]                                     # patches only
     prefix = [xp.broadcast_to(params[key], (B, s.stop - s.start, cfg.embed_dim))

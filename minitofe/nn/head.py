@@ -67,13 +67,15 @@ def forward_head(features, params, cfg, pre_logits=False):
     classify = cfg.num_classes > 0 and not pre_logits
     if cfg.distilled and classify:
         logits, c_head = linear_forward(features[:, 0], params["head.weight"], params["head.bias"])
-        logits_dist, c_dist = linear_forward(features[:, 1], params["head_dist.weight"], params["head_dist.bias"])
+        logits_dist, c_dist = linear_forward(features[:, 1], params["head_dist.weight"],
+                                             params["head_dist.bias"])
         out = 0.5 * (logits + logits_dist)
         return out, (cfg, features.shape, out.shape, out.dtype, "distilled", c_head, c_dist)
     pooled = pool_forward(features, cfg)
     c_fc = c_head = None
     if cfg.use_fc_norm:
-        pooled, c_fc = layernorm_forward(pooled, params["fc_norm.weight"], params["fc_norm.bias"], cfg.norm_eps)
+        pooled, c_fc = layernorm_forward(pooled, params["fc_norm.weight"], params["fc_norm.bias"],
+                                         cfg.norm_eps)
     out = pooled
     if classify:
         out, c_head = linear_forward(pooled, params["head.weight"], params["head.bias"])

@@ -104,7 +104,8 @@ def cross_entropy_forward(logits, labels, label_smoothing=0.0):
     B, K = logits.shape
     labels = xp.asarray(labels)
     if labels.shape != (B,) or labels.dtype.kind not in "iu":
-        raise ValueError(f"cross_entropy: labels must be ints of shape ({B},), got {labels.dtype} {labels.shape}")
+        raise ValueError(f"cross_entropy: labels must be ints of shape ({B},), "
+                         f"got {labels.dtype} {labels.shape}")
     if B and (int(labels.min()) < 0 or int(labels.max()) >= K):
         raise ValueError(f"cross_entropy: labels must lie in [0, {K}), got range "
                          f"[{int(labels.min())}, {int(labels.max())}]")

@@ -104,8 +104,8 @@ def key_mismatch(missing=(), unexpected=(), misshaped=(), unexpected_label="unex
     """One message naming every missing, unexpected and mis-shaped key (``misshaped`` holds
     ``"key: expected (..), got (..)"`` strings), or ``""`` when the keys match. Shared by ``check_params``
     and ``minitofe.tofe.params.check_tofe_params``."""
-    parts = [f"{label} {list(keys)}" for label, keys in (("missing keys", missing), (unexpected_label, unexpected))
-             if keys]
+    parts = [f"{label} {list(keys)}"
+             for label, keys in (("missing keys", missing), (unexpected_label, unexpected)) if keys]
     if misshaped:
         parts.append(f"mis-shaped keys [{'; '.join(misshaped)}]")
     return ", ".join(parts)

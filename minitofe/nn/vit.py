@@ -82,7 +82,8 @@ def vit_forward_features(params, images, cfg, check=True, fast=False):
 def _check_grad_input(dout, cache, features):
     """dout must have the output's shape and dtype; cache must come from the matching forward."""
     if not isinstance(cache, tuple) or len(cache) != 4:
-        raise TypeError(f"cache must be the cache vit_forward returned (a tuple of 4), got {type(cache).__name__}")
+        raise TypeError(f"cache must be the cache vit_forward returned (a tuple of 4), "
+                        f"got {type(cache).__name__}")
     is_features = cache[2][0] == "features"
     if is_features != features:
         raise TypeError(f"this cache is from {'vit_forward_features' if is_features else 'vit_forward'}: "
@@ -99,7 +100,8 @@ def _check_grad_input(dout, cache, features):
 
 def _complete(grads, cfg, dtype, xp):
     """Zeros for the parameters the output does not depend on, then timm's key order."""
-    return {k: grads[k] if k in grads else xp.zeros(shape, dtype=dtype) for k, shape in param_shapes(cfg).items()}
+    return {k: grads[k] if k in grads else xp.zeros(shape, dtype=dtype)
+            for k, shape in param_shapes(cfg).items()}
 
 
 def vit_backward(dlogits, cache):

@@ -40,7 +40,8 @@ def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks
     fraction of the P patches each stage keeps (default rho, rho^2, ...); ``kept_masks``: one bool (B, P)
     per stage replacing the decision (same count in every image; a token dropped earlier cannot be kept)."""
     if not cfg.class_token or cfg.global_pool != "token":
-        raise ValueError("method 'dynamicvit' needs a class-token head (class_token=True, global_pool='token')")
+        raise ValueError("method 'dynamicvit' needs a class-token head "
+                         "(class_token=True, global_pool='token')")
     xp = get_xp(images)
     run = choose(fast, run_blocks, like=images)
     stages = tcfg.resolved_stages(cfg.depth)
@@ -71,7 +72,8 @@ def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks
     macs, _ = tofe_macs(cfg, stages, kept_counts.astype(np.float64) + T, selector=False, approximator=False,
                         predictor=True)
     none = [np.zeros_like(k) for k in info["kept"]]
-    info.update(frozen=none, reused=none, kept_counts=kept_counts, macs=macs, macs_ratio=macs / dense_macs(cfg))
+    info.update(frozen=none, reused=none, kept_counts=kept_counts, macs=macs,
+                macs_ratio=macs / dense_macs(cfg))
     return logits, info
 
 

@@ -123,5 +123,6 @@ def dynamicvit_ratios(cfg, tcfg):
     """DynamicViT's keep ratios (rho, rho^2, ...) with ``tcfg.dvit_rho``, or the rho meeting
     ``tcfg.target_ratio``."""
     tcfg = tcfg.replace(method="dynamicvit")
-    rho = tcfg.dvit_rho if tcfg.dvit_rho is not None else _baseline_value_for_budget(cfg, tcfg, tcfg.target_ratio)
+    rho = (tcfg.dvit_rho if tcfg.dvit_rho is not None
+           else _baseline_value_for_budget(cfg, tcfg, tcfg.target_ratio))
     return baseline_profile(tcfg, rho, len(tcfg.resolved_stages(cfg.depth)))

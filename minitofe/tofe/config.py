@@ -35,8 +35,9 @@ def default_stages(depth):
     return tuple(int(round(depth * k / 4)) for k in (1, 2, 3))
 
 
-NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio", "label_smoothing",
-                 "evit_warmup", "evit_anneal", "dvit_ratio_weight", "dvit_kl_weight", "dvit_token_weight")
+NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio",
+                 "label_smoothing", "evit_warmup", "evit_anneal", "dvit_ratio_weight", "dvit_kl_weight",
+                 "dvit_token_weight")
 OPTIONAL_RATES = ("evit_keep_rate", "dvit_rho")          # None: chosen to meet target_ratio (tofe.budget)
 
 
@@ -56,7 +57,7 @@ def _sequence(name, value):
 class ToFeConfig:
     method: str = "tofe"
     stages: tuple = None              # block index where each stage starts; None -> default_stages(depth)
-    keep_ratios: tuple = (0.49, 0.25, 0.14)  # rho_i for `topk` inference / fixed ratios [ours: paper's learned]
+    keep_ratios: tuple = (0.49, 0.25, 0.14)  # rho_i for `topk` / fixed ratios [ours: paper's learned]
     inference: str = "topk"           # "topk" (same K per image) or "threshold" (keep_prob > threshold)
     threshold: float = 0.5
     approx_reduction: int = 4         # r: approximator bottleneck C -> C / r [ours]
@@ -71,7 +72,7 @@ class ToFeConfig:
     per_image_budget: bool = False    # L_flops on each image's ratio, then averaged
     label_smoothing: float = 0.0
     # EViT (method "evit"; the authors' DeiT recipe in brackets)
-    evit_keep_rate: float = None      # kept fraction of the current patch tokens per stage [0.7]; None: budget
+    evit_keep_rate: float = None      # kept fraction of the current patches per stage [0.7]; None: budget
     evit_fuse: bool = True            # fuse the inattentive tokens into one extra token [on]
     evit_warmup: float = 1 / 30       # fraction of training at keep rate 1 [10 of 300 epochs]
     evit_anneal: float = 1 / 3        # then cosine 1 -> evit_keep_rate over this fraction [100 of 300]
@@ -138,7 +139,8 @@ class ToFeConfig:
             raise TypeError(f"ToFeConfig: evit_fuse must be True or False, got {self.evit_fuse!r}")
         for name in ("evit_warmup", "evit_anneal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                bad(f"{name} must lie in [0, 1] (a fraction of the training steps), got {getattr(self, name)}")
+                bad(f"{name} must lie in [0, 1] (a fraction of the training steps), "
+                    f"got {getattr(self, name)}")
         for name in ("dvit_ratio_weight", "dvit_kl_weight", "dvit_token_weight"):
             if not getattr(self, name) >= 0:
                 bad(f"{name} must be >= 0, got {getattr(self, name)}")

@@ -60,7 +60,8 @@ def check_dynamicvit_model(params, images, cfg, tcfg):
     """Validate params / images for method 'dynamicvit' (class-token head required)."""
     check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
     if not cfg.class_token or cfg.global_pool != "token":
-        raise ValueError("method 'dynamicvit' needs a class-token head (class_token=True, global_pool='token'), "
+        raise ValueError("method 'dynamicvit' needs a class-token head (class_token=True, "
+                         "global_pool='token'), "
                          f"got class_token={cfg.class_token}, global_pool={cfg.global_pool!r}")
     check_tofe_params(params, cfg, tcfg)
 
@@ -70,7 +71,8 @@ def check_dynamicvit_teacher(teacher, B, cfg, tcfg):
     need = [k for k, w in (("logits", tcfg.dvit_kl_weight), ("features", tcfg.dvit_token_weight)) if w > 0]
     if need and not isinstance(teacher, dict):
         raise ValueError(f"dvit_kl_weight / dvit_token_weight > 0 need the dense teacher's {need}: pass "
-                         f"teacher=teacher_forward(teacher_params, images, cfg, stages), or set the weights to 0")
+                         f"teacher=teacher_forward(teacher_params, images, cfg, stages), "
+                         f"or set the weights to 0")
     want = {"logits": (B, cfg.num_classes), "features": (B, cfg.num_tokens, cfg.embed_dim)}
     for key in need:
         got = tuple(getattr(teacher.get(key), "shape", ()))
@@ -91,9 +93,10 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
     """One training forward with the Gumbel ``noise`` (S arrays (B, P, 2), ``training.draw_noise``).
 
     Returns ``out`` (``loss``, ``losses`` {cls, ratio, kl, token, total}, ``logits``, ``final_tokens``
-    (B, N, C) before ``norm``, ``masks`` (B, N) and ``kept`` bool (B, P) per stage, ``keep_ratios`` (S,), ``macs`` / ``macs_ratio`` (B,), ``tau``)
-    and the cache for ``dynamicvit_train_backward``. ``hard=False`` uses the soft Gumbel sample (smooth,
-    for finite differences); ``fast=True`` runs the blocks on the Numba kernels."""
+    (B, N, C) before ``norm``, ``masks`` (B, N) and ``kept`` bool (B, P) per stage, ``keep_ratios``
+    (S,), ``macs`` / ``macs_ratio`` (B,), ``tau``) and the cache for ``dynamicvit_train_backward``.
+    ``hard=False`` uses the soft Gumbel sample (smooth, for finite differences); ``fast=True`` runs the
+    blocks on the Numba kernels."""
     check_dynamicvit_model(params, images, cfg, tcfg)
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     check_dynamicvit_teacher(teacher, B, cfg, tcfg)
@@ -137,8 +140,8 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
              + tcfg.dvit_token_weight * float(l_tok))
     kept = xp.stack([m.sum(axis=1) for m in out["masks"]], axis=1)      # (B, S) tokens, prefix included
     macs, _ = tofe_macs(cfg, stages, kept, selector=False, approximator=False, predictor=True)
-    out.update(loss=total, logits=logits, final_tokens=x, tau=tau, macs=macs, macs_ratio=macs / dense_macs(cfg),
-               keep_ratios=((kept - T) / P).mean(axis=0),
+    out.update(loss=total, logits=logits, final_tokens=x, tau=tau, macs=macs,
+               macs_ratio=macs / dense_macs(cfg), keep_ratios=((kept - T) / P).mean(axis=0),
                losses={"cls": float(l_cls), "ratio": ratio_loss, "kl": float(l_kd), "token": float(l_tok),
                        "total": total})
     return out, DynamicViTCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_tok, c_ratio, fast)

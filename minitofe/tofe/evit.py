@@ -128,5 +128,6 @@ def evit_block_backward(dout, cache):
     for key, value in g_cls.items():
         g[key] = g[key] + value
     grads.update(g)
-    dxb, grads[prefix + "norm1.weight"], grads[prefix + "norm1.bias"] = layernorm_backward(dn1 + dn1_cls, c_n1)
+    dxb, grads[prefix + "norm1.weight"], grads[prefix + "norm1.bias"] = layernorm_backward(
+        dn1 + dn1_cls, c_n1)
     return dx1 + dxb, grads

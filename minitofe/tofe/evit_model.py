@@ -129,7 +129,8 @@ def evit_train_forward(params, images, labels, cfg, tcfg, keep_rate=None, fast=F
 def evit_train_backward(cache):
     """Gradient of the cross-entropy -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
     if not isinstance(cache, EvitCache):
-        raise TypeError(f"cache must be the EvitCache evit_train_forward returned, got {type(cache).__name__}")
+        raise TypeError(f"cache must be the EvitCache evit_train_forward returned, "
+                        f"got {type(cache).__name__}")
     block_bwd = choose(cache.fast, block_backward)
     dx, grads = head_backward(cross_entropy_backward(1.0, cache.c_ce), cache.c_head)
     for kind, c in reversed(cache.c_steps):

@@ -47,7 +47,8 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
     for r in (keep_ratios, learned, tcfg.keep_ratios):
         if r is not None:
             if not is_sequence(r):
-                raise TypeError(f"keep ratios must be a sequence (one per stage), got {type(r).__name__} {r!r}")
+                raise TypeError(f"keep ratios must be a sequence (one per stage), "
+                                f"got {type(r).__name__} {r!r}")
             r = tuple(float(v) for v in r)
             if any(not (0.0 < v <= 1.0) for v in r):
                 raise ValueError(f"keep ratios must lie in (0, 1], got {r}")

@@ -46,7 +46,8 @@ def approximator_shapes(prefix, C, r):
 
 def predictor_shapes(prefix, C):
     if C % 4:
-        raise ValueError(f"the DynamicViT predictor needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
+        raise ValueError(f"the DynamicViT predictor needs embed_dim divisible by 4 (C -> C/2 -> C/4), "
+                         f"got {C}")
     shapes = {prefix + "in_conv.0.weight": (C,), prefix + "in_conv.0.bias": (C,)}
     for name, (n_out, n_in) in (("in_conv.1", (C, C)), ("out_conv.0", (C // 2, C)),
                                 ("out_conv.2", (C // 4, C // 2)), ("out_conv.4", (2, C // 4))):

@@ -72,6 +72,7 @@ def selector_backward(dlogits, cache):
 def keep_probability(logits):
     """logits: (..., 2) [keep, freeze] -> keep_prob (...,) = softmax(logits)[..., 0]."""
     if logits.shape[-1] != 2:
-        raise ValueError(f"keep_probability: logits must end in 2 = [keep, freeze], got {tuple(logits.shape)}")
+        raise ValueError(f"keep_probability: logits must end in 2 = [keep, freeze], "
+                         f"got {tuple(logits.shape)}")
     p, _ = softmax_forward(logits)
     return p[..., 0]
