@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from .config import ViTConfig
-from .io.weights import _read_npz, _write_npz, atomic_write
+from .io.files import atomic_write
+from .io.npz import read_npz_arrays, write_npz_arrays
 
 META_KEY = "__checkpoint__"
 
@@ -24,14 +25,14 @@ def save_checkpoint(path, params, opt_state, meta):
     arrays.update({f"adam_v/{k}": v for k, v in opt_state["v"].items()})
     meta = dict(meta, opt_step=int(opt_state["step"]))
     arrays[META_KEY] = np.array(json.dumps(meta, sort_keys=True))
-    atomic_write(path, lambda f: _write_npz(f, arrays))
+    atomic_write(path, lambda f: write_npz_arrays(f, arrays))
 
 
 def load_checkpoint(path):
     """-> params, opt_state, meta."""
     if not os.path.isfile(path):
         raise ValueError(f"{path}: no such checkpoint file")
-    arrays = _read_npz(path)
+    arrays = read_npz_arrays(path)
     if META_KEY not in arrays:
         raise ValueError(f"{path}: not a minitofe training checkpoint (no {META_KEY!r} entry)")
     meta = json.loads(str(arrays.pop(META_KEY)))

@@ -17,8 +17,9 @@ from .timm import TOFE_PREFIX
 CONFIG_KEY, META_KEY = "__config__", "__meta__"
 
 
-def _write_npz(f, arrays):
-    """np.savez's format (a zip of .npy members), with a fixed timestamp: equal arrays, equal bytes."""
+def write_npz_arrays(f, arrays):
+    """np.savez's format (a zip of .npy members) into the open file ``f``, with a fixed timestamp: equal
+    arrays, equal bytes. Shared with ``minitofe.checkpoint``."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, arr in arrays.items():
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -39,7 +40,7 @@ def save_npz(path, params, cfg, meta=None):
     arrays = dict(params)
     arrays[CONFIG_KEY] = np.array(json.dumps(cfg.to_dict(), sort_keys=True))
     arrays[META_KEY] = np.array(meta_json)
-    atomic_write(path, lambda f: _write_npz(f, arrays))
+    atomic_write(path, lambda f: write_npz_arrays(f, arrays))
 
 
 def _json_entry(arrays, key):
@@ -55,7 +56,9 @@ def _json_entry(arrays, key):
     return value
 
 
-def _read_npz(path):
+def read_npz_arrays(path):
+    """path -> {name: array} of any .npz (no pickles); a missing, single-array or corrupt file raises
+    ValueError naming the path. Shared with ``minitofe.checkpoint``."""
     with open(path, "rb") as fh:          # our own handle: np.load leaks its own when the zip is bad
         try:
             data = np.load(fh, allow_pickle=False)
@@ -74,7 +77,7 @@ def load_npz(path, dtype=None):
     """-> (params, cfg, meta). ``dtype`` casts every array explicitly; otherwise the stored dtype is kept."""
     path = existing_file(path)
     dtype = float_dtype(dtype)
-    arrays = _read_npz(path)
+    arrays = read_npz_arrays(path)
     with about(path):
         if CONFIG_KEY not in arrays:
             raise ValueError(f"no {CONFIG_KEY!r} entry, so not a minitofe weight file "

@@ -23,7 +23,7 @@ from ..config import ViTConfig
 from ..nn.params import check_params  # noqa: F401  (re-exported)
 from .files import (TORCH_EXTS, about, atomic_write, existing_file, float_dtype, weight_format,  # noqa: F401
                     writable_format)
-from .npz import CONFIG_KEY, META_KEY, _read_npz, _write_npz, load_npz, save_npz  # noqa: F401
+from .npz import CONFIG_KEY, META_KEY, load_npz, save_npz  # noqa: F401
 from .timm import TOFE_PREFIX, from_timm_state_dict, to_timm_state_dict  # noqa: F401
 from .timm_config import infer_config, legacy_minitofe_config, match_preset
 from .timm_model import from_timm_model  # noqa: F401
