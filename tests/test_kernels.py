@@ -110,8 +110,9 @@ def test_choose_falls_back_to_the_reference(monkeypatch):
 
 
 def test_compiled_kernels_are_cached_on_disk():
-    from minitofe.kernels import attention as katt, block as kblock, layers as klayers, tokens as ktok
-    jitted = [f for m in (katt, klayers, ktok) for f in vars(m).values() if hasattr(f, "py_func")]
+    from minitofe.kernels import (attention as katt, block as kblock, layers as klayers, softmax as ksm,
+                                  tokens as ktok)
+    jitted = [f for m in (katt, klayers, ksm, ktok) for f in vars(m).values() if hasattr(f, "py_func")]
     assert len(jitted) >= 15 and kblock
     assert all(type(f._cache).__name__ == "FunctionCache" for f in jitted)
 

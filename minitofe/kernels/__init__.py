@@ -14,9 +14,10 @@ asked for, so the reference path never pays its import or compile time; compiled
 disk (``cache=True``), so later processes do not compile again either.
 
 Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
-unpack), ``layers`` (LayerNorm, GELU, masked softmax and their backwards), ``attention`` and ``block``
-(the block forward/backward, the cache-free inference runner with buffer reuse). The strict fake GPU
-array type of the tests is not a kernel: it lives in ``minitofe.testing.fakedevice``.
+unpack), ``layers`` (LayerNorm, GELU and their backwards), ``softmax`` (the masked softmax over keys and
+its backward), ``attention`` (inference attention) and ``block`` (the block forward/backward, the
+cache-free inference runner with buffer reuse). The strict fake GPU array type of the tests is not a
+kernel: it lives in ``minitofe.testing.fakedevice``.
 """
 import functools
 import importlib
@@ -31,7 +32,7 @@ from ..backend import is_host
 REGISTRY = {
     "gather_tokens": "tokens", "scatter_tokens": "tokens", "pack_rows": "tokens", "unpack_rows": "tokens",
     "layernorm_forward": "layers", "layernorm_backward": "layers", "gelu_forward": "layers",
-    "gelu_backward": "layers", "masked_softmax_forward": "layers", "masked_softmax_backward": "layers",
+    "gelu_backward": "layers", "masked_softmax_forward": "softmax", "masked_softmax_backward": "softmax",
     "block_forward": "block", "block_backward": "block", "run_blocks": "block",
     "ragged_block_forward": "block",
 }

@@ -7,7 +7,7 @@ reference is what to read, this is what runs when ``fast=True``. What is differe
 - matmuls go to BLAS with ``out=`` buffers laid out so that no transpose is ever copied (the heads'
   outputs are written straight into (B, n, C) order);
 - biases, LayerScale, residual adds, GELU and the attention scale ride along in the fused kernels of
-  ``kernels.layers`` instead of separate NumPy passes;
+  ``kernels.layers`` and ``kernels.softmax`` instead of separate NumPy passes;
 - inference keeps no caches and reuses a per-thread workspace of buffers across blocks and calls
   (``release_buffers()`` frees it); training keeps only what the backward reads.
 The fast training cache is not the reference's: pair ``kernels.block_forward`` with
@@ -20,8 +20,8 @@ import numpy as np
 
 from .attention import attend_
 from .layers import (INV_SQRT2, INV_SQRT_2PI, add_bias_, bias_gelu_, bias_gelu_keep_, gelu_backward_,
-                     layernorm_, layernorm_backward, layernorm_forward, masked_softmax_,
-                     masked_softmax_backward_, residual_, residual_layernorm_, softmax_, softmax_backward_)
+                     layernorm_, layernorm_backward, layernorm_forward, residual_, residual_layernorm_)
+from .softmax import masked_softmax_, masked_softmax_backward_, softmax_, softmax_backward_
 from ..config import LN_EPS
 
 _local = threading.local()
@@ -159,8 +159,8 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     f = act @ p("mlp.fc2.weight").T
     add_bias_(f, p("mlp.fc2.bias"))
     out = x1 + (f * g2 if g2 is not None else f)
-    cache = FastBlockCache(prefix, params, H, scale, (B, N, C), g1, g2, c_n1, n1, q, k, v, A, pr, o, a, c_n2, n2,
-                           h, act, f)
+    cache = FastBlockCache(prefix, params, H, scale, (B, N, C), g1, g2, c_n1, n1, q, k, v, A, pr, o, a,
+                           c_n2, n2, h, act, f)
     return out.reshape(B, N, C), cache
 
 
