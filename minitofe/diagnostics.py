@@ -17,7 +17,7 @@ import numpy as np
 from .backend import to_numpy
 from .model import predict
 from .nn.embed import embed_forward
-from .tofe.inference import run_blocks
+from .nn.block import run_blocks
 from .tofe.training import teacher_forward
 
 

@@ -22,7 +22,7 @@ REFERENCES = {"gather_tokens": tokens, "scatter_tokens": tokens, "pack_rows": ra
               "layernorm_forward": layers, "layernorm_backward": layers, "gelu_forward": layers,
               "gelu_backward": layers, "masked_softmax_forward": attention,
               "masked_softmax_backward": attention, "block_forward": block, "block_backward": block,
-              "run_blocks": inference, "ragged_block_forward": ragged}
+              "run_blocks": block, "ragged_block_forward": ragged}
 K = kernels.fast_kernels()
 EXAMPLES = settings(max_examples=40, deadline=None)
 TOL = {np.float64: dict(rtol=1e-10, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-5)}
@@ -220,7 +220,7 @@ def test_block_forward_backward_and_runners_equal_the_reference(data, dtype, B, 
     if masked:
         _close(dmask, dmask_ref, dtype)
     cfg = ViTConfig(img_size=4, patch_size=1, embed_dim=C, num_heads=H, depth=1)
-    _close(K.run_blocks(x, params, cfg, 0, 1), inference.run_blocks(x, params, cfg, 0, 1), dtype)
+    _close(K.run_blocks(x, params, cfg, 0, 1), block.run_blocks(x, params, cfg, 0, 1), dtype)
     idx_list = [np.flatnonzero((rng.random(N) < 0.6) | (np.arange(N) == 0)) for _ in range(B)]  # prefix kept
     packed, offsets = ragged.pack_rows(x, idx_list)
     _close(K.ragged_block_forward(packed, offsets, params, "blocks.0.", H),

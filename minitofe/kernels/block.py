@@ -1,7 +1,7 @@
 """The pre-norm transformer block on fused kernels: training pair, inference runner, ragged runner.
 
 Same maths, names and signatures as ``nn.block.block_forward`` / ``block_backward`` (the training pair,
-with the attention key mask), ``tofe.inference.run_blocks`` and ``tofe.ragged.ragged_block_forward``; the
+with the attention key mask), ``nn.block.run_blocks`` and ``tofe.ragged.ragged_block_forward``; the
 reference is what to read, this is what runs when ``fast=True``. What is different is only how:
 
 - matmuls go to BLAS with ``out=`` buffers laid out so that no transpose is ever copied (the heads'
