@@ -1,0 +1,38 @@
+"""The reference stays readable (docs/contributing.md §11): the model code's files fit one sitting, its
+functions one screen, its lines one width. Held for the model layers (``nn/``, ``tofe/``) and the layers
+beside them (``kernels/``, ``data/``, ``io/``, ``testing/``); measured with ``ast``, nothing is run."""
+import ast
+import pathlib
+
+import pytest
+
+PKG = pathlib.Path(__file__).resolve().parents[1] / "minitofe"
+HELD = ("nn", "tofe", "kernels", "data", "io", "testing")
+MAX_FILE_LINES, MAX_FUNCTION_LINES, MAX_LINE_CHARS = 250, 60, 110
+
+
+def _files(folders):
+    return sorted(p for d in folders for p in (PKG / d).glob("*.py"))
+
+
+@pytest.mark.parametrize("path", _files(HELD), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_files_fit_one_sitting(path):
+    n = len(path.read_text().splitlines())
+    assert n <= MAX_FILE_LINES, f"{path.relative_to(PKG.parent)} has {n} lines (at most {MAX_FILE_LINES})"
+
+
+def test_model_functions_fit_one_screen():
+    long = []
+    for path in _files(("nn", "tofe")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > MAX_FUNCTION_LINES:
+                    long.append(f"{path.relative_to(PKG.parent)}:{node.name} ({n} lines)")
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines: {long}"
+
+
+def test_model_lines_fit_one_width():
+    wide = [f"{p.relative_to(PKG.parent)}:{i}" for p in _files(("nn", "tofe"))
+            for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_LINE_CHARS]
+    assert not wide, f"lines over {MAX_LINE_CHARS} characters: {wide}"
