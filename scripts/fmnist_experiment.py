@@ -13,7 +13,8 @@ their last checkpoint):
    seed, ``SEARCH_EPOCHS`` epochs of the 55 000-image training split; each candidate is scored on the
    5 000-image validation split at exactly 50 % MACs (``minitofe eval --split val --budget 0.5``). The
    best candidate of each method is its recipe for the final runs (``RUN_DIR/search.json``).
-3. ``final`` — every method at 50 % and 35 % MACs with its chosen recipe, ``FINAL_EPOCHS`` epochs, seeds
+3. ``final`` — every method at 50 % and 35 % MACs with its chosen recipe (and ``dense``, the backbone
+   fine-tuned by the same recipe: the control for what more training alone gives), ``FINAL_EPOCHS`` epochs, seeds
    ``SEEDS`` for the three-seed methods and seed 0 for the rest; seed 0 of every method first, so that a
    partial experiment already has one complete row per method.
 4. ``report`` — only now the test set: every final model at its budget, the seed-0 models and the
@@ -42,8 +43,20 @@ FINAL_EPOCHS = 3
 SEEDS = (0, 1, 2)
 BUDGETS = (0.5, 0.35)
 CURVE_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
-# learned methods -> how many seeds their final runs get
-METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "tofe-uniform": (0,), "evit": (0,)}
+# learned methods -> the seeds of their final runs. "dense" is the control: the backbone fine-tuned with the
+# same recipe and budget of steps, no reduction, so that a gain from more training of the backbone is not
+# read as a gain of the method.
+METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "tofe-uniform": (0,), "evit": (0,),
+           "dense": (0,)}
+
+
+def budgets_of(method):
+    """The MACs targets a method's final runs are trained at (the dense control: none, 1.0)."""
+    return (1.0,) if method == "dense" else BUDGETS
+
+
+def search_budget(method):
+    return 1.0 if method == "dense" else 0.5
 TRAINING_FREE = ("evit-drop", "idle")
 # flags every training job shares; lam 20: with the default 2 the realised MACs settled ~0.2 above the
 # target on the earlier backbone, and eval rescales to the exact budget anyway; --teacher-cache: the
@@ -74,6 +87,8 @@ def uniform_ratios(budget):
 
 
 def method_flags(method, budget):
+    if method == "dense":
+        return ["--method", "dense"]
     flags = ["--method", method, "--target", str(budget)]
     if method == "tofe-uniform":
         flags += ["--keep-ratios", *(f"{r:.6f}" for r in uniform_ratios(budget))]
@@ -83,9 +98,13 @@ def method_flags(method, budget):
 # ---- jobs: (phase, name, flags); a job is done when RUN_DIR/phase/name/final.npz exists ----
 
 def search_jobs(methods):
-    return [("search", f"{m}_50_{g}", [*method_flags(m, 0.5), *GRID[g], "--seed", "0",
-                                       "--steps", str(steps(SEARCH_EPOCHS))])
+    return [("search", search_name(m, g), [*method_flags(m, search_budget(m)), *GRID[g], "--seed", "0",
+                                           "--steps", str(steps(SEARCH_EPOCHS))])
             for m in methods for g in GRID]
+
+
+def search_name(method, grid):
+    return f"{method}_{round(100 * search_budget(method))}_{grid}"
 
 
 def final_jobs(methods, run_dir):
@@ -95,7 +114,7 @@ def final_jobs(methods, run_dir):
         for m in methods:
             if seed not in METHODS[m] or m not in chosen:
                 continue
-            for b in BUDGETS:
+            for b in budgets_of(m):
                 jobs.append(("final", f"{m}_{round(100 * b)}_s{seed}",
                              [*method_flags(m, b), *GRID[chosen[m]["grid"]], "--seed", str(seed),
                               "--steps", str(steps(FINAL_EPOCHS))]))
@@ -172,13 +191,14 @@ def choose(run_dir, methods):
         if name in scores or not is_done(run_dir, phase, name):
             continue
         method = name.split("_")[0]
-        res = eval_json(job_dir(run_dir, phase, name) / "final.npz", method, 0.5, "val")
+        res = eval_json(job_dir(run_dir, phase, name) / "final.npz", method,
+                        None if method == "dense" else search_budget(method), "val")
         scores[name] = {"val_top1": res["top1"], "macs_ratio": res["macs_ratio"]}
         print(f"search {name}: val top-1 {100 * res['top1']:.2f} % at {100 * res['macs_ratio']:.1f} % MACs")
     path.write_text(json.dumps(scores, indent=1, sort_keys=True))
     chosen = {}
     for m in methods:
-        cands = {g: scores.get(f"{m}_50_{g}") for g in GRID}
+        cands = {g: scores.get(search_name(m, g)) for g in GRID}
         if all(cands.values()):
             best = max(cands, key=lambda g: cands[g]["val_top1"])
             chosen[m] = {"grid": best, "flags": GRID[best], **cands[best]}

@@ -4,7 +4,8 @@ the test set.
 Writes to ``RUN_DIR/report/``:
 - ``evals.json``   every ``minitofe eval --json`` result, keyed by its command (re-running skips them);
 - ``table.md``     top-1 at 50 % and 35 % MACs, mean +- sample std over seeds, per method, and which
-                   differences exceed the seed spread;
+                   differences exceed the seed spread; the dense backbone, and the dense control
+                   fine-tuned by the same recipe (what more training alone gives);
 - ``curves.png``   top-1 against MACs (budgets 0.3 ... 1.0), one curve per method (seed-0 model trained at
                    50 %), with the training-free baselines and the dense backbone;
 - ``keep_ratios.png``  learned keep ratio per stage (tofe, at each budget, mean over seeds);
@@ -49,7 +50,7 @@ def table(cache, models, dense):
              "|---|---|---|---|---|---|"]
     rows = {}
     for (method, budget), runs in sorted(models.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
-        res = [_eval(cache, path, method, budget) for _, path in sorted(runs)]
+        res = [_eval(cache, path, method, None if method == "dense" else budget) for _, path in sorted(runs)]
         m, s = mean_std([100 * r["top1"] for r in res])
         rows[(method, budget)] = (m, s, len(res))
         ratios = np.mean([r["keep_ratios"] for r in res], axis=0)
@@ -58,7 +59,7 @@ def table(cache, models, dense):
                      f"{' / '.join(f'{v:.2f}' for v in ratios)} |")
     lines += ["", "Differences to tofe larger than the seed spread (|mean difference| > std_a + std_b):"]
     for (method, budget), (m, s, n) in rows.items():
-        if method == "tofe" or ("tofe", budget) not in rows:
+        if method in ("tofe", "dense") or ("tofe", budget) not in rows:
             continue
         mt, st, nt = rows[("tofe", budget)]
         spread = (0 if math.isnan(s) else s) + (0 if math.isnan(st) else st)
@@ -75,7 +76,7 @@ def curves(cache, models, out_png):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     series = {}
     for (method, budget), runs in models.items():
-        if budget == 0.5:
+        if budget == 0.5 and method != "dense":
             path = dict(runs).get(0)
             if path is not None:
                 series[method] = (path, method)
@@ -93,6 +94,9 @@ def curves(cache, models, out_png):
         ax.plot(*zip(*pts), marker="o", label=label)
     dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
     ax.axhline(100 * dense["top1"], color="k", ls="--", lw=1, label="dense backbone")
+    for _, path in models.get(("dense", 1.0), []):
+        tuned = _eval(cache, path, "dense", None)
+        ax.axhline(100 * tuned["top1"], color="grey", ls=":", lw=1, label="dense, fine-tuned like the rest")
     ax.set_xlabel("MACs (% of dense)")
     ax.set_ylabel("top-1 on the test set (%)")
     ax.set_title("Fashion-MNIST, ViT patch 4 (50 tokens): accuracy against MACs")

@@ -43,7 +43,7 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
                         ("SEEDS", (0, 1)), ("BUDGETS", (0.6, 0.5)),
                         ("CURVE_BUDGETS", (0.5, 1.0)),
                         ("METHODS", {"tofe": (0, 1), "tofe-identity": (0,), "dynamicvit": (0,),
-                                     "tofe-uniform": (0,), "evit": (0,)})):
+                                     "tofe-uniform": (0,), "evit": (0,), "dense": (0,)})):
         monkeypatch.setattr(X, name, value)
     run_dir = tmp_path / "exp"
     assert X.main(["run", "--phase", "search", "--run-dir", str(run_dir)]) == 0
@@ -51,13 +51,15 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     assert set(choice) == set(X.METHODS) and all(c["grid"] in X.GRID for c in choice.values())
     assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
     finals = R.final_models(run_dir, list(X.METHODS))
-    assert sorted(len(v) for v in finals.values()) == [1] * 8 + [2] * 2      # tofe has two seeds
+    assert sorted(len(v) for v in finals.values()) == [1] * 9 + [2] * 2      # tofe has two seeds
+    assert ("dense", 1.0) in finals                                          # the fine-tuned dense control
     # a final run that is already done is not run again
     assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
     R.report(run_dir, list(X.METHODS))
     out = run_dir / "report"
     table = (out / "table.md").read_text()
     assert "| tofe | 50 % | 2 |" in table and "| dynamicvit | 60 % | 1 |" in table
+    assert "| dense | 100 % | 1 |" in table
     for png in ("curves.png", "keep_ratios.png", "stage_errors.png"):
         assert (out / png).stat().st_size > 1000
     errors = json.loads((out / "stage_errors.json").read_text())
