@@ -42,12 +42,20 @@ from ..nn.params import check_params
 from ..nn.vit import check_images, dense_blocks_embed_backward, dense_blocks_forward
 
 
+class DynamicViTStageCache(NamedTuple):
+    prev: object           # (B, P) the previous stage's decision d_{s-1}
+    keep_value: object     # (B, P) this stage's Gumbel keep value, before the product with prev
+    c_pred: tuple          # the predictor's cache
+    c_gumbel: tuple        # the Gumbel-Softmax's cache
+    c_blocks: list         # one block cache per block of the stage, in forward order
+
+
 class DynamicViTCache(NamedTuple):
     cfg: object
     tcfg: object
     c_embed: tuple
     c_pre: list            # dense blocks before the first stage
-    c_stages: list         # per stage: (previous decision, Gumbel keep value, predictor, Gumbel, blocks)
+    c_stages: list         # one DynamicViTStageCache per stage
     c_head: tuple
     c_ce: tuple
     c_kd: tuple            # None without the KL term
@@ -124,7 +132,7 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
                                      per_image=True)
         ratio_loss += float(term)
         c_ratio.append(c)
-        c_stages.append((prev, y[..., 0], c_pred, c_g, c_blocks))
+        c_stages.append(DynamicViTStageCache(prev, y[..., 0], c_pred, c_g, c_blocks))
         out["masks"].append(m)
         out["kept"].append(to_numpy(decision > 0.5))
         prev = decision
