@@ -9,13 +9,16 @@ are never candidates again). The authors' ``evit`` and ``dynamicvit`` have their
 ``threshold`` keeps ``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
 
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
-earlier stage, kept now), with the realised MACs per image (``macs.tofe_macs``).
+earlier stage, kept now; ``record.record_stage``, shared with training), with the realised MACs per
+image (``macs.tofe_macs``). ``tofe_inference`` reads embed -> dense blocks -> per stage ``decide`` then
+``run_stage`` -> head; ``StageOps`` holds the functions a stage runs on (reference or Numba twins).
 """
 from typing import NamedTuple
 
 import numpy as np
 
 from .approximator import approximator_forward
+from .baselines import baseline_inference
 from .config import FAITHFUL_BASELINES, is_sequence
 from .params import check_tofe_params
 from .macs import cls_attention_macs, dense_macs, tofe_macs
@@ -73,7 +76,6 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
         check_tofe_params(params, cfg, tcfg)
     if tcfg.method in FAITHFUL_BASELINES:
-        from .baselines import baseline_inference          # here: that module imports this one's callers
         return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, fast)
     ops = StageOps(*choose(fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows,
                            ragged_block_forward, like=images))
