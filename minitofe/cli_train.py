@@ -123,14 +123,20 @@ def record_options(o, resume):
                              f"(sha256 {digest[:12]}... vs {saved[:12]}...): the teacher would differ")
     elif not resume:
         pathlib.Path(o["out"]).mkdir(parents=True, exist_ok=True)
-        text = json.dumps(dict(o, init_sha256=digest), indent=1, sort_keys=True)
+        saved = dict(o, init=os.path.abspath(o["init"]), init_sha256=digest)  # --resume from any folder
+        if o["data"] != "fashion-mnist":
+            saved["data"] = os.path.abspath(o["data"])
+        if o["data_root"]:
+            saved["data_root"] = os.path.abspath(o["data_root"])
+        text = json.dumps(saved, indent=1, sort_keys=True)
         atomic_write(str(path), lambda f: f.write(text.encode()))
 
 
 def load_data(o, cfg):
     """-> (train images, labels), (eval images, labels) or None: Fashion-MNIST's train/val splits (see
-    ``minitofe.data.load_fashion_mnist``; the test set is left for final tables), or an image folder's ``train``/``val`` subfolders (the folder itself is the training set when it has no
-    ``train``), normalised as ``minitofe predict`` normalises single images."""
+    ``minitofe.data.load_fashion_mnist``; the test set is left for final tables), or an image folder's
+    ``train``/``val`` subfolders (the folder itself is the training set when it has no ``train``),
+    normalised as ``minitofe predict`` normalises single images."""
     import pathlib
     from .cli_infer import normalisation
     from .data import load_fashion_mnist, load_image_folder

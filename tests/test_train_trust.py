@@ -252,3 +252,18 @@ def test_a_cached_teacher_trains_like_the_teacher_computed_per_batch(tmp_path, m
         runs[cached] = train(_model(method, np.float32), model.backbone_params(), data, None, cfg, progress=False)
     for k in runs[False].params:
         np.testing.assert_allclose(runs[True].params[k], runs[False].params[k], rtol=1e-4, atol=1e-5, err_msg=k)
+
+
+def test_resume_with_only_out_works_from_another_folder(tmp_path, monkeypatch, capsys):
+    init = tmp_path / "init.npz"
+    minitofe.save_model(init, _model("dense", np.float32))
+    _image_folder(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)                                   # relative paths at the start
+    args = ["train", "--init", "init.npz", "--data", "data", "--steps", "3", "--batch", "4", "--out", "run",
+            "--no-progress", "--no-fast"]
+    assert main(args + ["--stop-at", "1"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["train", "--out", str(tmp_path / "run"), "--resume", "--no-progress"]) == 0, capsys.readouterr().err
+    assert (tmp_path / "run" / "final.npz").is_file()
