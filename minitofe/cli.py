@@ -12,7 +12,7 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe compare BUNDLE THEIRS [--json] [--tol float64|float32]
 
 Inference commands run on the Numba kernels when Numba is installed and they get at least
-``cli_infer.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
+``cli_common.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
 path. The commands that read weights take ``--model NAME`` / ``--heads N`` for timm files.
 
 Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time

@@ -138,7 +138,7 @@ def load_data(o, cfg):
     ``train``/``val`` subfolders (the folder itself is the training set when it has no ``train``),
     normalised as ``minitofe predict`` normalises single images."""
     import pathlib
-    from .cli_infer import normalisation
+    from .cli_common import normalisation
     from .data import load_fashion_mnist, load_image_folder
     if o["data"] == "fashion-mnist":
         val = load_fashion_mnist("val", o["data_root"])
@@ -162,7 +162,7 @@ def load_data(o, cfg):
 def run_train(args):
     import minitofe
     from .tofe.params import init_tofe_params
-    from .cli_infer import first_images
+    from .cli_common import first_images
     from .train import TrainConfig, train
     o = options(args)
     if not o["init"]:

@@ -12,13 +12,14 @@ import os
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 
 from .backend import frozen_copy, read_only
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from .model import predict, save_model, update_learned_ratios
+from .evaluate import evaluate
+from .model import save_model, update_learned_ratios
 from .nn.layers import cross_entropy_backward, cross_entropy_forward
 from .nn.vit import vit_backward, vit_forward
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
@@ -26,56 +27,14 @@ from .tofe.budget import evit_keep_rate
 from .tofe.evit import keep_rate_at
 from .tofe.gumbel import tau_at
 from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from .train_config import TrainConfig
+
+__all__ = ["TrainConfig", "NonFiniteLossError", "batch_indices", "train_step", "train", "evaluate",
+           "checkpoint_path"]
 
 
 class NonFiniteLossError(RuntimeError):
     """Training stopped: a loss or gradient was NaN/inf. The last good checkpoint is kept."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 32
-    lr: float = 1e-3
-    backbone_lr_scale: float = 0.1     # backbone lr = lr * scale; 0 freezes the backbone
-    weight_decay: float = 0.05
-    warmup_steps: int = 50
-    min_lr: float = 1e-5
-    clip_grad: float = 5.0             # max global gradient norm (None: no clipping)
-    ratio_momentum: float = 0.99       # running mean of the per-stage keep ratios
-    eval_every: int = 200
-    eval_images: int = 1000
-    checkpoint_every: int = 100
-    log_every: int = 1
-    seed: int = 0
-    out_dir: str = "runs/train"
-    fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
-    teacher_cache: bool = False        # compute the teacher once for the whole training set (minitofe.teacher)
-
-    def __post_init__(self):
-        for name in ("steps", "batch_size", "eval_every", "eval_images", "checkpoint_every", "log_every",
-                     "warmup_steps", "seed"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool):
-                raise TypeError(f"TrainConfig: {name} must be an int, got {v!r}")
-            if name in ("warmup_steps", "seed") and v < 0:
-                raise ValueError(f"TrainConfig: need {name} >= 0, got {v!r}")
-            if name not in ("warmup_steps", "seed") and v <= 0:
-                raise ValueError(f"TrainConfig: {name} must be a positive int, got {v!r}")
-        if not isinstance(self.teacher_cache, bool) or not isinstance(self.fast, bool):
-            raise TypeError(f"TrainConfig: teacher_cache and fast must be True or False, got "
-                            f"{self.teacher_cache!r}, {self.fast!r}")
-        for name in ("lr", "backbone_lr_scale", "weight_decay", "min_lr", "ratio_momentum") + (
-                ("clip_grad",) if self.clip_grad is not None else ()):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v):
-                raise TypeError(f"TrainConfig: {name} must be a finite number, got {v!r}")
-        if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0 or self.min_lr < 0:
-            raise ValueError(f"TrainConfig: need lr > 0, backbone_lr_scale >= 0, weight_decay >= 0, min_lr >= 0; "
-                             f"got {self.lr}, {self.backbone_lr_scale}, {self.weight_decay}, {self.min_lr}")
-        if not 0 <= self.ratio_momentum < 1 or (self.clip_grad is not None and not self.clip_grad > 0):
-            raise ValueError(f"TrainConfig: need 0 <= ratio_momentum < 1 and clip_grad > 0 (or None); got "
-                             f"{self.ratio_momentum}, {self.clip_grad}")
 
 
 def batch_indices(step, n, batch_size, seed):
@@ -119,34 +78,6 @@ def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=N
         return out, None
     _, grads = tofe_train_backward(cache)
     return out, grads
-
-
-def evaluate(model, images, labels, batch_size=100, progress=False, **predict_kw):
-    """Top-1, mean realised MACs and keep ratios, img/s of ``predict`` over a data set."""
-    from tqdm.auto import tqdm
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size <= 0:
-        raise ValueError(f"evaluate: batch_size must be a positive int, got {batch_size!r}")
-    if len(images) == 0 or len(images) != len(labels):
-        raise ValueError(f"evaluate: need as many labels as images, at least one; got {len(images)} images "
-                         f"and {len(labels)} labels")
-    correct, macs, kept, n = 0, [], [], len(images)
-    start = time.perf_counter()
-    for lo in tqdm(range(0, n, batch_size), desc="eval", disable=not progress, leave=False):
-        logits, info = predict(model, images[lo:lo + batch_size], **predict_kw)
-        correct += int((np.asarray(logits).argmax(axis=1) == labels[lo:lo + batch_size]).sum())
-        macs.append(info["macs"])
-        if len(info.get("kept", [])):
-            kept.append(np.stack([k.mean(axis=1) for k in info["kept"]], axis=1))
-    seconds = time.perf_counter() - start
-    macs = np.concatenate(macs)
-    return {"top1": correct / n, "n": n, "macs": float(macs.mean()), "macs_ratio": float(macs.mean() /
-            _dense(model)), "keep_ratios": np.concatenate(kept).mean(axis=0).tolist() if kept else [],
-            "img_per_s": n / seconds}
-
-
-def _dense(model):
-    from .tofe.macs import dense_macs
-    return dense_macs(model.cfg)
 
 
 class _stop_on_sigint:

@@ -63,7 +63,7 @@ def test_predict_table_and_json(capsys, weights, images):
 def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, images, monkeypatch):
     """No flag: the NumPy reference below AUTO_FAST_MIN_IMAGES images (Numba's start-up would cost more
     than it saves), the kernels from there on; --fast / --no-fast always win. Same answers either way."""
-    from minitofe import cli_infer, kernels
+    from minitofe import cli_common, kernels
     outs = {}
     for flags in ([], ["--fast"], ["--no-fast"]):
         code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json", *flags)
@@ -72,7 +72,7 @@ def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, imag
         fast = flags == ["--fast"] and kernels.available()
         assert code == 0 and res["kernels"] == ("fast" if fast else "reference")
     assert len(set(outs.values())) == 1
-    monkeypatch.setattr(cli_infer, "AUTO_FAST_MIN_IMAGES", 1)
+    monkeypatch.setattr(cli_common, "AUTO_FAST_MIN_IMAGES", 1)
     code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json")
     assert json.loads(out)["kernels"] == ("fast" if kernels.available() else "reference")
 

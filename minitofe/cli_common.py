@@ -1,0 +1,166 @@
+"""What the CLI's model commands share: finding and loading weights, reading images, keep ratios for a
+MACs budget, running the model with the BLAS threads sized for the call, and the common flags.
+
+Weights default to the ones the project ships (found by ``minitofe.io.shipped``: ``MINITOFE_WEIGHTS``, a
+checkout's ``weights/``, or the installed data files): the ToFe model when present, else the dense
+backbone run with the training-free ``idle`` method.
+"""
+import argparse
+import contextlib
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from .io.shipped import BACKBONE_FILE, BACKBONE_MODEL, TOFE_FILE, find_shipped, weights_dirs
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def sample_images():
+    """The bundled Fashion-MNIST test images (one per class): sorted paths."""
+    folder = pathlib.Path(__file__).resolve().parent / "samples"
+    return sorted(folder.glob("*.png"))
+
+
+def load_for_inference(weights=None, random_fallback=False, model=None, heads=None):
+    """-> (model, source text). ``weights``: a path, or None for the shipped ones (with
+    ``random_fallback``, random weights when none are found, said in the source text). ``model`` /
+    ``heads``: the preset name or head count a timm file (.safetensors / .pth) needs."""
+    import minitofe
+    if weights:
+        loaded = minitofe.load_model(weights, model=model, num_heads=heads)
+        if not loaded.cfg.num_classes:
+            raise ValueError(f"{weights}: a backbone without classifier head (num_classes=0); this command "
+                             f"classifies images (features in Python: minitofe.nn.vit.vit_forward_features)")
+        return loaded, str(weights)
+    path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
+    if path is None and random_fallback:
+        from .config import get_config
+        model = minitofe.new_model(get_config(BACKBONE_MODEL), minitofe.ToFeConfig(method="idle"),
+                                   np.random.default_rng(0), np.float32)
+        return model, "RANDOM weights (no shipped weights found: predictions are meaningless)"
+    if path is None:
+        raise ValueError(f"no shipped weights found (looked for {TOFE_FILE} and {BACKBONE_FILE} in "
+                         f"{', '.join(map(str, weights_dirs()))}); pass --weights FILE")
+    model = minitofe.load_model(str(path), model=None if path.suffix == ".npz" else BACKBONE_MODEL)
+    if model.tofe.method == "dense":                  # a bare backbone: training-free ToFe-style reuse
+        model.tofe = model.tofe.replace(method="idle")
+        return model, f"{path} (backbone only: method 'idle', training-free freeze + reuse)"
+    return model, str(path)
+
+
+def normalisation(cfg):
+    from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    if cfg.in_chans == 1:
+        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
+    return IMAGENET_MEAN, IMAGENET_STD
+
+
+def read_images(paths, model):
+    from .data import load_images
+    mean, std = normalisation(model.cfg)
+    x = load_images(paths, model.cfg.img_size, mean, std, grey=model.cfg.in_chans == 1)
+    dtype = next(iter(model.params.values())).dtype
+    return x.astype(dtype)
+
+
+def class_names(cfg):
+    if cfg.num_classes == 10 and cfg.in_chans == 1:
+        from .data import FASHION_MNIST_CLASSES
+        return list(FASHION_MNIST_CLASSES)
+    return [str(i) for i in range(cfg.num_classes)]
+
+
+def budget_ratios(model, method, budget):
+    """Keep ratios for ``method`` at ``budget`` x dense MACs (None when no budget is asked for): the
+    learned profile scaled, for methods that learn their ratios and have recorded them; the config's
+    otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally)."""
+    from .tofe.budget import ratios_for_budget
+    tcfg = model.tofe.replace(method=method)
+    if budget is None or method == "dense":
+        return None
+    base = model.learned_keep_ratios if (tcfg.learned_ratios and model.learned_keep_ratios) else None
+    return ratios_for_budget(model.cfg, tcfg, budget, base)
+
+
+# Below this many images per call the matmuls are too small to repay waking BLAS threads, and on a busy
+# machine the waiting threads of OpenBLAS cost far more than they save (``minitofe demo``, 10 images, 2
+# cores, one other busy process: 4.6-32 s with one BLAS thread, 17-426 s with OpenBLAS's default two).
+BLAS_THREADS_MIN_IMAGES = 32
+BLAS_ENV = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
+
+
+def blas_threads_for(images_per_call):
+    """A context in which the BLAS uses one thread when calls are small (fewer than
+    ``BLAS_THREADS_MIN_IMAGES`` images), unless the user chose a thread count in the environment."""
+    if images_per_call >= BLAS_THREADS_MIN_IMAGES or any(os.environ.get(v) for v in BLAS_ENV):
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def run_model(model, images, method=None, budget=None, inference=None, fast=True):
+    """Reduced inference with optional budget -> logits, info, seconds, keep ratios used."""
+    import minitofe
+    method = method or model.tofe.method
+    ratios = budget_ratios(model, method, budget)
+    with blas_threads_for(len(images)):
+        start = time.perf_counter()
+        logits, info = minitofe.predict(model, images, method=method, keep_ratios=ratios, inference=inference,
+                                        fast=fast)
+        seconds = time.perf_counter() - start
+    return logits, info, seconds, ratios
+
+
+def first_images(images, labels, limit):
+    """The first ``limit`` images and labels (``--limit`` of ``eval`` and ``train``); None keeps all."""
+    if limit is None:
+        return images, labels
+    if limit <= 0:
+        raise ValueError(f"--limit must be a positive number of images, got {limit}")
+    return images[:limit], labels[:limit]
+
+
+def add_weights_args(p):
+    from .config import PRESETS
+    p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
+    p.add_argument("--model", metavar="NAME", help="preset a timm file (.safetensors / .pth) is an instance of "
+                                                   f"(gives its head count); one of {', '.join(sorted(PRESETS))}")
+    p.add_argument("--heads", metavar="N", type=int, help="number of attention heads of a timm file (when no "
+                                                          "--model)")
+
+
+def load_args(args, random_fallback=False):
+    return load_for_inference(args.weights, random_fallback, args.model, args.heads)
+
+
+def add_model_args(p):
+    from .tofe.config import METHODS
+    add_weights_args(p)
+    p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
+    p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")
+    p.add_argument("--inference", choices=["topk", "threshold"], help="decision rule (default: topk)")
+    add_fast_arg(p)
+
+
+# Below this many images the CLI's default is the NumPy reference: in a fresh process Numba's import and
+# the loading of its cached kernels take ~0.45 s on 2 cores, as long as the reference needs for one
+# Fashion-MNIST image end to end; the kernels save ~9 ms per such image at batch 100 (``minitofe eval
+# --limit 100``: 2.2 s fast against 2.9 s reference, 0.45 s against 0.9 s for one-image ``predict``).
+AUTO_FAST_MIN_IMAGES = 32
+
+
+def add_fast_arg(p):
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=None,
+                   help="--fast: the Numba kernels (when installed); --no-fast: the pure-NumPy reference; "
+                        f"default: the kernels from {AUTO_FAST_MIN_IMAGES} images on, where they repay "
+                        "Numba's start-up")
+
+
+def pick_fast(flag, n_images):
+    """The ``--fast`` flag, or when it is not given, whether ``n_images`` are enough for the kernels."""
+    return flag if flag is not None else n_images >= AUTO_FAST_MIN_IMAGES
+
+
