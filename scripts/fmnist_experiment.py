@@ -213,10 +213,9 @@ def load_choice(run_dir):
 
 # ---- the backbone ----
 
-def backbone(torch_python, epochs):
+def backbone(torch_python, epochs, run_dir):
     if not BACKBONE.is_file():
         script = REPO / "scripts" / "train_backbone_timm.py"
-        run_dir = REPO / "runs" / "backbone"
         resume = ["--resume"] if (run_dir / "args.json").is_file() else ["--epochs", str(epochs)]
         subprocess.run([torch_python, str(script), *resume, "--verify", "--run-dir", str(run_dir)], cwd=REPO,
                        check=True)
@@ -244,6 +243,8 @@ def main(argv=None):
     p.add_argument("--run-dir", default=str(REPO / "runs" / "experiment"))
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
     p.add_argument("--backbone-epochs", type=float, default=24)
+    p.add_argument("--backbone-run-dir", default=str(REPO / "runs" / "backbone"),
+                   help="the backbone's checkpoint folder (keep runs outside a work tree that may be laid anew)")
     args = p.parse_args(argv)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -256,7 +257,7 @@ def main(argv=None):
         report(run_dir, methods)
         return 0
     if args.phase in ("backbone", "all"):
-        backbone(args.torch_python, args.backbone_epochs)
+        backbone(args.torch_python, args.backbone_epochs, pathlib.Path(args.backbone_run_dir))
     if args.phase in ("search", "all"):
         run_jobs(search_jobs(methods), run_dir, args.jobs)
         choose(run_dir, methods)
