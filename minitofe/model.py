@@ -14,16 +14,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels
 from .backend import to_numpy
 from .config import ViTConfig
+from .nn import vit
 from .nn.params import init_params
+from .tofe import train_inputs
 from .tofe.config import ToFeConfig
 from .tofe.inference import tofe_inference
 from .tofe.params import init_tofe_params
-from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from .tofe.training import draw_noise, tofe_train_backward, tofe_train_forward
 
 __all__ = ["Model", "new_model", "load_model", "load_shipped", "add_tofe", "save_model", "predict", "train_forward", "train_backward",
-           "draw_noise", "teacher_forward", "update_learned_ratios"]
+           "draw_noise", "teacher_forward", "update_learned_ratios", "vit_forward"]
 
 
 @dataclass
@@ -124,7 +127,7 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     per-stage keep rates of the current tokens and DynamicViT's fractions of P). Returns logits
     (B, num_classes) and the info dict of ``tofe_inference`` (kept / frozen / reused per stage, realised
     MACs per image). ``fast=True`` runs on the Numba kernels (``minitofe.kernels``; the reference path
-    when Numba is absent)."""
+    when Numba is absent): the choice is made here, once, and handed down as ``ops``."""
     _check_model(model)
     tcfg = model.tofe
     if method is not None or inference is not None:
@@ -134,14 +137,14 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
     return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks,
-                          fast=fast)
+                          ops=kernels.ops(fast, like=images))
 
 
 def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):
     """The training forward of ``model.tofe.method`` with the given noise (see ``tofe_train_forward``)."""
     _check_model(model)
     return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard,
-                              fast=fast)
+                              ops=kernels.ops(fast, like=images))
 
 
 def train_backward(cache):
@@ -159,3 +162,16 @@ def update_learned_ratios(model, batch_keep_ratios, momentum=0.99):
         old = np.asarray(model.learned_keep_ratios)
         model.learned_keep_ratios = tuple(float(v) for v in momentum * old + (1 - momentum) * new)
     return model.learned_keep_ratios
+
+
+def teacher_forward(teacher_params, images, cfg, stages, fast=False):
+    """The dense teacher's outputs (``tofe.train_inputs.teacher_forward``); ``fast=True``: the blocks on
+    the Numba kernels (the choice is made here and handed down as ``ops``)."""
+    ops = kernels.ops(fast, like=images)
+    return train_inputs.teacher_forward(teacher_params, images, cfg, stages, ops=ops)
+
+
+def vit_forward(params, images, cfg, check=True, fast=False, pre_logits=False):
+    """The dense ViT's forward (``nn.vit.vit_forward``); ``fast=True``: the blocks on the Numba kernels
+    (the choice is made here and handed down as ``ops``)."""
+    return vit.vit_forward(params, images, cfg, check, kernels.ops(fast, like=images), pre_logits)

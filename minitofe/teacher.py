@@ -10,6 +10,7 @@ numbers, ~4 GB in float32 for 55 000 Fashion-MNIST images on the 50-token backbo
 import numpy as np
 
 from .backend import get_xp
+from . import kernels
 from .tofe.training import teacher_forward
 
 
@@ -20,9 +21,9 @@ class TeacherCache:
     def __init__(self, teacher_params, images, cfg, stages, chunk, fast=False, progress=False):
         from tqdm.auto import tqdm
         self.logits, self.tokens, self.features = None, None, None
-        n = len(images)
+        n, ops = len(images), kernels.ops(fast, like=images)     # the choice of implementation, made once
         for lo in tqdm(range(0, n, chunk), desc="teacher", disable=not progress, leave=False):
-            out = teacher_forward(teacher_params, images[lo:lo + chunk], cfg, stages, fast=fast)
+            out = teacher_forward(teacher_params, images[lo:lo + chunk], cfg, stages, ops=ops)
             if self.logits is None:
                 xp = get_xp(out["logits"])
                 self.logits = xp.empty((n,) + out["logits"].shape[1:], out["logits"].dtype)

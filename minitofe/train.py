@@ -16,6 +16,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from . import kernels
 from .backend import frozen_copy, read_only
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .evaluate import evaluate
@@ -56,8 +57,9 @@ def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=N
     teacher's outputs for this batch when they are already known (``TeacherCache``); else they are
     computed from ``teacher_params``."""
     cfg, tcfg = model.cfg, model.tofe
+    ops = kernels.ops(train_cfg.fast, like=images)          # the Numba twins, or None: the reference
     if tcfg.method == "dense":
-        logits, cache = vit_forward(model.params, images, cfg, fast=train_cfg.fast)
+        logits, cache = vit_forward(model.params, images, cfg, ops=ops)
         loss, c_ce = cross_entropy_forward(logits, labels, tcfg.label_smoothing)
         _, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
         return {"loss": float(loss), "losses": {"cls": float(loss), "total": float(loss)}}, grads
@@ -65,14 +67,14 @@ def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=N
     if not tcfg.needs_teacher:
         teacher = None
     elif teacher is None:
-        teacher = teacher_forward(teacher_params, images, cfg, stages, fast=train_cfg.fast)
+        teacher = teacher_forward(teacher_params, images, cfg, stages, ops=ops)
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
     tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
     if tcfg.method == "evit":        # the keep rate annealed from 1 to its target (evit.keep_rate_at)
         rate = keep_rate_at(step, train_cfg.steps, evit_keep_rate(cfg, tcfg), tcfg.evit_warmup, tcfg.evit_anneal)
         tcfg, tau = tcfg.replace(evit_keep_rate=rate), None
     out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
-                                    fast=train_cfg.fast)
+                                    ops=ops)
     out["tau"] = tau
     if not math.isfinite(out["loss"]):
         return out, None

@@ -19,6 +19,7 @@ import sys
 
 import numpy as np
 
+from minitofe import kernels
 from minitofe.config import ViTConfig
 from minitofe.nn.params import init_params
 from minitofe.tofe.config import METHODS, ToFeConfig
@@ -86,7 +87,8 @@ def train_case(name, hard, fast=False):
     """-> (out, dimages, grads) of one pinned training case."""
     seed, (_, method, kw) = next((i, c) for i, c in enumerate(TRAIN_CASES) if c[0] == name)
     params, images, labels, tcfg, teacher, noise = _setup(method, seed, tau=1.5, **kw)
-    out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=hard, fast=fast)
+    out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=hard,
+                                    ops=kernels.ops(fast, like=images))
     dimages, grads = tofe_train_backward(cache)
     return out, dimages, grads
 

@@ -14,7 +14,7 @@ import minitofe
 import minitofe.tofe.dynamicvit as dynamicvit
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
-from minitofe.kernels import fast_kernels
+from minitofe.kernels import fast_kernels, ops as kernel_ops
 from minitofe.nn.params import init_params
 from minitofe.nn.vit import vit_forward
 from minitofe.tofe.budget import dynamicvit_ratios, evit_keep_rate
@@ -324,7 +324,8 @@ def test_fast_path_equals_the_reference(method):
     params, images, labels, tcfg, teacher, noise, _ = _setup(method, B=4, evit_keep_rate=0.5, dvit_rho=0.7)
     runs = []
     for fast in (True, False):
-        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, fast=fast)
+        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher,
+                                        ops=kernel_ops(fast, like=images))
         assert cache.fast is fast
         logits, info = minitofe.predict(_model(params, tcfg), images, fast=fast)
         runs.append((out, *tofe_train_backward(cache), logits, info))

@@ -13,6 +13,7 @@ from minitofe.backend import erf, get_xp, is_host, scatter_add, to_numpy
 from minitofe.config import ViTConfig
 from minitofe.testing.fakedevice import FakeDeviceArray, fake_xp, to_device
 from minitofe.nn.layers import cross_entropy_backward, cross_entropy_forward
+from minitofe.kernels import ops as kernel_ops
 from minitofe.nn.vit import vit_backward, vit_forward
 from minitofe.optim import adamw_init, adamw_step, clip_grad_norm
 from minitofe.tofe.config import FAITHFUL_BASELINES, METHODS, ToFeConfig
@@ -72,7 +73,8 @@ def test_backend_switch_recognises_the_fake_device():
 def test_tofe_inference_runs_on_the_device(method, inference):
     m, images, _ = _model(method, seed=3, inference=inference, threshold=0.45)
     logits, info = tofe_inference(m.params, images, CFG, m.tofe)
-    dlogits, dinfo = tofe_inference(to_device(m.params), to_device(images), CFG, m.tofe, fast=True)
+    dlogits, dinfo = tofe_inference(to_device(m.params), to_device(images), CFG, m.tofe,
+                                   ops=kernel_ops(True, like=to_device(images)))
     _same(logits, dlogits)
     for key in ("kept", "frozen", "reused", "dropped", "keep_prob"):
         for a, b in zip(info[key], dinfo[key]):
@@ -121,7 +123,7 @@ def test_dense_training_step_runs_on_the_device():
     results = []
     for to, fast in ((lambda a: a, False), (to_device, True)):      # fast falls back on a device
         params = to({k: v.copy() for k, v in m.backbone_params().items()})
-        logits, cache = vit_forward(params, to(images), CFG, fast=fast)
+        logits, cache = vit_forward(params, to(images), CFG, ops=kernel_ops(fast, like=to(images)))
         loss, c_ce = cross_entropy_forward(logits, to(labels), label_smoothing=0.1)
         dimages, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
         norm = clip_grad_norm(grads, 1.0)

@@ -109,6 +109,21 @@ def test_choose_falls_back_to_the_reference(monkeypatch):
         kernels.choose(True, np.copy)
 
 
+def test_ops_hands_down_the_twins_or_none_for_the_reference(monkeypatch):
+    """``kernels.ops``: the choice the top layer makes once and hands to ``nn/`` / ``tofe/`` as ``ops``."""
+    from minitofe.tofe.ops import REFERENCE, resolve
+    x = np.zeros((1, 2, 3))
+    assert kernels.ops(True, like=x).gather_tokens is K.gather_tokens and kernels.ops(True, like=x).fast
+    assert kernels.ops(False, like=x) is None and kernels.ops(True, like=to_device(x)) is None  # GPU
+    assert resolve(None) is REFERENCE and resolve(kernels.ops(True, like=x)) is kernels.ops(True, like=x)
+    assert set(kernels.REGISTRY) <= set(vars(REFERENCE))
+    for name in kernels.REGISTRY:                                 # same names, same signatures
+        ref, fast = getattr(REFERENCE, name), getattr(kernels.ops(True, like=x), name)
+        assert list(inspect.signature(fast).parameters) == list(inspect.signature(ref).parameters), name
+    monkeypatch.setenv("MINITOFE_NO_NUMBA", "1")                          # as if Numba were absent
+    assert kernels.ops(True, like=x) is None
+
+
 def test_compiled_kernels_are_cached_on_disk():
     from minitofe.kernels import (attention as katt, block as kblock, layers as klayers, softmax as ksm,
                                   tokens as ktok)
@@ -238,7 +253,7 @@ def test_fast_vit_forward_backward_equal_the_reference(dtype):
               for k, v in init_params(CFG, rng, dtype).items()}
     images = rng.standard_normal((3, 1, 8, 8)).astype(dtype)
     dlogits = rng.standard_normal((3, 4)).astype(dtype)
-    logits, cache = vit_forward(params, images, CFG, fast=True)
+    logits, cache = vit_forward(params, images, CFG, ops=kernels.ops(True, like=images))
     logits_ref, cache_ref = vit_forward(params, images, CFG)
     _close(logits, logits_ref, dtype)
     (dimg, grads), (dimg_ref, grads_ref) = vit_backward(dlogits, cache), vit_backward(dlogits, cache_ref)
@@ -258,7 +273,7 @@ def test_fast_tofe_inference_equals_the_reference(method, inference_mode):
     params.update(init_tofe_params(CFG, tcfg, rng))
     params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
     images = rng.standard_normal((4, 1, 8, 8))
-    logits, info = inference.tofe_inference(params, images, CFG, tcfg, fast=True)
+    logits, info = inference.tofe_inference(params, images, CFG, tcfg, ops=kernels.ops(True, like=images))
     logits_ref, info_ref = inference.tofe_inference(params, images, CFG, tcfg)
     _close(logits, logits_ref, np.float64)
     for key in ("kept", "frozen", "reused"):
@@ -281,8 +296,9 @@ def test_fast_tofe_training_forward_backward_equal_the_reference(method):
     stages = tcfg.resolved_stages(CFG.depth)
     runs = []
     for fast in (True, False):
-        teacher = teacher_forward(backbone, images, CFG, stages, fast=fast)
-        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, fast=fast)
+        teacher = teacher_forward(backbone, images, CFG, stages, ops=kernels.ops(fast, like=images))
+        out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher,
+                                        ops=kernels.ops(fast, like=images))
         assert cache[-1] is fast                                        # the fast path really ran
         runs.append((teacher, out, *tofe_train_backward(cache)))
     (t, out, dimg, grads), (t_ref, out_ref, dimg_ref, grads_ref) = runs

@@ -36,3 +36,25 @@ def test_model_lines_fit_one_width():
     wide = [f"{p.relative_to(PKG.parent)}:{i}" for p in _files(("nn", "tofe"))
             for i, line in enumerate(p.read_text().splitlines(), 1) if len(line) > MAX_LINE_CHARS]
     assert not wide, f"lines over {MAX_LINE_CHARS} characters: {wide}"
+
+
+def _imported_modules(tree, package):
+    """Every module a file imports, made absolute (``..kernels`` in ``minitofe.nn``: ``minitofe.kernels``)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.split(".")[:len(package.split(".")) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)   # ``from .. import kernels``
+
+
+@pytest.mark.parametrize("path", _files(("nn", "tofe")), ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_the_reference_knows_nothing_of_the_fast_path(path):
+    """docs/contributing.md §5, §14: ``nn/`` and ``tofe/`` import nothing from ``kernels/``; the caller at
+    the top (``predict``, the trainer, the bench) chooses the implementation and hands it down as ``ops``."""
+    package = f"minitofe.{path.parent.name}"
+    bad = [m for m in _imported_modules(ast.parse(path.read_text()), package)
+           if m == "minitofe.kernels" or m.startswith("minitofe.kernels.") or m.split(".")[0] == "kernels"]
+    assert not bad, f"{path.relative_to(PKG.parent)} imports {sorted(set(bad))}: take them as ``ops``"

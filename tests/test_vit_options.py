@@ -7,6 +7,7 @@ refusals (ToFe on a non-default block, training a head-less model)."""
 import numpy as np
 import pytest
 
+from minitofe import kernels
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
 from minitofe.nn.activations import act_backward, act_forward
@@ -161,10 +162,11 @@ def test_option_semantics():
 def test_fast_path_equals_reference(name):
     cfg, params, images, _ = _model(OPTIONS[name])
     ref, _ = vit_forward(params, images, cfg)
-    got, _ = vit_forward(params, images, cfg, fast=True)
+    got, _ = vit_forward(params, images, cfg, ops=kernels.ops(True, like=images))
     assert np.abs(got - ref).max() < 1e-12
     clip, params, images, _ = _model(OPTIONS["pre-norm-clip"])           # not the kernels' block: reference
-    assert np.array_equal(vit_forward(params, images, clip, fast=True)[0], vit_forward(params, images, clip)[0])
+    got, _ = vit_forward(params, images, clip, ops=kernels.ops(True, like=images))
+    assert np.array_equal(got, vit_forward(params, images, clip)[0])
 
 
 TOFE_BACKBONE = dict(img_size=(6, 4), reg_tokens=2, no_embed_class=True, pre_norm=True, init_values=0.3, depth=3)

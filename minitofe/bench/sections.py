@@ -67,8 +67,9 @@ def bench_dense(quick, reps):
     rows = []
     for B in ((1, 2) if quick else (1, 8, 32)):
         x = np.random.default_rng(B).standard_normal((B, 3, 224, 224)).astype(np.float32)
+        ops = kernels.ops(True, like=x)                 # the Numba twins (None without Numba: the reference)
         fns = {"reference": lambda: tofe_inference(params, x, cfg, dense),
-               "fast": lambda: tofe_inference(params, x, cfg, dense, fast=True)}
+               "fast": lambda: tofe_inference(params, x, cfg, dense, ops=ops)}
         if torch:
             xt = torch.from_numpy(x)
             fns["timm"] = lambda: torch.inference_mode()(model)(xt)
@@ -88,13 +89,14 @@ def bench_tofe(quick, reps):
     rows = []
     for B in ((1, 2) if quick else (1, 32)):
         x = rng.standard_normal((B, 3, 224, 224)).astype(np.float32)
-        fns = {"dense": lambda: tofe_inference(params, x, cfg, dense, fast=True)}
+        ops = kernels.ops(True, like=x)
+        fns = {"dense": lambda: tofe_inference(params, x, cfg, dense, ops=ops)}
         plan = {}
         for target in (0.70, 0.50, 0.35):
             macs, ratios = keep_ratios_for(cfg, stages, target)
             plan[f"tofe{round(100 * target)}"] = (macs, ratios)
             fns[f"tofe{round(100 * target)}"] = (
-                lambda r=ratios: tofe_inference(params, x, cfg, tcfg, keep_ratios=r, fast=True))
+                lambda r=ratios: tofe_inference(params, x, cfg, tcfg, keep_ratios=r, ops=ops))
         t = timed(fns, reps)
         for k, (macs, ratios) in plan.items():
             rows.append({"batch": B, "macs_ratio": round(macs, 3), "keep_ratios": [round(r, 3) for r in ratios],
@@ -137,8 +139,8 @@ def bench_train(quick, reps):
         params = init_params(cfg, rng, np.float32)
         state = adamw_init(params)
 
-        def step(params=params, state=state, fast=fast):
-            logits, cache = vit_forward(params, x, cfg, fast=fast)
+        def step(params=params, state=state, ops=kernels.ops(fast, like=x)):
+            logits, cache = vit_forward(params, x, cfg, ops=ops)
             _, c_ce = cross_entropy_forward(logits, y)
             _, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
             adamw_step(params, grads, state, lr=1e-4)

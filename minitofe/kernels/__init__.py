@@ -3,13 +3,16 @@
 Every fast function here has the *name and signature* of a NumPy reference elsewhere in the package
 (``gather_tokens`` of ``tofe.tokens``, ``layernorm_forward`` of ``nn.layers``, ``block_forward`` of
 ``nn.block`` ...) and ``tests/test_kernels.py`` checks it against that reference on random and
-non-contiguous inputs. A caller picks implementations with ``choose``:
+non-contiguous inputs. The model code (``nn/``, ``tofe/``) never imports this package: the caller at
+the top (``predict``, the trainer, the bench) makes the choice once and hands the result down,
 
-    gather, scatter = choose(fast, gather_tokens, scatter_tokens, like=x)
+    logits, info = tofe_inference(params, images, cfg, tcfg, ops=ops(fast, like=images))
 
-which returns the references unchanged unless ``fast`` is true, Numba is installed (and not disabled
-with ``MINITOFE_NO_NUMBA=1``) and the ``like`` arrays are NumPy arrays; on CuPy arrays the reference,
-written against ``get_xp``, *is* the GPU path. Numba is imported only when a fast function is first
+where ``ops`` returns the namespace of fast twins (attribute ``fast=True``) when ``fast`` is true, Numba
+is installed (and not disabled with ``MINITOFE_NO_NUMBA=1``) and the ``like`` arrays are NumPy arrays,
+else None, which the model code reads as its own reference (``tofe.ops.REFERENCE``); on CuPy arrays
+the reference, written against ``get_xp``, *is* the GPU path. ``choose(fast, *refs, like=...)`` picks
+single functions the same way. Numba is imported only when a fast function is first
 asked for, so the reference path never pays its import or compile time; compiled code is cached on
 disk (``cache=True``), so later processes do not compile again either.
 
@@ -52,8 +55,9 @@ def fast_kernels():
     global _fast
     if _fast is None and available():
         _pick_threading_layer()
-        _fast = SimpleNamespace(**{name: _serialised(getattr(importlib.import_module(f"{__name__}.{mod}"), name))
-                                   for name, mod in REGISTRY.items()})
+        _fast = SimpleNamespace(fast=True, **{
+            name: _serialised(getattr(importlib.import_module(f"{__name__}.{mod}"), name))
+            for name, mod in REGISTRY.items()})
     return _fast if available() else None
 
 
@@ -85,6 +89,12 @@ def use_fast(fast, like=()):
     """Whether ``choose`` would return fast functions for these arrays."""
     like = like if isinstance(like, (tuple, list)) else (like,)
     return bool(fast) and is_host(*like) and fast_kernels() is not None
+
+
+def ops(fast, like=()):
+    """The fast twins' namespace (``fast_kernels()``) if ``use_fast(fast, like)``, else None: hand it to
+    the model code's ``ops=`` (None runs the reference)."""
+    return fast_kernels() if use_fast(fast, like) else None
 
 
 def choose(fast, *refs, like=()):

@@ -19,7 +19,6 @@ from .embed import embed_backward, embed_forward
 from .head import final_norm_backward, final_norm_forward, head_backward, head_forward, head_output
 from .params import check_params, param_shapes
 from ..backend import get_xp
-from ..kernels import choose, use_fast
 
 
 def check_images(images, cfg, dtype):
@@ -41,42 +40,41 @@ def check_images(images, cfg, dtype):
         raise ValueError("images contain NaN or inf values")
 
 
-def _trunk_forward(params, images, cfg, check, fast):
-    """Embedding and blocks -> tokens (B, N, C), embed cache, block caches, whether the fast path ran.
-    The Numba kernels implement timm's default block only; other configs run the reference."""
+def _trunk_forward(params, images, cfg, check, ops):
+    """Embedding and blocks -> tokens (B, N, C), embed cache, block caches, the ops the blocks ran on."""
     if check:
         dtype = check_params(params, cfg)
         check_images(images, cfg, dtype)
-    fast = use_fast(fast, images) and cfg.default_block
-    block = choose(fast, block_forward)
-    options = {} if fast else block_options(cfg)
+    if ops is not None and ops.fast and not cfg.default_block:
+        ops = None                     # the Numba twins implement timm's default block only: the reference
+    block = block_forward if ops is None else ops.block_forward
+    options = block_options(cfg) if ops is None or not ops.fast else {}
     x, c_embed = embed_forward(images, params, cfg)                  # (B, N, C)
     c_blocks = []
     for i in range(cfg.depth):
         x, c = block(x, params, f"blocks.{i}.", cfg.num_heads, **options)
         c_blocks.append(c)
-    return x, c_embed, c_blocks, fast
+    return x, c_embed, c_blocks, ops
 
 
-def vit_forward(params, images, cfg, check=True, fast=False, pre_logits=False):
+def vit_forward(params, images, cfg, check=True, ops=None, pre_logits=False):
     """params: {timm key: array}; images: (B, Cin, Hh, W) of the params' dtype -> logits (B, num_classes)
     (pooled features (B, C) when ``pre_logits`` or num_classes=0), and the cache.
 
-    ``check=False`` skips input validation (for inner loops that already validated). ``fast=True`` runs
-    the blocks on the Numba kernels of ``minitofe.kernels`` (the reference when Numba is absent, the
-    arrays are on a GPU or the block is not timm's default); ``vit_backward`` then uses the matching
-    fast backward."""
-    x, c_embed, c_blocks, fast = _trunk_forward(params, images, cfg, check, fast)
+    ``check=False`` skips input validation (for inner loops that already validated). ``ops`` holds the
+    functions the blocks run on (None: this package's reference; the caller's choice, e.g. the Numba
+    twins, which run only timm's default block); ``vit_backward`` then uses the matching backward."""
+    x, c_embed, c_blocks, ops = _trunk_forward(params, images, cfg, check, ops)
     out, c_head = head_forward(x, params, cfg, pre_logits)
-    return out, (c_embed, c_blocks, c_head, fast)
+    return out, (c_embed, c_blocks, c_head, ops)
 
 
-def vit_forward_features(params, images, cfg, check=True, fast=False):
+def vit_forward_features(params, images, cfg, check=True, ops=None):
     """-> features (B, N, C): every token after the final norm (timm's ``forward_features``), and the
     cache for ``vit_features_backward``. Pool them with ``nn.head.forward_head``."""
-    x, c_embed, c_blocks, fast = _trunk_forward(params, images, cfg, check, fast)
+    x, c_embed, c_blocks, ops = _trunk_forward(params, images, cfg, check, ops)
     features, c_norm = final_norm_forward(x, params, cfg)
-    return features, (c_embed, c_blocks, ("features", c_norm, features.shape, features.dtype), fast)
+    return features, (c_embed, c_blocks, ("features", c_norm, features.shape, features.dtype), ops)
 
 
 def _check_grad_input(dout, cache, features):
@@ -107,18 +105,18 @@ def _complete(grads, cfg, dtype, xp):
 def vit_backward(dlogits, cache):
     """-> dimages (B, Cin, Hh, W), grads {timm key: array} (same keys/shapes/dtype as params)."""
     _check_grad_input(dlogits, cache, features=False)
-    c_embed, c_blocks, c_head, fast = cache
+    c_embed, c_blocks, c_head, ops = cache
     dx, grads = head_backward(dlogits, c_head)
-    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast)
+    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, ops)
     return dimages, _complete(grads, c_embed[0], dlogits.dtype, get_xp(dlogits))
 
 
 def vit_features_backward(dfeatures, cache):
     """dfeatures: (B, N, C) -> dimages, grads (same keys as params; zeros for the head's)."""
     _check_grad_input(dfeatures, cache, features=True)
-    c_embed, c_blocks, (_, c_norm, _, _), fast = cache
+    c_embed, c_blocks, (_, c_norm, _, _), ops = cache
     dx, grads = final_norm_backward(dfeatures, c_norm)
-    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast)
+    dimages = dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, ops)
     return dimages, _complete(grads, c_embed[0], dfeatures.dtype, get_xp(dfeatures))
 
 
@@ -132,11 +130,11 @@ def dense_blocks_forward(x, params, lo, hi, num_heads, block_fwd=block_forward):
     return x, caches
 
 
-def dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, fast=False):
+def dense_blocks_embed_backward(dx, c_blocks, c_embed, grads, ops=None):
     """Back through unmasked blocks (``c_blocks`` in forward order), then the embedding: adds their
     gradients to ``grads`` and returns dimages. The tail of ``vit_backward`` and of ToFe's training
-    backward (the dense blocks before the first stage)."""
-    block_bwd = choose(fast, block_backward)
+    backward (the dense blocks before the first stage); ``ops``: the forward's (None: the reference)."""
+    block_bwd = block_backward if ops is None else ops.block_backward
     for c in reversed(c_blocks):
         dx, g, _ = block_bwd(dx, c)
         grads.update(g)

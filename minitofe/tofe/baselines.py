@@ -12,16 +12,15 @@ import numpy as np
 from .budget import dynamicvit_ratios
 from .evit_model import evit_inference
 from .macs import dense_macs, tofe_macs
+from .ops import resolve
 from .predictor import patches_to_keep, predictor_forward
 from .scoring import stage_ranges
 from .tokens import gather_tokens, values_at_positions
 from ..backend import get_xp, to_numpy
-from ..kernels import choose
-from ..nn.block import run_blocks
 from ..nn.embed import embed_forward, head_forward
 
 
-def baseline_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, fast=False):
+def baseline_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, ops=None):
     """``tofe_inference`` for evit / dynamicvit (inputs already checked there) -> logits, info."""
     if tcfg.inference != "topk":
         raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule); got "
@@ -31,11 +30,11 @@ def baseline_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=N
             raise ValueError("method 'evit' ranks by its own attention: kept_masks cannot be given")
         if not cfg.class_token:
             raise ValueError("method 'evit' needs a class token (class_token=True)")
-        return evit_inference(params, images, cfg, tcfg, keep_ratios, fast=fast)
-    return dynamicvit_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, fast)
+        return evit_inference(params, images, cfg, tcfg, keep_ratios, ops=ops)
+    return dynamicvit_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, ops)
 
 
-def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, fast=False):
+def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, ops=None):
     """images: (B, Cin, Hh, W) -> logits (B, K), info (``tofe_inference``'s keys). ``keep_ratios``: the
     fraction of the P patches each stage keeps (default rho, rho^2, ...); ``kept_masks``: one bool (B, P)
     per stage replacing the decision (same count in every image; a token dropped earlier cannot be kept)."""
@@ -43,7 +42,7 @@ def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks
         raise ValueError("method 'dynamicvit' needs a class-token head "
                          "(class_token=True, global_pool='token')")
     xp = get_xp(images)
-    run = choose(fast, run_blocks, like=images)
+    run = resolve(ops).run_blocks
     stages = tcfg.resolved_stages(cfg.depth)
     ratios = tuple(keep_ratios) if keep_ratios is not None else dynamicvit_ratios(cfg, tcfg)
     if len(ratios) != len(stages):

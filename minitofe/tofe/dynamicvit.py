@@ -32,10 +32,9 @@ from .losses import (approx_loss_backward, approx_loss_forward, flops_loss_backw
 from .macs import dense_macs, tofe_macs
 from .params import check_tofe_params
 from .predictor import predictor_backward, predictor_forward
+from .ops import resolve
 from .scoring import stage_ranges
 from ..backend import get_xp, to_numpy
-from ..kernels import choose, use_fast
-from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_backward, layernorm_forward
 from ..nn.params import check_params
@@ -61,7 +60,8 @@ class DynamicViTCache(NamedTuple):
     c_kd: tuple            # None without the KL term
     c_tok: tuple           # (final-LayerNorm cache, masked-MSE cache) or None
     c_ratio: list          # one ratio-loss cache per stage
-    fast: bool
+    ops: object            # the functions the forward ran on: the backward runs their twins
+    fast: bool             # ops.fast
 
 
 def check_dynamicvit_model(params, images, cfg, tcfg):
@@ -97,22 +97,22 @@ def check_dynamicvit_noise(noise, S, shape, dtype):
 
 
 def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
-                             fast=False):
+                             ops=None):
     """One training forward with the Gumbel ``noise`` (S arrays (B, P, 2), ``training.draw_noise``).
 
     Returns ``out`` (``loss``, ``losses`` {cls, ratio, kl, token, total}, ``logits``, ``final_tokens``
     (B, N, C) before ``norm``, ``masks`` (B, N) and ``kept`` bool (B, P) per stage, ``keep_ratios``
     (S,), ``macs`` / ``macs_ratio`` (B,), ``tau``) and the cache for ``dynamicvit_train_backward``.
-    ``hard=False`` uses the soft Gumbel sample (smooth, for finite differences); ``fast=True`` runs the
-    blocks on the Numba kernels."""
+    ``hard=False`` uses the soft Gumbel sample (smooth, for finite differences); ``ops``: the functions
+    the blocks run on (None: the reference, ``ops.REFERENCE``)."""
     check_dynamicvit_model(params, images, cfg, tcfg)
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     check_dynamicvit_teacher(teacher, B, cfg, tcfg)
     stages, ratios = tcfg.resolved_stages(cfg.depth), dynamicvit_ratios(cfg, tcfg)
     check_dynamicvit_noise(noise, len(stages), (B, P, 2), images.dtype)
     xp = get_xp(images)
-    fast = use_fast(fast, images)
-    block_fwd = choose(fast, block_forward)
+    ops = resolve(ops)
+    block_fwd = ops.block_forward
     tau = tcfg.tau if tau is None else tau
     x, c_embed = embed_forward(images, params, cfg)
     x, c_pre = dense_blocks_forward(x, params, 0, stages[0], H, block_fwd)
@@ -152,7 +152,8 @@ def dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher=N
                macs_ratio=macs / dense_macs(cfg), keep_ratios=((kept - T) / P).mean(axis=0),
                losses={"cls": float(l_cls), "ratio": ratio_loss, "kl": float(l_kd), "token": float(l_tok),
                        "total": total})
-    return out, DynamicViTCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_tok, c_ratio, fast)
+    return out, DynamicViTCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_ce, c_kd, c_tok, c_ratio,
+                                ops, ops.fast)
 
 
 def dynamicvit_train_backward(cache):
@@ -162,7 +163,7 @@ def dynamicvit_train_backward(cache):
                         f"{type(cache).__name__}")
     cfg, tcfg = cache.cfg, cache.tcfg
     T, P = cfg.num_prefix_tokens, cfg.num_patches
-    block_bwd = choose(cache.fast, block_backward)
+    block_bwd = cache.ops.block_backward
     dlogits = cross_entropy_backward(1.0, cache.c_ce)
     if cache.c_kd is not None:
         dlogits = dlogits + tcfg.dvit_kl_weight * kd_loss_backward(1.0, cache.c_kd)
@@ -189,5 +190,5 @@ def dynamicvit_train_backward(cache):
         grads.update(g)
         dx[:, T:] += dpatches
         dprev = ddecision * keep_value + dpolicy
-    return dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.fast), grads
+    return dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.ops), grads
 

@@ -6,7 +6,7 @@ Blocks before the first stage run dense; each stage's first block is EViT's redu
 rest into one token; every other block is a plain block on the tokens that are left. Tokens are really
 removed (gathers), in training as in inference, so ``predict`` and the training forward at the same keep
 rate compute the same thing. The loss is the cross-entropy alone (the authors' recipe: no distillation).
-The plain blocks run on the Numba kernels with ``fast=True``; the reduction block is the reference.
+The plain blocks run on the given ``ops`` (e.g. the Numba twins); the reduction block is the reference.
 """
 from typing import NamedTuple
 
@@ -15,11 +15,11 @@ import numpy as np
 from .budget import evit_keep_rate
 from .evit import evit_block_backward, evit_block_forward, keep_count
 from .macs import dense_macs, tofe_macs
+from .ops import resolve
 from .scoring import stage_ranges
 from .tokens import values_at_positions
 from ..backend import get_xp, to_numpy
-from ..kernels import choose, use_fast
-from ..nn.block import block_backward, block_forward, check_default_block, run_blocks
+from ..nn.block import check_default_block
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import check_params
@@ -33,7 +33,8 @@ class EvitCache(NamedTuple):
     c_steps: list        # ("block" | "evit", cache) for every later block, in forward order
     c_head: tuple
     c_ce: tuple
-    fast: bool
+    ops: object          # the functions the forward ran on: the backward runs their twins
+    fast: bool           # ops.fast
 
 
 def check_evit_inputs(params, images, cfg, tcfg, keep_rates):
@@ -50,7 +51,7 @@ def check_evit_inputs(params, images, cfg, tcfg, keep_rates):
     return stages
 
 
-def evit_forward(params, images, cfg, tcfg, keep_rates, fast=False, train=True):
+def evit_forward(params, images, cfg, tcfg, keep_rates, ops=None, train=True):
     """images: (B, Cin, Hh, W); keep_rates: one per stage -> logits (B, K), record, caches.
 
     record: ``kept`` / ``dropped`` / ``keep_prob`` per stage ((B, P) arrays at the original patch
@@ -59,8 +60,8 @@ def evit_forward(params, images, cfg, tcfg, keep_rates, fast=False, train=True):
     token included), ``stage_outputs``. caches: None unless ``train``."""
     stages = check_evit_inputs(params, images, cfg, tcfg, keep_rates)
     xp = get_xp(images)
-    fast = use_fast(fast, images)
-    block_fwd, run = choose(fast, block_forward, run_blocks, like=images)
+    ops = resolve(ops)
+    block_fwd, run = ops.block_forward, ops.run_blocks
     B, T, P, H = images.shape[0], cfg.num_prefix_tokens, cfg.num_patches, cfg.num_heads
     c_pre, c_steps = [], []
 
@@ -103,11 +104,11 @@ def evit_forward(params, images, cfg, tcfg, keep_rates, fast=False, train=True):
                         approximator=False, reduce_in_block=True)
     record["macs"] = np.full(B, float(macs))
     record["macs_ratio"] = record["macs"] / dense_macs(cfg)
-    caches = (c_embed, c_pre, c_steps if train else None, c_head, fast)
+    caches = (c_embed, c_pre, c_steps if train else None, c_head, ops)
     return logits, record, caches
 
 
-def evit_train_forward(params, images, labels, cfg, tcfg, keep_rate=None, fast=False):
+def evit_train_forward(params, images, labels, cfg, tcfg, keep_rate=None, ops=None):
     """One EViT training forward at ``keep_rate`` (default: the target, ``budget.evit_keep_rate``).
 
     Returns ``out`` (``loss``, ``losses`` {cls, total}, ``logits``, ``keep_rate``, ``kept`` /
@@ -116,14 +117,14 @@ def evit_train_forward(params, images, labels, cfg, tcfg, keep_rate=None, fast=F
     ``evit_train_backward``."""
     rate = evit_keep_rate(cfg, tcfg) if keep_rate is None else float(keep_rate)
     S = len(tcfg.resolved_stages(cfg.depth))
-    logits, record, (c_embed, c_pre, c_steps, c_head, fast) = evit_forward(
-        params, images, cfg, tcfg, (rate,) * S, fast=fast, train=True)
+    logits, record, (c_embed, c_pre, c_steps, c_head, ops) = evit_forward(
+        params, images, cfg, tcfg, (rate,) * S, ops=ops, train=True)
     loss, c_ce = cross_entropy_forward(logits, labels, tcfg.label_smoothing)
     out = {"loss": float(loss), "losses": {"cls": float(loss), "total": float(loss)}, "logits": logits,
            "keep_rate": rate, "tau": None, "kept": record["kept"], "dropped": record["dropped"],
            "keep_ratios": np.array([k.mean() for k in record["kept"]]), "tokens": record["tokens"],
            "macs": record["macs"], "macs_ratio": record["macs_ratio"]}
-    return out, EvitCache(cfg, c_embed, c_pre, c_steps, c_head, c_ce, fast)
+    return out, EvitCache(cfg, c_embed, c_pre, c_steps, c_head, c_ce, ops, ops.fast)
 
 
 def evit_train_backward(cache):
@@ -131,7 +132,7 @@ def evit_train_backward(cache):
     if not isinstance(cache, EvitCache):
         raise TypeError(f"cache must be the EvitCache evit_train_forward returned, "
                         f"got {type(cache).__name__}")
-    block_bwd = choose(cache.fast, block_backward)
+    block_bwd = cache.ops.block_backward
     dx, grads = head_backward(cross_entropy_backward(1.0, cache.c_ce), cache.c_head)
     for kind, c in reversed(cache.c_steps):
         if kind == "evit":
@@ -139,16 +140,16 @@ def evit_train_backward(cache):
         else:
             dx, g, _ = block_bwd(dx, c)
         grads.update(g)
-    return dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.fast), grads
+    return dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.ops), grads
 
 
-def evit_inference(params, images, cfg, tcfg, keep_ratios=None, fast=False):
+def evit_inference(params, images, cfg, tcfg, keep_ratios=None, ops=None):
     """EViT inference -> logits (B, K), info (the keys of ``tofe_inference``'s info; ``keep_ratios`` here
     are the per-stage keep rates of the current tokens, default ``budget.evit_keep_rate`` at every stage;
     ``stage_outputs`` hold the reduced tokens (B, n_s, C); ``tokens`` the counts n_s)."""
     stages = tcfg.resolved_stages(cfg.depth)
     rates = tuple(keep_ratios) if keep_ratios is not None else (evit_keep_rate(cfg, tcfg),) * len(stages)
-    logits, info, _ = evit_forward(params, images, cfg, tcfg, rates, fast=fast, train=False)
+    logits, info, _ = evit_forward(params, images, cfg, tcfg, rates, ops=ops, train=False)
     none = [np.zeros_like(k) for k in info["kept"]]
     info.update(frozen=none, reused=none, stages=stages, keep_rates=rates,
                 kept_counts=np.stack([k.sum(axis=1) for k in info["kept"]], axis=1))

@@ -11,10 +11,8 @@ are never candidates again). The authors' ``evit`` and ``dynamicvit`` have their
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
 earlier stage, kept now; ``record.record_stage``, shared with training), with the realised MACs per
 image (``macs.tofe_macs``). ``tofe_inference`` reads embed -> dense blocks -> per stage ``decide`` then
-``run_stage`` -> head; ``StageOps`` holds the functions a stage runs on (reference or Numba twins).
+``run_stage`` -> head; ``ops`` holds the functions a stage runs on (``ops.REFERENCE`` or the caller's twins).
 """
-from typing import NamedTuple
-
 import numpy as np
 
 from .approximator import approximator_forward
@@ -22,27 +20,14 @@ from .baselines import baseline_inference
 from .config import FAITHFUL_BASELINES, is_sequence
 from .params import check_tofe_params
 from .macs import cls_attention_macs, dense_macs, tofe_macs
-from .ragged import pack_rows, ragged_block_forward, unpack_rows
+from .ops import resolve
 from .record import new_record, record_stage
 from .scoring import stage_ranges, stage_scores, topk_mask
-from .tokens import gather_tokens, mask_to_indices, ragged_indices, scatter_tokens
+from .tokens import mask_to_indices, ragged_indices
 from ..backend import get_xp, to_numpy
-from ..kernels import choose
-from ..nn.block import run_blocks
 from ..nn.embed import embed_forward, head_forward
 from ..nn.params import check_params
 from ..nn.vit import check_images
-
-
-class StageOps(NamedTuple):
-    """The functions a reduced stage runs on: the NumPy references, or their Numba twins (same names and
-    signatures, ``minitofe.kernels``)."""
-    run_blocks: object
-    gather_tokens: object
-    scatter_tokens: object
-    pack_rows: object
-    unpack_rows: object
-    ragged_block_forward: object
 
 
 def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
@@ -58,7 +43,7 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
             return r
 
 
-def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, fast=False):
+def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, ops=None):
     """images: (B, Cin, Hh, W) -> logits (B, num_classes), info dict.
 
     ``keep_ratios`` overrides the config's rho_i for ``topk``; ``kept_masks`` (one bool (B, P) per stage)
@@ -68,17 +53,16 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     ``dropped`` (drop methods): patches gone for good; ``kept_counts`` (B, S) patch counts;
     ``keep_prob``: per-stage (B, P) scores; ``stage_outputs``: per-stage (B, N, C) tokens;
     ``macs`` (B,) realised MACs; ``macs_ratio`` (B,) of dense.
-    ``fast=True`` runs the blocks, gather/scatter and pack/unpack on the Numba kernels of
-    ``minitofe.kernels`` (same results up to float rounding; the reference when Numba is absent or the
-    arrays are on a GPU).
+    ``ops`` holds the functions the blocks, gather/scatter and pack/unpack run on (None: the reference,
+    ``ops.REFERENCE``; the caller may pass the Numba twins, ``kernels.ops(fast, like)``: same results up
+    to float rounding).
     """
     if check:
         check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
         check_tofe_params(params, cfg, tcfg)
     if tcfg.method in FAITHFUL_BASELINES:
-        return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, fast)
-    ops = StageOps(*choose(fast, run_blocks, gather_tokens, scatter_tokens, pack_rows, unpack_rows,
-                           ragged_block_forward, like=images))
+        return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, ops)
+    ops = resolve(ops)
     stages = tcfg.resolved_stages(cfg.depth)
     xp, B, P, drop = get_xp(images), images.shape[0], cfg.num_patches, not tcfg.reuses_tokens
     info = dict(new_record("dropped", "keep_prob", "stage_outputs"), stages=stages)

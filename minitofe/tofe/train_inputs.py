@@ -5,23 +5,22 @@ docs/contributing.md §8) and the validation of both against the model, before a
 import numpy as np
 
 from .gumbel import gumbel_noise
+from .ops import resolve
 from .params import check_tofe_params
 from .scoring import stage_ranges
 from ..backend import get_xp
-from ..kernels import choose
-from ..nn.block import run_blocks
 from ..nn.embed import embed_forward, head_forward
 from ..nn.layers import layernorm_forward
 from ..nn.params import check_params
 from ..nn.vit import check_images
 
 
-def teacher_forward(teacher_params, images, cfg, stages, fast=False):
+def teacher_forward(teacher_params, images, cfg, stages, ops=None):
     """The dense teacher: logits (B, K), its tokens at the end of every stage, list of (B, N, C), and
     (class-token heads) ``features`` (B, N, C), the final tokens after ``norm`` (DynamicViT distils them).
-    ``fast=True`` runs the blocks on the Numba kernels (see ``minitofe.kernels``)."""
+    ``ops``: the functions the blocks run on (None: the reference, ``ops.REFERENCE``)."""
     check_images(images, cfg, check_params(teacher_params, cfg, extra_ok=("tofe.",)))
-    run = choose(fast, run_blocks, like=images)
+    run = resolve(ops).run_blocks
     x, _ = embed_forward(images, teacher_params, cfg)
     x = run(x, teacher_params, cfg, 0, stages[0])
     tokens = []

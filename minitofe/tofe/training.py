@@ -31,13 +31,12 @@ from .budget_loss import BudgetCache, budget_loss_backward, budget_loss_forward
 from .dynamicvit import DynamicViTCache, dynamicvit_train_backward, dynamicvit_train_forward
 from .evit_model import EvitCache, evit_train_backward, evit_train_forward
 from .losses import kd_loss_backward, kd_loss_forward
+from .ops import resolve
 from .record import new_record, record_stage
 from .scoring import stage_ranges
 from .stage import stage_train_backward, stage_train_forward
 from .train_inputs import check_train_inputs, draw_noise, teacher_forward  # noqa: F401 (public here)
 from ..backend import get_xp
-from ..kernels import choose, use_fast
-from ..nn.block import block_backward, block_forward
 from ..nn.embed import embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.vit import dense_blocks_embed_backward, dense_blocks_forward
@@ -58,11 +57,12 @@ class TrainCache(NamedTuple):
     c_stages: list        # one StageCache per stage
     c_head: tuple
     c_losses: LossCache
-    fast: bool            # the blocks ran on the Numba kernels: the backward runs their twins
+    ops: object           # what the forward ran on (``ops.REFERENCE`` or twins); so does the backward
+    fast: bool            # ops.fast: the blocks ran on fast twins (the Numba kernels)
 
 
 def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, tau=None, hard=True,
-                       fast=False):
+                       ops=None):
     """One training forward with the given Gumbel noise (list of S arrays (B, P, 2), see ``draw_noise``).
 
     Returns ``out`` with ``loss`` (total), ``losses`` {cls, kd, approx, flops, total}, ``logits``,
@@ -71,18 +71,18 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     ``keep_ratios`` (S,) batch-mean fraction of patches kept, ``macs`` and ``macs_ratio`` (B,); and the
     cache for ``tofe_train_backward``.
 
-    ``fast=True`` runs the blocks on the Numba kernels of ``minitofe.kernels`` (equal to the reference up
-    to float rounding; the reference when Numba is absent or the arrays are on a GPU); the backward then
-    uses the matching fast block backward. ``evit`` (keep rate ``budget.evit_keep_rate``, no noise) and
-    ``dynamicvit`` run ``evit_model.evit_train_forward`` and ``dynamicvit.dynamicvit_train_forward``.
+    ``ops`` holds the functions the blocks run on (None: the reference, ``ops.REFERENCE``; the caller may
+    pass the Numba twins, ``kernels.ops(fast, like)``); the backward then uses the matching backward.
+    ``evit`` (keep rate ``budget.evit_keep_rate``, no noise) and ``dynamicvit`` run
+    ``evit_model.evit_train_forward`` and ``dynamicvit.dynamicvit_train_forward``.
     """
     if tcfg.method == "evit":
-        return evit_train_forward(params, images, labels, cfg, tcfg, fast=fast)
+        return evit_train_forward(params, images, labels, cfg, tcfg, ops=ops)
     if tcfg.method == "dynamicvit":
-        return dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, fast)
+        return dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, ops)
     check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
-    fast = use_fast(fast, images)
-    block_fwd = choose(fast, block_forward)
+    ops = resolve(ops)
+    block_fwd = ops.block_forward
     tau = tcfg.tau if tau is None else tau
     stages, B, P, T = tcfg.resolved_stages(cfg.depth), images.shape[0], cfg.num_patches, cfg.num_prefix_tokens
     out = new_record("selector_logits", "masks", "stage_outputs")
@@ -106,7 +106,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
     losses, extra, c_losses = tofe_losses_forward(logits, labels, out["masks"], approx_terms, teacher,
                                                   cfg, tcfg, stages)                   # losses
     out.update(extra, logits=logits, losses=losses, loss=losses["total"])
-    return out, TrainCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_losses, fast)
+    return out, TrainCache(cfg, tcfg, c_embed, c_pre, c_stages, c_head, c_losses, ops, ops.fast)
 
 
 def tofe_losses_forward(logits, labels, masks, approx_terms, teacher, cfg, tcfg, stages):
@@ -139,12 +139,12 @@ def tofe_train_backward(cache):
     if not isinstance(cache, TrainCache):
         what = f"a tuple of {len(cache)}" if isinstance(cache, tuple) else type(cache).__name__
         raise TypeError(f"cache must be the cache tofe_train_forward returned (a TrainCache), got {what}")
-    block_bwd = choose(cache.fast, block_backward)
+    block_bwd = cache.ops.block_backward
     dlogits, dkept = tofe_losses_backward(cache.c_losses)                              # losses
     dx, grads = head_backward(dlogits, cache.c_head)                                   # head
     dm_next = 0.0                              # drop methods: the gradient into m_patch from the next stage
     for s in reversed(range(len(cache.c_stages))):                                     # stages
         dx, g, dm_next = stage_train_backward(dx, dkept[s], dm_next, cache.c_stages[s], block_bwd)
         grads.update(g)
-    dimages = dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.fast)  # blocks, embed
+    dimages = dense_blocks_embed_backward(dx, cache.c_pre, cache.c_embed, grads, cache.ops)  # blocks, embed
     return dimages, grads
