@@ -15,15 +15,17 @@ from .io.shipped import BACKBONE_MODEL
 DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
-                fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100, warmup_steps=50)
+                fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100,
+                warmup_steps=50)
 
 
 def add_train(sub):
     from .tofe.config import METHODS
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
-                       description="Fine-tune ToFe or a baseline from a backbone with minitofe's own trainer. "
-                                   "Options: defaults < --config file < flags; --resume reads the run's own "
-                                   "options from --out, so `minitofe train --out DIR --resume` continues it.")
+                       description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
+                                   "trainer. Options: defaults < --config file < flags; --resume reads the "
+                                   "run's own options from --out, so `minitofe train --out DIR --resume` "
+                                   "continues it.")
 
     def opt(flag, text, **kw):
         p.add_argument(flag, help=f"{text} (default: {DEFAULTS[flag[2:].replace('-', '_')]})", **kw)
@@ -50,12 +52,14 @@ def add_train(sub):
     opt("--seed", "seed of the batch order, the Gumbel noise and the ToFe modules' init", type=int)
     opt("--dtype", "float32 or float64", choices=["float32", "float64"])
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
-    p.add_argument("--stop-at", type=int, help="checkpoint and stop after this many steps; continue with --resume")
+    p.add_argument("--stop-at", type=int,
+                   help="checkpoint and stop after this many steps; continue with --resume")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     opt("--fast", "Numba kernels for the blocks when Numba is installed; --no-fast: the pure-NumPy reference",
         action=argparse.BooleanOptionalAction)
     opt("--teacher-cache", "compute the dense teacher once for the whole training set and keep it in memory "
-                           "(ToFe steps ~20 %% faster, results bit-identical here; ~4 GB for 55 000 Fashion-MNIST images)",
+                           "(ToFe steps ~20 %% faster, results bit-identical here; ~4 GB for 55 000 "
+                           "Fashion-MNIST images)",
         action=argparse.BooleanOptionalAction)
     opt("--eval-every", "evaluate on the evaluation split every N steps", type=int)
     opt("--eval-images", "how many evaluation images each evaluation uses", type=int)
@@ -119,8 +123,8 @@ def record_options(o, resume):
     if resume and path.is_file():
         saved = json.loads(path.read_text()).get("init_sha256")
         if saved not in (None, digest):
-            raise ValueError(f"{o['init']}: this --init file is not the one the run in {o['out']} started from "
-                             f"(sha256 {digest[:12]}... vs {saved[:12]}...): the teacher would differ")
+            raise ValueError(f"{o['init']}: this --init file is not the one the run in {o['out']} started "
+                             f"from (sha256 {digest[:12]}... vs {saved[:12]}...): the teacher would differ")
     elif not resume:
         pathlib.Path(o["out"]).mkdir(parents=True, exist_ok=True)
         saved = dict(o, init=os.path.abspath(o["init"]), init_sha256=digest)  # --resume from any folder
@@ -171,8 +175,8 @@ def run_train(args):
     base = minitofe.load_model(o["init"], model=o["model"] if timm_file else None)
     from .train import checkpoint_path
     if not args.resume and os.path.exists(checkpoint_path(o["out"])):
-        raise ValueError(f"{checkpoint_path(o['out'])} exists: pass --resume to continue it, or choose another "
-                         f"--out; nothing was overwritten")
+        raise ValueError(f"{checkpoint_path(o['out'])} exists: pass --resume to continue it, or choose "
+                         f"another --out; nothing was overwritten")
     record_options(o, args.resume)
     dtype = np.dtype(o["dtype"])
     params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
@@ -187,7 +191,8 @@ def run_train(args):
     (images, labels), eval_data = load_data(o, base.cfg)
     images, labels = first_images(images, labels, o["limit"])
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
-                      backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"], fast=o["fast"],
+                      backbone_lr_scale=o["backbone_lr_scale"], seed=o["seed"], out_dir=o["out"],
+                      fast=o["fast"],
                       teacher_cache=o["teacher_cache"],
                       eval_every=o["eval_every"], eval_images=o["eval_images"],
                       checkpoint_every=o["checkpoint_every"], warmup_steps=o["warmup_steps"])
@@ -211,5 +216,7 @@ def last_eval(out):
     """The last ``eval`` record of the run's log.jsonl, or None."""
     import pathlib
     path = pathlib.Path(out) / "log.jsonl"
-    evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line] if path.exists() else []
+    if not path.exists():
+        return None
+    evals = [json.loads(line) for line in path.read_text().splitlines() if '"eval"' in line]
     return evals[-1] if evals else None

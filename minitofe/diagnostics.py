@@ -41,7 +41,8 @@ def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
         for s, acc in enumerate(sums):
             t = to_numpy(teacher[s])
             out, inp = to_numpy(info["stage_outputs"][s]), to_numpy(inputs[s])
-            for name, mask, value in (("frozen", info["frozen"][s], out), ("identity", info["frozen"][s], inp),
+            for name, mask, value in (("frozen", info["frozen"][s], out),
+                                      ("identity", info["frozen"][s], inp),
                                       ("kept", info["kept"][s], out)):
                 b, p = np.nonzero(mask)
                 d, ref = value[b, p + T] - t[b, p + T], t[b, p + T]

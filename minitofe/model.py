@@ -25,8 +25,9 @@ from .tofe.inference import tofe_inference
 from .tofe.params import init_tofe_params
 from .tofe.training import draw_noise, tofe_train_backward, tofe_train_forward
 
-__all__ = ["Model", "new_model", "load_model", "load_shipped", "add_tofe", "save_model", "predict", "train_forward", "train_backward",
-           "draw_noise", "teacher_forward", "update_learned_ratios", "vit_forward"]
+__all__ = ["Model", "new_model", "load_model", "load_shipped", "add_tofe", "save_model", "predict",
+           "train_forward", "train_backward", "draw_noise", "teacher_forward", "update_learned_ratios",
+           "vit_forward"]
 
 
 @dataclass
@@ -88,13 +89,15 @@ def load_shipped(method="tofe", rng=None, dtype=None, random_fallback=True):
     if tofe_path is not None:
         model = load_model(tofe_path, dtype=dtype)
         if model.tofe.method == method:
-            return model, f"fine-tuned {method} weights {tofe_path.name} (learned keep ratios {model.learned_keep_ratios})"
+            return model, (f"fine-tuned {method} weights {tofe_path.name} (learned keep ratios "
+                           f"{model.learned_keep_ratios})")
     if backbone_path is not None:
         model = add_tofe(load_model(backbone_path, dtype=dtype), ToFeConfig(method=method), rng)
-        return model, (f"backbone {backbone_path.name} with FRESH {method} modules (random selectors, identity "
-                       f"approximators: not trained)")
+        return model, (f"backbone {backbone_path.name} with FRESH {method} modules (random selectors, "
+                       f"identity approximators: not trained)")
     if not random_fallback:
-        raise ValueError(f"no shipped weights ({TOFE_FILE}, {BACKBONE_FILE}) in {[str(d) for d in weights_dirs()]}")
+        raise ValueError(f"no shipped weights ({TOFE_FILE}, {BACKBONE_FILE}) in "
+                         f"{[str(d) for d in weights_dirs()]}")
     model = new_model(get_config(BACKBONE_MODEL), ToFeConfig(method=method), rng,
                       np.float32 if dtype is None else dtype)
     return model, "RANDOM weights (no shipped weights found): predictions are meaningless"
@@ -136,8 +139,8 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     # (evit / dynamicvit are not learned_selector: they use their config's keep rate / rho^(s+1))
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
-    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios, kept_masks=kept_masks,
-                          ops=kernels.ops(fast, like=images))
+    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios,
+                          kept_masks=kept_masks, ops=kernels.ops(fast, like=images))
 
 
 def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):

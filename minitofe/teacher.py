@@ -38,7 +38,8 @@ class TeacherCache:
                 self.features[lo:hi] = out["features"]
 
     def batch(self, idx):
-        """The teacher's outputs for the images ``idx`` (an index array), as ``teacher_forward`` gives them."""
+        """The teacher's outputs for the images ``idx`` (an index array), as ``teacher_forward`` gives
+        them."""
         idx = np.asarray(idx)
         out = {"logits": self.logits[idx], "tokens": [t[idx] for t in self.tokens]}
         if self.features is not None:

@@ -71,7 +71,8 @@ def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=N
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
     tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
     if tcfg.method == "evit":        # the keep rate annealed from 1 to its target (evit.keep_rate_at)
-        rate = keep_rate_at(step, train_cfg.steps, evit_keep_rate(cfg, tcfg), tcfg.evit_warmup, tcfg.evit_anneal)
+        rate = keep_rate_at(step, train_cfg.steps, evit_keep_rate(cfg, tcfg), tcfg.evit_warmup,
+                            tcfg.evit_anneal)
         tcfg, tau = tcfg.replace(evit_keep_rate=rate), None
     out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
                                     ops=ops)
@@ -148,7 +149,8 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
         if set(params) != set(model.params):
             raise ValueError(f"{ckpt}: parameter keys differ from the model's")
         model.params.update(params)
-        model.learned_keep_ratios = tuple(meta["learned_keep_ratios"]) if meta.get("learned_keep_ratios") else None
+        ratios = meta.get("learned_keep_ratios")
+        model.learned_keep_ratios = tuple(ratios) if ratios else None
         start = int(meta["step"])
         _trim_log(log_path, start - 1)
     elif os.path.exists(ckpt) and not resume:
@@ -216,13 +218,15 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
                 save(done)
             if eval_data is not None and (done % train_cfg.eval_every == 0 or done == train_cfg.steps):
                 n = min(train_cfg.eval_images, len(eval_data[0]))
-                res = evaluate(model, eval_data[0][:n], eval_data[1][:n], fast=train_cfg.fast, progress=progress)
+                res = evaluate(model, eval_data[0][:n], eval_data[1][:n], fast=train_cfg.fast,
+                               progress=progress)
                 log.write(json.dumps({"step": step, "eval": res}) + "\n")
                 log.flush()
             if pause:                      # Ctrl-C or stop_at: finish the step, checkpoint it, stop cleanly
                 bar.close()
                 if stop.requested:
-                    print(f"interrupted: checkpoint after step {step} written to {ckpt}; resume with --resume")
+                    print(f"interrupted: checkpoint after step {step} written to {ckpt}; "
+                          f"resume with --resume")
                 return model
     save_model(os.path.join(train_cfg.out_dir, "final.npz"), model)
     return model

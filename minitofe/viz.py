@@ -116,7 +116,8 @@ def render_token_maps(images, info, cfg, titles=None, scale=8):
         for s in range(S):
             x = pad + (s + 1) * (W + pad)
             draw.text((x, y + 2), _fit(draw, _stage_caption(info, s, b), font, W), fill="black", font=font)
-            canvas.paste(_panel(rgb, cfg.grid_size, cfg.patch_size, _states(info, s, b), scale), (x, y + line))
+            panel = _panel(rgb, cfg.grid_size, cfg.patch_size, _states(info, s, b), scale)
+            canvas.paste(panel, (x, y + line))
     return canvas
 
 

@@ -14,7 +14,8 @@ their last checkpoint):
    5 000-image validation split at exactly 50 % MACs (``minitofe eval --split val --budget 0.5``). The
    best candidate of each method is its recipe for the final runs (``RUN_DIR/search.json``).
 3. ``final`` — every method at 50 % and 35 % MACs with its chosen recipe (and ``dense``, the backbone
-   fine-tuned by the same recipe: the control for what more training alone gives), ``FINAL_EPOCHS`` epochs, seeds
+   fine-tuned by the same recipe: the control for what more training alone gives), ``FINAL_EPOCHS``
+   epochs, seeds
    ``SEEDS`` for the three-seed methods and seed 0 for the rest; seed 0 of every method first, so that a
    partial experiment already has one complete row per method.
 4. ``report`` — only now the test set: every final model at its budget, the seed-0 models and the
@@ -44,8 +45,8 @@ SEEDS = (0, 1, 2)
 BUDGETS = (0.5, 0.35)
 CURVE_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # learned methods -> the seeds of their final runs. "dense" is the control: the backbone fine-tuned with the
-# same recipe and budget of steps, no reduction, so that a gain from more training of the backbone is not
-# read as a gain of the method.
+# same recipe and number of steps (cross-entropy only), no reduction, so that a gain from more training of
+# the backbone is not read as a gain of the method.
 METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "tofe-uniform": (0,), "evit": (0,),
            "dense": (0,)}
 
@@ -56,7 +57,10 @@ def budgets_of(method):
 
 
 def search_budget(method):
+    """The MACs target of a method's search runs (the dense control: none, 1.0)."""
     return 1.0 if method == "dense" else 0.5
+
+
 TRAINING_FREE = ("evit-drop", "idle")
 # flags every training job shares; lam 20: with the default 2 the realised MACs settled ~0.2 above the
 # target on the earlier backbone, and eval rescales to the exact budget anyway; --teacher-cache: the
@@ -133,9 +137,8 @@ def train_cmd(run_dir, phase, name, flags):
     out = job_dir(run_dir, phase, name)
     if (out / "checkpoint.npz").is_file():
         return [sys.executable, "-m", "minitofe", "train", "--out", str(out), "--resume", "--no-progress"]
-    return [sys.executable, "-m", "minitofe", "train", "--init", str(BACKBONE), "--model", MODEL, "--batch", str(BATCH),
-            *COMMON, *flags,
-            "--out", str(out)]
+    return [sys.executable, "-m", "minitofe", "train", "--init", str(BACKBONE), "--model", MODEL,
+            "--batch", str(BATCH), *COMMON, *flags, "--out", str(out)]
 
 
 def run_jobs(jobs, run_dir, n_parallel):
@@ -220,8 +223,8 @@ def backbone(torch_python, epochs, run_dir):
         subprocess.run([torch_python, str(script), *resume, "--verify", "--run-dir", str(run_dir)], cwd=REPO,
                        check=True)
     if not BACKBONE_NPZ.is_file():
-        subprocess.run([sys.executable, "-m", "minitofe", "convert", str(BACKBONE), str(BACKBONE_NPZ), "--model",
-                        MODEL], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-m", "minitofe", "convert", str(BACKBONE), str(BACKBONE_NPZ),
+                        "--model", MODEL], cwd=REPO, check=True)
 
 
 def status(run_dir, methods):
@@ -244,7 +247,8 @@ def main(argv=None):
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
     p.add_argument("--backbone-epochs", type=float, default=24)
     p.add_argument("--backbone-run-dir", default=str(REPO / "runs" / "backbone"),
-                   help="the backbone's checkpoint folder (keep runs outside a work tree that may be laid anew)")
+                   help="the backbone's checkpoint folder (keep runs outside a work tree that may be "
+                        "laid anew)")
     args = p.parse_args(argv)
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

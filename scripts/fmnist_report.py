@@ -46,7 +46,8 @@ def mean_std(values):
 
 def table(cache, models, dense):
     lines = [f"Dense backbone: {100 * dense['top1']:.2f} % top-1 (n = {dense['n']}).", "",
-             "| method | MACs target | seeds | top-1 (%) mean ± std | realised MACs (%) | keep ratios per stage |",
+             "| method | MACs target | seeds | top-1 (%) mean ± std | realised MACs (%) "
+             "| keep ratios per stage |",
              "|---|---|---|---|---|---|"]
     rows = {}
     for (method, budget), runs in sorted(models.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
