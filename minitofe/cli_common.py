@@ -2,18 +2,14 @@
 MACs budget, running the model with the BLAS threads sized for the call, and the common flags.
 
 Weights default to the ones the project ships (found by ``minitofe.io.shipped``: ``MINITOFE_WEIGHTS``, a
-checkout's ``weights/``, or the installed data files): the ToFe model when present, else the dense
-backbone run with the training-free ``idle`` method.
+checkout's ``weights/``, or the installed data files; ``minitofe.load_shipped(method=None)``): the ToFe
+model when present, else the dense backbone run with the training-free ``idle`` method.
 """
 import argparse
 import contextlib
 import os
 import pathlib
 import time
-
-import numpy as np
-
-from .io.shipped import BACKBONE_FILE, BACKBONE_MODEL, TOFE_FILE, find_shipped, weights_dirs
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -35,20 +31,10 @@ def load_for_inference(weights=None, random_fallback=False, model=None, heads=No
             raise ValueError(f"{weights}: a backbone without classifier head (num_classes=0); this command "
                              f"classifies images (features in Python: minitofe.nn.vit.vit_forward_features)")
         return loaded, str(weights)
-    path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
-    if path is None and random_fallback:
-        from .config import get_config
-        model = minitofe.new_model(get_config(BACKBONE_MODEL), minitofe.ToFeConfig(method="idle"),
-                                   np.random.default_rng(0), np.float32)
-        return model, "RANDOM weights (no shipped weights found: predictions are meaningless)"
-    if path is None:
-        raise ValueError(f"no shipped weights found (looked for {TOFE_FILE} and {BACKBONE_FILE} in "
-                         f"{', '.join(map(str, weights_dirs()))}); pass --weights FILE")
-    model = minitofe.load_model(str(path), model=None if path.suffix == ".npz" else BACKBONE_MODEL)
-    if model.tofe.method == "dense":                  # a bare backbone: training-free ToFe-style reuse
-        model.tofe = model.tofe.replace(method="idle")
-        return model, f"{path} (backbone only: method 'idle', training-free freeze + reuse)"
-    return model, str(path)
+    try:
+        return minitofe.load_shipped(method=None, random_fallback=random_fallback)
+    except ValueError as e:
+        raise ValueError(f"{e}; pass --weights FILE") from None
 
 
 def normalisation(cfg):
@@ -126,8 +112,9 @@ def first_images(images, labels, limit):
 def add_weights_args(p):
     from .config import PRESETS
     p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
-    p.add_argument("--model", metavar="NAME", help="preset a timm file (.safetensors / .pth) is an instance of "
-                                                   f"(gives its head count); one of {', '.join(sorted(PRESETS))}")
+    p.add_argument("--model", metavar="NAME",
+                   help="preset a timm file (.safetensors / .pth) is an instance of (gives its head count); "
+                        f"one of {', '.join(sorted(PRESETS))}")
     p.add_argument("--heads", metavar="N", type=int, help="number of attention heads of a timm file (when no "
                                                           "--model)")
 

@@ -79,27 +79,32 @@ def load_model(path, model=None, num_heads=None, dtype=None):
 def load_shipped(method="tofe", rng=None, dtype=None, random_fallback=True):
     """The weights minitofe ships, loaded by name (``minitofe.io.shipped``) -> (model, description).
 
-    The fine-tuned ToFe model when it is shipped and ``method`` is its method; otherwise the dense
-    backbone with fresh ToFe modules for ``method`` (selectors at their random init, approximators at the
-    identity), said in the description; with ``random_fallback``, random weights (also said) when no file
-    is found, else ``ValueError``."""
+    The fine-tuned ToFe model when it is shipped and ``method`` is its method (``method=None``: whatever
+    its method); otherwise the dense backbone with fresh modules for ``method`` (selectors at their random
+    init, approximators at the identity; ``None``: the training-free ``idle``, which has none), said in
+    the description; with ``random_fallback``, random weights (also said) when no file is found, else
+    ``ValueError``."""
     from .config import get_config
     from .io.shipped import BACKBONE_FILE, BACKBONE_MODEL, TOFE_FILE, find_shipped, weights_dirs
     tofe_path, backbone_path = find_shipped(TOFE_FILE), find_shipped(BACKBONE_FILE)
     if tofe_path is not None:
         model = load_model(tofe_path, dtype=dtype)
-        if model.tofe.method == method:
-            return model, (f"fine-tuned {method} weights {tofe_path.name} (learned keep ratios "
+        if method in (None, model.tofe.method):
+            return model, (f"fine-tuned {model.tofe.method} weights {tofe_path} (learned keep ratios "
                            f"{model.learned_keep_ratios})")
+    tofe = ToFeConfig(method="idle" if method is None else method)
     if backbone_path is not None:
-        model = add_tofe(load_model(backbone_path, dtype=dtype), ToFeConfig(method=method), rng)
-        return model, (f"backbone {backbone_path.name} with FRESH {method} modules (random selectors, "
+        timm_layout = backbone_path.suffix != ".npz"
+        backbone = load_model(backbone_path, model=BACKBONE_MODEL if timm_layout else None, dtype=dtype)
+        model = add_tofe(backbone, tofe, rng)
+        if not tofe.trainable:
+            return model, f"{backbone_path} (backbone only: method {tofe.method!r}, training-free)"
+        return model, (f"backbone {backbone_path} with FRESH {tofe.method} modules (random selectors, "
                        f"identity approximators: not trained)")
     if not random_fallback:
-        raise ValueError(f"no shipped weights ({TOFE_FILE}, {BACKBONE_FILE}) in "
-                         f"{[str(d) for d in weights_dirs()]}")
-    model = new_model(get_config(BACKBONE_MODEL), ToFeConfig(method=method), rng,
-                      np.float32 if dtype is None else dtype)
+        raise ValueError(f"no shipped weights found (looked for {TOFE_FILE} and {BACKBONE_FILE} in "
+                         f"{', '.join(map(str, weights_dirs()))})")
+    model = new_model(get_config(BACKBONE_MODEL), tofe, rng, np.float32 if dtype is None else dtype)
     return model, "RANDOM weights (no shipped weights found): predictions are meaningless"
 
 

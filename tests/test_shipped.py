@@ -40,8 +40,8 @@ def test_the_wheel_ships_exactly_the_files_the_commands_use_by_default():
     cfg = configparser.ConfigParser()
     cfg.read(repo / "setup.cfg")
     listed = [f.strip() for f in cfg["options.data_files"]["share/minitofe/weights"].split(",")]
-    defaults = [shipped.BACKBONE_FILE] + ([shipped.TOFE_FILE] if (repo / "weights" / shipped.TOFE_FILE).is_file()
-                                          else [])
+    tofe_shipped = (repo / "weights" / shipped.TOFE_FILE).is_file()
+    defaults = [shipped.BACKBONE_FILE] + ([shipped.TOFE_FILE] if tofe_shipped else [])
     assert sorted(listed) == sorted(f"weights/{name}" for name in defaults)
     assert all((repo / f).is_file() for f in listed)
 
@@ -56,15 +56,19 @@ def test_load_shipped_takes_files_by_name_and_says_what_it_loaded(tmp_path, monk
     assert "RANDOM" in text and model.tofe.method == "tofe"
     with __import__("pytest").raises(ValueError, match="no shipped weights"):
         minitofe.load_shipped(random_fallback=False)
-    backbone = minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"), np.random.default_rng(0), np.float32)
+    backbone = minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"), np.random.default_rng(0),
+                                  np.float32)
     minitofe.save_model(tmp_path / shipped.BACKBONE_FILE, backbone)
     # an ablation saved under another name is never picked up instead of the shipped ToFe model
     minitofe.save_model(tmp_path / "tofe-identity_other.npz", minitofe.add_tofe(
         minitofe.load_model(tmp_path / shipped.BACKBONE_FILE), minitofe.ToFeConfig(method="tofe-identity")))
     model, text = minitofe.load_shipped(method="tofe")
     assert "FRESH tofe modules" in text and model.tofe.method == "tofe"
+    model, text = minitofe.load_shipped(method=None)                # the CLI's default: training-free idle
+    assert "backbone only: method 'idle'" in text and model.tofe.method == "idle"
     trained = minitofe.add_tofe(minitofe.load_model(tmp_path / shipped.BACKBONE_FILE), minitofe.ToFeConfig())
     trained.learned_keep_ratios = (0.5, 0.3, 0.2)
     minitofe.save_model(tmp_path / shipped.TOFE_FILE, trained)
     model, text = minitofe.load_shipped(method="tofe")
     assert text.startswith("fine-tuned tofe") and model.learned_keep_ratios == (0.5, 0.3, 0.2)
+    assert minitofe.load_shipped(method=None)[0].tofe.method == "tofe"          # as shipped
