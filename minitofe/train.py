@@ -156,10 +156,10 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
     elif os.path.exists(ckpt) and not resume:
         raise ValueError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or choose another "
                          f"out_dir; nothing was overwritten")
-    run = dict(opt=opt, start=start, ckpt=ckpt, log_path=log_path,
-               scales=_lr_scales(model.params, model.tofe, train_cfg))
-    frozen = {k for k, s in run["scales"].items() if s == 0.0}
-    writable = {k: model.params[k] for k in frozen}
+    scales = _lr_scales(model.params, model.tofe, train_cfg)
+    run = dict(opt=opt, start=start, ckpt=ckpt, log_path=log_path, scales=scales,
+               frozen=[k for k, s in scales.items() if s == 0.0])
+    writable = {k: model.params[k] for k in run["frozen"]}
     model.params.update({k: read_only(v) for k, v in writable.items()})
     try:
         return _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, progress, stop_at)
@@ -168,12 +168,12 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
 
 
 def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, progress, stop_at):
-    """The steps of ``train`` from ``run['start']`` on; ``run`` holds the optimizer state, the paths and
-    the per-parameter learning-rate scales (0: frozen)."""
+    """The steps of ``train`` from ``run['start']`` on; ``run`` holds the optimizer state, the paths, the
+    per-parameter learning-rate scales and the keys they freeze (scale 0)."""
     from tqdm.auto import tqdm
     images, labels = train_data
-    opt, start, ckpt, log_path, scales = (run[k] for k in ("opt", "start", "ckpt", "log_path", "scales"))
-    frozen = [k for k, s in scales.items() if s == 0.0]
+    opt, start, ckpt, log_path = (run[k] for k in ("opt", "start", "ckpt", "log_path"))
+    scales, frozen = run["scales"], run["frozen"]
     cache = None
     if train_cfg.teacher_cache and model.tofe.needs_teacher and start < train_cfg.steps:
         from .teacher import TeacherCache

@@ -13,7 +13,6 @@ Writes to ``RUN_DIR/report/``:
 """
 import json
 import math
-import pathlib
 import statistics
 
 import numpy as np
@@ -22,7 +21,7 @@ import fmnist_experiment as X
 
 
 def _eval(cache, weights, method, budget, split="test"):
-    key = f"{pathlib.Path(weights).name}|{method}|{budget}|{split}|{weights}"
+    key = f"{weights}|{method}|{budget}|{split}"
     if key not in cache:
         cache[key] = X.eval_json(weights, method, budget, split)
         print(f"eval {key}: top-1 {100 * cache[key]['top1']:.2f} %", flush=True)
