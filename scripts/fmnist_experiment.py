@@ -2,6 +2,7 @@
 
     python scripts/fmnist_experiment.py status              # what is done, what runs, what is left
     python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|all] [--only METHOD ...]
+                                            [--seeds 0 ...]
     python scripts/fmnist_experiment.py report              # test-set evaluations, table, pictures
 
 Phases, each resumable (run it again after a stop: finished jobs are skipped, unfinished ones resume from
@@ -111,10 +112,10 @@ def search_name(method, grid):
     return f"{method}_{round(100 * search_budget(method))}_{grid}"
 
 
-def final_jobs(methods, run_dir):
+def final_jobs(methods, run_dir, seeds=SEEDS):
     chosen = load_choice(run_dir)
     jobs = []
-    for seed in SEEDS:                                  # seed 0 of every method first
+    for seed in seeds:                                  # seed 0 of every method first
         for m in methods:
             if seed not in METHODS[m] or m not in chosen:
                 continue
@@ -243,6 +244,8 @@ def main(argv=None):
     p.add_argument("--phase", choices=["backbone", "search", "final", "all"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
     p.add_argument("--only", nargs="+", choices=list(METHODS), help="methods to run (default: all)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), choices=SEEDS,
+                   help="final runs of these seeds only (e.g. 0: one complete row per method first)")
     p.add_argument("--run-dir", default=str(REPO / "runs" / "experiment"))
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
     p.add_argument("--backbone-epochs", type=float, default=24)
@@ -267,7 +270,7 @@ def main(argv=None):
         choose(run_dir, methods)
     if args.phase in ("final", "all"):
         choose(run_dir, methods)
-        run_jobs(final_jobs(methods, run_dir), run_dir, args.jobs)
+        run_jobs(final_jobs(methods, run_dir, args.seeds), run_dir, args.jobs)
     return 0
 
 
