@@ -12,7 +12,7 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe compare BUNDLE THEIRS [--json] [--tol float64|float32]
 
 Inference commands run on the Numba kernels when Numba is installed and they get at least
-``cli_common.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
+``cli.common.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
 path. The commands that read weights take ``--model NAME`` / ``--heads N`` for timm files.
 
 Exit codes: 0 success, 2 bad input or usage (ValueError/TypeError, argparse), 1 a failure at run time
@@ -22,12 +22,11 @@ traceback.
 import argparse
 import sys
 
-from . import __version__
-from .cli_infer import (add_demo, add_eval, add_predict, add_viz, run_demo, run_eval, run_predict,
-                        run_viz)
-from .cli_train import add_train, run_train
-from .config import ACTIVATIONS, PRESETS
-from .validate.cli import add_compare, add_golden, run_compare, run_golden
+from .. import __version__
+from .infer import add_demo, add_eval, add_predict, add_viz, run_demo, run_eval, run_predict, run_viz
+from .train import add_train, run_train
+from ..config import ACTIVATIONS, PRESETS
+from ..validate.cli import add_compare, add_golden, run_compare, run_golden
 
 
 def describe(cfg):
@@ -82,8 +81,8 @@ def image_size(text):
 
 
 def run_convert(args):
-    from .io.timm_model import check_architecture
-    from .io.weights import convert
+    from ..io.timm_model import check_architecture
+    from ..io.weights import convert
     if args.model is not None:
         check_architecture(args.model)           # an unknown name fails first, listing the presets
     params, cfg, _ = convert(args.src, args.dst, model=args.model, num_heads=args.heads, dtype=args.dtype,
@@ -111,7 +110,7 @@ def add_bench(sub):
 
 
 def run_bench(args):
-    from .bench import run_bench as bench
+    from ..bench import run_bench as bench
     bench(json=args.json, quick=args.quick)
     return 0
 

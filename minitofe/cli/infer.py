@@ -1,14 +1,14 @@
-"""CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in ``cli.py``); what
-they share (weights, images, budgets, flags) is in ``cli_common``."""
+"""CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in
+``cli/__init__.py``); what they share (weights, images, budgets, flags) is in ``cli/common.py``."""
 import json
 import os
 import pathlib
 
 import numpy as np
 
-from .cli_common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
-                         class_names, first_images, load_args, normalisation, pick_fast, read_images, run_model,
-                         sample_images)
+from .common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
+                     class_names, first_images, load_args, normalisation, pick_fast, read_images, run_model,
+                     sample_images)
 
 
 def add_predict(sub):
@@ -39,7 +39,7 @@ def classify(args, paths):
     """The shared part of ``predict`` and ``viz``: load the weights, read ``paths``, run the model with
     the command's method / budget / inference / fast flags -> (model, source, images, logits, info, seconds,
     class names, kernels: "fast" or "reference")."""
-    from .kernels import use_fast
+    from ..kernels import use_fast
     model, source = load_args(args)
     x = read_images(paths, model)
     fast = use_fast(pick_fast(args.fast, len(x)), x)
@@ -77,7 +77,7 @@ def add_viz(sub):
 
 
 def run_viz(args):
-    from .viz import save_token_maps
+    from ..viz import save_token_maps
     paths = args.images or sample_images()
     model, source, x, logits, info, _, names, _ = classify(args, paths)
     titles = [f"pred {names[int(k)]}: {pathlib.Path(p).name}" for p, k in zip(paths, logits.argmax(1))]
@@ -96,8 +96,8 @@ def add_demo(sub):
 
 
 def run_demo(args):
-    from .data import FASHION_MNIST_CLASSES
-    from .viz import save_token_maps
+    from ..data import FASHION_MNIST_CLASSES
+    from ..viz import save_token_maps
     model, source = load_args(args, random_fallback=True)
     paths = sample_images()
     x = read_images(paths, model)
@@ -137,13 +137,13 @@ def add_eval(sub):
 
 
 def run_eval(args):
-    from .evaluate import evaluate
+    from ..evaluate import evaluate
     model, source = load_args(args)
     if args.data == "fashion-mnist":
-        from .data import load_fashion_mnist
+        from ..data import load_fashion_mnist
         images, labels = load_fashion_mnist(args.split, args.data_root)
     else:
-        from .data import load_image_folder
+        from ..data import load_image_folder
         mean, std = normalisation(model.cfg)
         images, labels, _ = load_image_folder(args.data, model.cfg.img_size, mean, std,
                                               grey=model.cfg.in_chans == 1)
