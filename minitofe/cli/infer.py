@@ -137,7 +137,7 @@ def add_eval(sub):
 
 
 def run_eval(args):
-    from ..evaluate import evaluate
+    from ..train import evaluate
     model, source = load_args(args)
     if args.data == "fashion-mnist":
         from ..data import load_fashion_mnist

@@ -1,4 +1,4 @@
-"""``TrainConfig``: every setting of minitofe's trainer (``minitofe.train``), validated on construction."""
+"""``TrainConfig``: every setting of minitofe's trainer (``minitofe.train.train``), validated on construction."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +22,7 @@ class TrainConfig:
     seed: int = 0
     out_dir: str = "runs/train"
     fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
-    teacher_cache: bool = False        # compute the teacher once for the whole training set (minitofe.teacher)
+    teacher_cache: bool = False        # compute the teacher once for the whole training set (train/teacher_cache.py)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_images", "checkpoint_every", "log_every",

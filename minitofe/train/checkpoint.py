@@ -10,9 +10,9 @@ import os
 
 import numpy as np
 
-from .config import ViTConfig
-from .io.files import atomic_write
-from .io.npz import read_npz_arrays, write_npz_arrays
+from ..config import ViTConfig
+from ..io.files import atomic_write
+from ..io.npz import read_npz_arrays, write_npz_arrays
 
 META_KEY = "__checkpoint__"
 

@@ -7,7 +7,7 @@ weight decay as in torch.optim.AdamW (``p -= lr * wd * p`` before the Adam updat
 """
 import math
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def no_weight_decay(key, value):
