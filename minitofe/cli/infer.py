@@ -7,8 +7,8 @@ import pathlib
 import numpy as np
 
 from .common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
-                     class_names, first_images, load_args, normalisation, pick_fast, read_images, run_model,
-                     sample_images)
+                     first_images, load_args, pick_fast, run_model)
+from ..data.inputs import class_names, normalisation, read_images, sample_images
 
 
 def add_predict(sub):

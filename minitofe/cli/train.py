@@ -142,8 +142,7 @@ def load_data(o, cfg):
     ``train``/``val`` subfolders (the folder itself is the training set when it has no ``train``),
     normalised as ``minitofe predict`` normalises single images."""
     import pathlib
-    from .common import normalisation
-    from ..data import load_fashion_mnist, load_image_folder
+    from ..data import load_fashion_mnist, load_image_folder, normalisation
     if o["data"] == "fashion-mnist":
         val = load_fashion_mnist("val", o["data_root"])
         return load_fashion_mnist("train", o["data_root"]), (val if len(val[1]) else None)  # tiny files: none
