@@ -21,10 +21,10 @@ def count_params(params):
 def add_convert(sub):
     p = sub.add_parser("convert", help="convert weights: timm .safetensors/.pth <-> minitofe .npz",
                        description="Read SRC (.npz, .safetensors, .pth/.pt/.bin) and write DST (.npz or "
-                                   "timm-layout .safetensors). Shapes and key names are checked. A timm file "
-                                   "does not record its heads, image size, pooling or block maths: name its "
-                                   "architecture (--model) or state them (--heads, --img-size, --global-pool; "
-                                   "see docs/timm-conversion.md).")
+                                   "timm-layout .safetensors). Shapes and key names are checked. A timm "
+                                   "file does not record its heads, image size, pooling or block maths: "
+                                   "name its architecture (--model) or state them (--heads, --img-size, "
+                                   "--global-pool; see docs/timm-conversion.md).")
     p.add_argument("src", help="weight file to read")
     p.add_argument("dst", help="file to write (.npz or .safetensors)")
     p.add_argument("--model", metavar="NAME", help="the architecture of a timm file: a minitofe preset "
@@ -37,8 +37,8 @@ def add_convert(sub):
     p.add_argument("--act", choices=list(ACTIVATIONS), help="MLP activation, when not exact GELU")
     p.add_argument("--pool-include-prefix", action="store_true", default=None,
                    help="avg pooling over the prefix tokens too (timm's pool_include_prefix)")
-    p.add_argument("--backbone-only", action="store_true", help="leave out the ToFe modules and their "
-                                                                "settings (a .safetensors timm loads strictly)")
+    p.add_argument("--backbone-only", action="store_true",
+                   help="leave out the ToFe modules and their settings (a .safetensors timm loads strictly)")
     p.add_argument("--dtype", choices=["float32", "float64"], help="cast every array (default: keep)")
     p.add_argument("--force", action="store_true", help="overwrite DST if it exists (never SRC)")
 

@@ -1,6 +1,7 @@
-"""The training loop: AdamW with warm-up + cosine schedule, gradient clipping, label smoothing, parameter groups
-(backbone at a fraction of the rate, or frozen), distillation from the dense teacher, the ToFe budget loss,
-tqdm progress, periodic evaluation, a JSON-lines log of every step, and atomic, resumable checkpoints.
+"""The training loop: AdamW with warm-up + cosine schedule, gradient clipping, label smoothing,
+parameter groups (backbone at a fraction of the rate, or frozen), distillation from the dense teacher,
+the ToFe budget loss, tqdm progress, periodic evaluation, a JSON-lines log of every step, and atomic,
+resumable checkpoints.
 
 Everything that varies between steps is a function of (seed, step): the batch order of an epoch comes
 from ``default_rng([seed, epoch])`` and the Gumbel noise of a step from ``default_rng([seed, 1, step])``,
