@@ -48,14 +48,10 @@ def _check_model(model):
 
 
 def new_model(cfg, tofe=None, rng=None, dtype=np.float64):
-    """Fresh backbone (timm init) and ToFe modules for ``tofe.method``; ``dtype`` float32 or float64."""
+    """Fresh backbone (timm init) and ToFe modules for ``tofe.method``; ``dtype`` float32 or float64
+    (the inits check their arguments: ``nn.params.check_init_args``)."""
     rng = np.random.default_rng(0) if rng is None else rng
     tofe = ToFeConfig() if tofe is None else tofe
-    if not isinstance(cfg, ViTConfig) or not isinstance(tofe, ToFeConfig):
-        raise TypeError(f"new_model needs a ViTConfig and a ToFeConfig, got {type(cfg).__name__} and "
-                        f"{type(tofe).__name__}")
-    if np.dtype(dtype) not in (np.float32, np.float64):
-        raise TypeError(f"new_model: dtype must be float32 or float64, got {np.dtype(dtype)}")
     params = init_params(cfg, rng, dtype)
     params.update(init_tofe_params(cfg, tofe, rng, dtype))
     return Model(params, cfg, tofe)

@@ -135,9 +135,9 @@ def approximation_errors(models, out_json, out_png):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import minitofe
-    from minitofe.cli_common import budget_ratios
+    from minitofe.cli.common import budget_ratios
     from minitofe.data import load_fashion_mnist
-    from minitofe.diagnostics import stage_errors
+    from minitofe.train.diagnostics import stage_errors
     images, _ = load_fashion_mnist("test")
     teacher = minitofe.load_model(X.BACKBONE_NPZ)
     result = {}

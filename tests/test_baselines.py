@@ -379,7 +379,7 @@ def test_train_step_anneals_the_evit_keep_rate_and_trains_dynamicvit():
 
 @pytest.mark.parametrize("method", ["evit", "dynamicvit"])
 def test_twenty_adamw_steps_lower_the_loss(method):
-    from minitofe.optim import adamw_init, adamw_step
+    from minitofe.train.optim import adamw_init, adamw_step
     params, images, labels, tcfg, teacher, noise, _ = _setup(method, B=8, evit_keep_rate=0.5, dvit_rho=0.5)
     state, first = adamw_init(params), None
     for _ in range(20):

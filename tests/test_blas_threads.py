@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from threadpoolctl import threadpool_info
 
-from minitofe.cli_common import BLAS_ENV, BLAS_THREADS_MIN_IMAGES, blas_threads_for
+from minitofe.cli.common import BLAS_ENV, BLAS_THREADS_MIN_IMAGES, blas_threads_for
 
 
 def _blas_threads():

@@ -63,7 +63,8 @@ def test_predict_table_and_json(capsys, weights, images):
 def test_predict_picks_the_kernels_by_the_number_of_images(capsys, weights, images, monkeypatch):
     """No flag: the NumPy reference below AUTO_FAST_MIN_IMAGES images (Numba's start-up would cost more
     than it saves), the kernels from there on; --fast / --no-fast always win. Same answers either way."""
-    from minitofe import cli_common, kernels
+    from minitofe import kernels
+    from minitofe.cli import common as cli_common
     outs = {}
     for flags in ([], ["--fast"], ["--no-fast"]):
         code, out, _ = run(capsys, "predict", images[0], "--weights", weights, "--json", *flags)

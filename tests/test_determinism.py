@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minitofe
-from minitofe.checkpoint import load_checkpoint
+from minitofe.train.checkpoint import load_checkpoint
 from minitofe.config import ViTConfig
 from minitofe.train import TrainConfig, train
 

@@ -3,7 +3,7 @@ import numpy as np
 
 import minitofe
 from minitofe.config import ViTConfig
-from minitofe.diagnostics import stage_errors
+from minitofe.train.diagnostics import stage_errors
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
 

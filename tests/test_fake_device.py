@@ -15,7 +15,7 @@ from minitofe.testing.fakedevice import FakeDeviceArray, fake_xp, to_device
 from minitofe.nn.layers import cross_entropy_backward, cross_entropy_forward
 from minitofe.kernels import ops as kernel_ops
 from minitofe.nn.vit import vit_backward, vit_forward
-from minitofe.optim import adamw_init, adamw_step, clip_grad_norm
+from minitofe.train.optim import adamw_init, adamw_step, clip_grad_norm
 from minitofe.tofe.config import FAITHFUL_BASELINES, METHODS, ToFeConfig
 from minitofe.tofe.inference import tofe_inference
 from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward

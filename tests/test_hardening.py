@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import minitofe
-from minitofe.checkpoint import load_checkpoint
+from minitofe.train.checkpoint import load_checkpoint
 from minitofe.config import ViTConfig
 from minitofe.io import weights as W
 
@@ -55,7 +55,7 @@ def test_fuzzed_weight_files_raise_only_documented_errors(tmp_path, valid_files,
 
 SAVER = textwrap.dedent("""
     import sys, numpy as np
-    from minitofe.checkpoint import save_checkpoint
+    from minitofe.train.checkpoint import save_checkpoint
     path = sys.argv[1]
     params = {"w": np.zeros((512, 512), np.float32)}
     opt = {"step": 0, "m": {"w": np.zeros((512, 512), np.float32)}, "v": {"w": np.zeros((512, 512), np.float32)}}

@@ -61,9 +61,9 @@ def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one(user_layer)
     import os
     import subprocess
     import sys
-    code = ("import numpy as np, numba; from minitofe.kernels import choose; from minitofe.nn import layers\n"
+    code = ("import numpy as np, numba; from minitofe.kernels import ops\n"
             "x = np.ones((2, 3, 4), np.float32)\n"
-            "choose(True, layers.gelu_forward, like=x)(x)      # a parallel kernel starts the threads\n"
+            "ops(True, like=x).gelu_forward(x)      # a parallel kernel starts the threads\n"
             "print(numba.threading_layer())")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     if user_layer:
@@ -97,16 +97,17 @@ def test_kernels_called_from_several_threads_give_the_reference_results():
     assert not errors
 
 
-def test_choose_falls_back_to_the_reference(monkeypatch):
+def test_ops_falls_back_to_the_reference(monkeypatch):
+    """Without ``fast``, on a GPU array, or without Numba, ``kernels.ops`` hands down None: the model code
+    then runs its own reference functions (``tofe.ops.resolve``)."""
+    from minitofe.tofe.ops import resolve
     x = np.zeros((1, 2, 3))
-    assert kernels.choose(False, tokens.gather_tokens, like=x) is tokens.gather_tokens
-    assert kernels.choose(True, tokens.gather_tokens, like=x) is K.gather_tokens
-    assert kernels.choose(True, tokens.gather_tokens, like=to_device(x)) is tokens.gather_tokens  # on a GPU
+    assert resolve(kernels.ops(False, like=x)).gather_tokens is tokens.gather_tokens
+    assert resolve(kernels.ops(True, like=x)).gather_tokens is K.gather_tokens
+    assert resolve(kernels.ops(True, like=to_device(x))).gather_tokens is tokens.gather_tokens  # on a GPU
     monkeypatch.setenv("MINITOFE_NO_NUMBA", "1")                          # as if Numba were absent
-    assert kernels.choose(True, tokens.gather_tokens, tokens.scatter_tokens, like=x) == (
-        tokens.gather_tokens, tokens.scatter_tokens)
-    with pytest.raises(ValueError, match="no fast kernel"):
-        kernels.choose(True, np.copy)
+    ref = resolve(kernels.ops(True, like=x))
+    assert (ref.gather_tokens, ref.scatter_tokens) == (tokens.gather_tokens, tokens.scatter_tokens)
 
 
 def test_ops_hands_down_the_twins_or_none_for_the_reference(monkeypatch):

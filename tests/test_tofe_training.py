@@ -7,7 +7,7 @@ import minitofe.tofe.stage as stage
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
 from minitofe.nn.params import init_params
-from minitofe.optim import adamw_init, adamw_step
+from minitofe.train.optim import adamw_init, adamw_step
 from minitofe.tofe.config import ToFeConfig
 from minitofe.tofe.gumbel import gumbel_softmax_forward
 from minitofe.tofe.params import init_tofe_params

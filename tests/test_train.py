@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import minitofe
-from minitofe.checkpoint import load_checkpoint
+from minitofe.train.checkpoint import load_checkpoint
 from minitofe.config import ViTConfig
 from minitofe.train import NonFiniteLossError, TrainConfig, evaluate, train
 
@@ -91,7 +91,7 @@ def test_resume_from_another_config_is_refused(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
-    import minitofe.train as trainer
+    import minitofe.train.loop as trainer
     real_step = trainer.train_step
 
     def poisoned(model, teacher, images, labels, step, cfg):

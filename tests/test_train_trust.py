@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import minitofe
-import minitofe.train as train_mod
+import minitofe.train.loop as train_mod
 from minitofe.backend import frozen_copy, read_only
 from minitofe.cli import main
 from minitofe.config import ViTConfig
@@ -203,9 +203,9 @@ def test_kill_9_at_a_random_point_then_resume_is_bit_identical(tmp_path, data, d
 # ---- every other place two owners could share an array ----
 
 def test_no_other_owner_shares_the_models_arrays(tmp_path):
-    from minitofe.checkpoint import load_checkpoint, save_checkpoint
+    from minitofe.train.checkpoint import load_checkpoint, save_checkpoint
     from minitofe.io.timm import from_timm_state_dict, to_timm_state_dict
-    from minitofe.optim import adamw_init
+    from minitofe.train.optim import adamw_init
     model = _model()
     params = model.params
     # the optimizer's moments are its own
@@ -233,7 +233,7 @@ def test_no_other_owner_shares_the_models_arrays(tmp_path):
 
 @pytest.mark.parametrize("method, fast", [("tofe", False), ("tofe", True), ("dynamicvit", False)])
 def test_a_cached_teacher_trains_like_the_teacher_computed_per_batch(tmp_path, method, fast):
-    from minitofe.teacher import TeacherCache
+    from minitofe.train.teacher_cache import TeacherCache
     model, data = _model(method, np.float32), _data(30)
     data = (data[0].astype(np.float32), data[1])
     stages = model.tofe.resolved_stages(CFG.depth)

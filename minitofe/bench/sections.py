@@ -9,7 +9,7 @@ from ..config import get_config
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import init_params
 from ..nn.vit import vit_backward, vit_forward
-from ..optim import adamw_init, adamw_step
+from ..train.optim import adamw_init, adamw_step
 from ..tofe import tokens
 from ..tofe.config import ToFeConfig
 from ..tofe.inference import tofe_inference

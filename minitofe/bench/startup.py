@@ -43,7 +43,7 @@ def bench_startup(quick, reps):
     """``minitofe predict IMAGE --json`` on one bundled sample in a fresh process, after a first run that
     fills the caches (Numba's compiled kernels, the OS file cache): wall time and peak memory. Uses the
     shipped weights when present, else a random ``vit_fmnist_patch2_28`` ToFe model saved to a temp file."""
-    from ..cli_common import sample_images
+    from ..data import sample_images
     from ..io.shipped import TOFE_FILE, find_shipped
     from ..model import new_model, save_model
     image = str(sample_images()[0])

@@ -19,7 +19,7 @@ CONFIG_KEY, META_KEY = "__config__", "__meta__"
 
 def write_npz_arrays(f, arrays):
     """np.savez's format (a zip of .npy members) into the open file ``f``, with a fixed timestamp: equal
-    arrays, equal bytes. Shared with ``minitofe.checkpoint``."""
+    arrays, equal bytes. Shared with ``minitofe.train.checkpoint``."""
     with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
         for key, arr in arrays.items():
             info = zipfile.ZipInfo(key + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
@@ -58,7 +58,7 @@ def _json_entry(arrays, key):
 
 def read_npz_arrays(path):
     """path -> {name: array} of any .npz (no pickles); a missing, single-array or corrupt file raises
-    ValueError naming the path. Shared with ``minitofe.checkpoint``."""
+    ValueError naming the path. Shared with ``minitofe.train.checkpoint``."""
     with open(path, "rb") as fh:          # our own handle: np.load leaks its own when the zip is bad
         try:
             data = np.load(fh, allow_pickle=False)

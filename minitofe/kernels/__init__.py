@@ -11,9 +11,8 @@ the top (``predict``, the trainer, the bench) makes the choice once and hands th
 where ``ops`` returns the namespace of fast twins (attribute ``fast=True``) when ``fast`` is true, Numba
 is installed (and not disabled with ``MINITOFE_NO_NUMBA=1``) and the ``like`` arrays are NumPy arrays,
 else None, which the model code reads as its own reference (``tofe.ops.REFERENCE``); on CuPy arrays
-the reference, written against ``get_xp``, *is* the GPU path. ``choose(fast, *refs, like=...)`` picks
-single functions the same way. Numba is imported only when a fast function is first
-asked for, so the reference path never pays its import or compile time; compiled code is cached on
+the reference, written against ``get_xp``, *is* the GPU path. Numba is imported only when a fast
+function is first asked for, so the reference path never pays its import or compile time; compiled code is cached on
 disk (``cache=True``), so later processes do not compile again either.
 
 Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
@@ -86,7 +85,7 @@ def _serialised(f):
 
 
 def use_fast(fast, like=()):
-    """Whether ``choose`` would return fast functions for these arrays."""
+    """Whether ``ops(fast, like)`` hands down the fast twins for these arrays (the CLI reports it)."""
     like = like if isinstance(like, (tuple, list)) else (like,)
     return bool(fast) and is_host(*like) and fast_kernels() is not None
 
@@ -95,20 +94,6 @@ def ops(fast, like=()):
     """The fast twins' namespace (``fast_kernels()``) if ``use_fast(fast, like)``, else None: hand it to
     the model code's ``ops=`` (None runs the reference)."""
     return fast_kernels() if use_fast(fast, like) else None
-
-
-def choose(fast, *refs, like=()):
-    """For each reference function, its fast twin if ``use_fast(fast, like)``, else the reference.
-
-    Returns a single function for a single reference, else a tuple in the same order."""
-    for f in refs:
-        if f.__name__ not in REGISTRY:
-            raise ValueError(f"no fast kernel is registered for {f.__name__!r}; known: {sorted(REGISTRY)}")
-    out = tuple(refs)
-    if use_fast(fast, like):
-        k = fast_kernels()
-        out = tuple(getattr(k, f.__name__) for f in refs)
-    return out[0] if len(out) == 1 else out
 
 
 def release_buffers():

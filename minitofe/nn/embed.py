@@ -16,9 +16,31 @@ LayerNorm ``norm_pre`` and the patch embedding has no bias, as in timm.
 The head (final norm, pooling, ``fc_norm``, classifier) lives in ``nn.head``; ``head_forward`` and
 ``head_backward`` are re-exported here for the modules that import them from this one.
 """
+import numpy as np
+
 from .head import head_backward, head_forward  # noqa: F401  (re-exported)
 from .layers import layernorm_backward, layernorm_forward, linear_backward, linear_forward
 from ..backend import get_xp
+
+
+def check_images(images, cfg, dtype):
+    """Validate a batch of images against the config and the params' dtype, as ``embed_forward`` takes
+    them (NCHW at the config's size, the params' float dtype, finite); raise naming the problem."""
+    xp = get_xp(images)
+    want = (cfg.in_chans,) + cfg.img_hw
+    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
+        raise TypeError(f"images must be an array of shape (B, {want[0]}, {want[1]}, {want[2]}), "
+                        f"got {type(images).__name__}")
+    if images.ndim != 4 or tuple(images.shape[1:]) != want:
+        raise ValueError(f"images must have shape (B, {want[0]}, {want[1]}, {want[2]}) (NCHW), "
+                         f"got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images: empty batch (B = 0)")
+    if images.dtype != dtype:
+        raise TypeError(f"images have dtype {images.dtype} but the params are {np.dtype(dtype)}; "
+                        f"cast the images (or the params) explicitly")
+    if not bool(xp.isfinite(images).all()):
+        raise ValueError("images contain NaN or inf values")
 
 
 def patchify(images, p):

@@ -72,13 +72,23 @@ def trunc_normal(rng, shape, std, a=-2.0, b=2.0, dtype=np.float64):
     return out.astype(dtype)
 
 
+def check_init_args(cfg, rng, dtype, who):
+    """What an initialisation needs: a ``ViTConfig``, a ``numpy.random.Generator`` (randomness is passed
+    in) and a float dtype (every forward and backward runs in float32 or float64)."""
+    if not isinstance(cfg, ViTConfig):
+        raise TypeError(f"{who} needs a ViTConfig, got {type(cfg).__name__}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"{who}: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise TypeError(f"{who}: dtype must be float32 or float64, got {np.dtype(dtype)}")
+
+
 def init_params(cfg, rng, dtype=np.float64):
     """Fresh parameters following timm's default ('') init: Linear weights trunc-normal(0.02) with zero
     bias, LayerNorm ones/zeros, pos_embed trunc-normal(0.02), cls_token and reg_token normal(1e-6), dist_token
     trunc-normal(0.02), patch-embedding conv torch's default uniform(+-1/sqrt(fan_in)), LayerScale
     ``init_values``. ``rng`` is a ``numpy.random.Generator`` (randomness is passed in)."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"init_params: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_init_args(cfg, rng, dtype, "init_params")
     params = {}
     for key, shape in param_shapes(cfg).items():
         if key in ("cls_token", "reg_token"):

@@ -12,32 +12,11 @@ and dtype of ``params``; a parameter the output does not depend on (the classifi
 zeros. The dtype follows the params: float32 or float64, and the images must match it (nothing is cast
 silently).
 """
-import numpy as np
-
 from .block import block_backward, block_forward, block_options
-from .embed import embed_backward, embed_forward
+from .embed import check_images, embed_backward, embed_forward
 from .head import final_norm_backward, final_norm_forward, head_backward, head_forward, head_output
 from .params import check_params, param_shapes
 from ..backend import get_xp
-
-
-def check_images(images, cfg, dtype):
-    """Validate a batch of images against the config and the params' dtype; raise naming the problem."""
-    xp = get_xp(images)
-    want = (cfg.in_chans,) + cfg.img_hw
-    if not hasattr(images, "shape") or not hasattr(images, "dtype"):
-        raise TypeError(f"images must be an array of shape (B, {want[0]}, {want[1]}, {want[2]}), "
-                        f"got {type(images).__name__}")
-    if images.ndim != 4 or tuple(images.shape[1:]) != want:
-        raise ValueError(f"images must have shape (B, {want[0]}, {want[1]}, {want[2]}) (NCHW), "
-                         f"got {tuple(images.shape)}")
-    if images.shape[0] == 0:
-        raise ValueError("images: empty batch (B = 0)")
-    if images.dtype != dtype:
-        raise TypeError(f"images have dtype {images.dtype} but the params are {np.dtype(dtype)}; "
-                        f"cast the images (or the params) explicitly")
-    if not bool(xp.isfinite(images).all()):
-        raise ValueError("images contain NaN or inf values")
 
 
 def _trunk_forward(params, images, cfg, check, ops):

@@ -35,10 +35,10 @@ from .predictor import predictor_backward, predictor_forward
 from .ops import resolve
 from .scoring import stage_ranges
 from ..backend import get_xp, to_numpy
-from ..nn.embed import embed_forward, head_backward, head_forward
+from ..nn.embed import check_images, embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_backward, layernorm_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images, dense_blocks_embed_backward, dense_blocks_forward
+from ..nn.vit import dense_blocks_embed_backward, dense_blocks_forward
 
 
 class DynamicViTStageCache(NamedTuple):

@@ -20,10 +20,10 @@ from .scoring import stage_ranges
 from .tokens import values_at_positions
 from ..backend import get_xp, to_numpy
 from ..nn.block import check_default_block
-from ..nn.embed import embed_forward, head_backward, head_forward
+from ..nn.embed import check_images, embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images, dense_blocks_embed_backward
+from ..nn.vit import dense_blocks_embed_backward
 
 
 class EvitCache(NamedTuple):

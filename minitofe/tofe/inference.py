@@ -25,9 +25,8 @@ from .record import new_record, record_stage
 from .scoring import stage_ranges, stage_scores, topk_mask
 from .tokens import mask_to_indices, ragged_indices
 from ..backend import get_xp, to_numpy
-from ..nn.embed import embed_forward, head_forward
+from ..nn.embed import check_images, embed_forward, head_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images
 
 
 def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):

@@ -23,7 +23,7 @@ import numpy as np
 
 from .config import ToFeConfig
 from ..nn.block import check_default_block
-from ..nn.params import key_mismatch, trunc_normal
+from ..nn.params import check_init_args, key_mismatch, trunc_normal
 
 
 def selector_shapes(prefix, C):
@@ -81,8 +81,9 @@ def init_tofe_params(cfg, tcfg, rng, dtype=np.float64):
     """Fresh ToFe parameters: Linear weights trunc-normal(0.02) with zero biases, LayerNorm (the 1-d
     weights) ones/zeros, and the approximator's ``fc2`` weight and bias zero (so it starts as the
     identity)."""
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(f"init_tofe_params: rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    check_init_args(cfg, rng, dtype, "init_tofe_params")
+    if not isinstance(tcfg, ToFeConfig):
+        raise TypeError(f"init_tofe_params needs a ToFeConfig, got {type(tcfg).__name__}")
     params = {}
     for key, shape in tofe_param_shapes(cfg, tcfg).items():
         if len(shape) == 1:                                     # LayerNorm weight, or a bias

@@ -9,10 +9,9 @@ from .ops import resolve
 from .params import check_tofe_params
 from .scoring import stage_ranges
 from ..backend import get_xp
-from ..nn.embed import embed_forward, head_forward
+from ..nn.embed import check_images, embed_forward, head_forward
 from ..nn.layers import layernorm_forward
 from ..nn.params import check_params
-from ..nn.vit import check_images
 
 
 def teacher_forward(teacher_params, images, cfg, stages, ops=None):

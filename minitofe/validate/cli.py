@@ -1,4 +1,4 @@
-"""The ``golden`` and ``compare`` subcommands (registered in ``minitofe/cli.py``).
+"""The ``golden`` and ``compare`` subcommands (registered in ``minitofe/cli/__init__.py``).
 
     minitofe golden OUT.safetensors [--weights FILE [--teacher FILE] | --preset NAME|CONFIG.json --seed S]
                     [--method M] [--mode train|topk|threshold] [--images FILE... | --fmnist I... |

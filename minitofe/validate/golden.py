@@ -109,7 +109,7 @@ def _pick_images(model, files, fmnist, random, rng, seed, fmnist_root):
     """-> (images, true labels or None, description) from one of the three sources."""
     cfg = model.cfg
     if files is not None:
-        from ..cli_common import read_images
+        from ..data import read_images
         return read_images(list(files), model), None, f"files {[str(f) for f in files]}"
     if fmnist is not None:
         from ..data import load_fashion_mnist

@@ -14,11 +14,11 @@ token.
 """
 import numpy as np
 
-from .backend import to_numpy
-from .model import predict
-from .nn.embed import embed_forward
-from .nn.block import run_blocks
-from .tofe.training import teacher_forward
+from ..backend import to_numpy
+from ..model import predict
+from ..nn.embed import embed_forward
+from ..nn.block import run_blocks
+from ..tofe.training import teacher_forward
 
 
 def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):

@@ -1,5 +1,6 @@
-"""What the CLI's model commands share: finding and loading weights, reading images, keep ratios for a
-MACs budget, running the model with the BLAS threads sized for the call, and the common flags.
+"""What the CLI's model commands share: finding and loading weights, keep ratios for a MACs budget,
+running the model with the BLAS threads sized for the call, and the common flags (images as a model
+takes them: ``minitofe.data.inputs``).
 
 Weights default to the ones the project ships (found by ``minitofe.io.shipped``: ``MINITOFE_WEIGHTS``, a
 checkout's ``weights/``, or the installed data files; ``minitofe.load_shipped(method=None)``): the ToFe
@@ -8,16 +9,7 @@ model when present, else the dense backbone run with the training-free ``idle`` 
 import argparse
 import contextlib
 import os
-import pathlib
 import time
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def sample_images():
-    """The bundled Fashion-MNIST test images (one per class): sorted paths."""
-    folder = pathlib.Path(__file__).resolve().parent / "samples"
-    return sorted(folder.glob("*.png"))
 
 
 def load_for_inference(weights=None, random_fallback=False, model=None, heads=None):
@@ -37,33 +29,11 @@ def load_for_inference(weights=None, random_fallback=False, model=None, heads=No
         raise ValueError(f"{e}; pass --weights FILE") from None
 
 
-def normalisation(cfg):
-    from .data import FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    if cfg.in_chans == 1:
-        return FASHION_MNIST_MEAN, FASHION_MNIST_STD
-    return IMAGENET_MEAN, IMAGENET_STD
-
-
-def read_images(paths, model):
-    from .data import load_images
-    mean, std = normalisation(model.cfg)
-    x = load_images(paths, model.cfg.img_size, mean, std, grey=model.cfg.in_chans == 1)
-    dtype = next(iter(model.params.values())).dtype
-    return x.astype(dtype)
-
-
-def class_names(cfg):
-    if cfg.num_classes == 10 and cfg.in_chans == 1:
-        from .data import FASHION_MNIST_CLASSES
-        return list(FASHION_MNIST_CLASSES)
-    return [str(i) for i in range(cfg.num_classes)]
-
-
 def budget_ratios(model, method, budget):
     """Keep ratios for ``method`` at ``budget`` x dense MACs (None when no budget is asked for): the
     learned profile scaled, for methods that learn their ratios and have recorded them; the config's
     otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally)."""
-    from .tofe.budget import ratios_for_budget
+    from ..tofe.budget import ratios_for_budget
     tcfg = model.tofe.replace(method=method)
     if budget is None or method == "dense":
         return None
@@ -110,7 +80,7 @@ def first_images(images, labels, limit):
 
 
 def add_weights_args(p):
-    from .config import PRESETS
+    from ..config import PRESETS
     p.add_argument("--weights", help="weight file (.npz / .safetensors / .pth); default: the shipped ones")
     p.add_argument("--model", metavar="NAME",
                    help="preset a timm file (.safetensors / .pth) is an instance of (gives its head count); "
@@ -124,7 +94,7 @@ def load_args(args, random_fallback=False):
 
 
 def add_model_args(p):
-    from .tofe.config import METHODS
+    from ..tofe.config import METHODS
     add_weights_args(p)
     p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
     p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")

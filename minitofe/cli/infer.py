@@ -1,14 +1,14 @@
-"""CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in ``cli.py``); what
-they share (weights, images, budgets, flags) is in ``cli_common``."""
+"""CLI subcommands that use a model: ``demo``, ``predict``, ``viz``, ``eval`` (registered in
+``cli/__init__.py``); what they share (weights, images, budgets, flags) is in ``cli/common.py``."""
 import json
 import os
 import pathlib
 
 import numpy as np
 
-from .cli_common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
-                         class_names, first_images, load_args, normalisation, pick_fast, read_images, run_model,
-                         sample_images)
+from .common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
+                     first_images, load_args, pick_fast, run_model)
+from ..data.inputs import class_names, normalisation, read_images, sample_images
 
 
 def add_predict(sub):
@@ -31,7 +31,8 @@ def conversion_note(paths, cfg):
     if not odd:
         return None
     kind = "grey" if cfg.in_chans == 1 else "RGB"
-    return (f"note: {len(odd)} of {len(paths)} images ({', '.join(odd[:3])}{', ...' if len(odd) > 3 else ''}) "
+    listed = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
+    return (f"note: {len(odd)} of {len(paths)} images ({listed}) "
             f"were resized to {cfg.img_size}x{cfg.img_size} {kind} for this {cfg.num_classes}-class model")
 
 
@@ -39,7 +40,7 @@ def classify(args, paths):
     """The shared part of ``predict`` and ``viz``: load the weights, read ``paths``, run the model with
     the command's method / budget / inference / fast flags -> (model, source, images, logits, info, seconds,
     class names, kernels: "fast" or "reference")."""
-    from .kernels import use_fast
+    from ..kernels import use_fast
     model, source = load_args(args)
     x = read_images(paths, model)
     fast = use_fast(pick_fast(args.fast, len(x)), x)
@@ -77,12 +78,13 @@ def add_viz(sub):
 
 
 def run_viz(args):
-    from .viz import save_token_maps
+    from ..viz import save_token_maps
     paths = args.images or sample_images()
     model, source, x, logits, info, _, names, _ = classify(args, paths)
     titles = [f"pred {names[int(k)]}: {pathlib.Path(p).name}" for p, k in zip(paths, logits.argmax(1))]
     save_token_maps(args.out, x, info, model.cfg, titles)
-    print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, weights {source})")
+    print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, "
+          f"weights {source})")
     return 0
 
 
@@ -91,13 +93,14 @@ def add_demo(sub):
     add_weights_args(p)
     p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--budget", type=float, default=0.5,
-                   help="MACs budget as a fraction of dense, set as in the README's table (default: %(default)s)")
+                   help="MACs budget as a fraction of dense, set as in the README's table "
+                        "(default: %(default)s)")
     add_fast_arg(p)
 
 
 def run_demo(args):
-    from .data import FASHION_MNIST_CLASSES
-    from .viz import save_token_maps
+    from ..data import FASHION_MNIST_CLASSES
+    from ..viz import save_token_maps
     model, source = load_args(args, random_fallback=True)
     paths = sample_images()
     x = read_images(paths, model)
@@ -114,7 +117,8 @@ def run_demo(args):
     print(f"time for {len(paths)} images: dense {t_dense:.3f} s, {model.tofe.method} {t_tofe:.3f} s")
     titles = [f"pred: {names[int(k)]}" for k in logits.argmax(1)]
     if model.cfg.num_classes == len(FASHION_MNIST_CLASSES):         # the samples are named <class index>_...
-        titles = [f"{t} (true: {FASHION_MNIST_CLASSES[int(p.name.split('_')[0])]})" for t, p in zip(titles, paths)]
+        true = [FASHION_MNIST_CLASSES[int(p.name.split("_")[0])] for p in paths]
+        titles = [f"{t} (true: {c})" for t, c in zip(titles, true)]
     save_token_maps(args.out, x, info, model.cfg, titles)
     print(f"wrote {os.path.abspath(args.out)}: kept / frozen / reused patches per stage")
     return 0
@@ -125,8 +129,8 @@ def add_eval(sub):
     add_model_args(p)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
                                                            "subfolder per class)")
-    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: $MINITOFE_FASHION_MNIST, "
-                                       "else /usr/share/datasets/fashion-mnist)")
+    p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: "
+                                       "$MINITOFE_FASHION_MNIST, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--split", choices=["test", "val", "train", "train+val"], default="test",
                    help="Fashion-MNIST split (default: %(default)s; 'val' is the 5 000 images carved out of "
                         "the training file for choosing hyper-parameters)")
@@ -137,13 +141,13 @@ def add_eval(sub):
 
 
 def run_eval(args):
-    from .evaluate import evaluate
+    from ..train import evaluate
     model, source = load_args(args)
     if args.data == "fashion-mnist":
-        from .data import load_fashion_mnist
+        from ..data import load_fashion_mnist
         images, labels = load_fashion_mnist(args.split, args.data_root)
     else:
-        from .data import load_image_folder
+        from ..data import load_image_folder
         mean, std = normalisation(model.cfg)
         images, labels, _ = load_image_folder(args.data, model.cfg.img_size, mean, std,
                                               grey=model.cfg.in_chans == 1)

@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from .io.shipped import BACKBONE_MODEL
+from ..io.shipped import BACKBONE_MODEL
 
 
 # Every option's default. argparse's own defaults stay None so that a --config file and the options a
@@ -20,7 +20,7 @@ DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=Non
 
 
 def add_train(sub):
-    from .tofe.config import METHODS
+    from ..tofe.config import METHODS
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
                        description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
                                    "trainer. Options: defaults < --config file < flags; --resume reads the "
@@ -117,7 +117,7 @@ def record_options(o, resume):
     """A new run writes its options and the --init file's sha256 into --out; a resumed run checks that the
     --init file (the teacher) is still the one the run started from."""
     import pathlib
-    from .io.weights import atomic_write
+    from ..io.weights import atomic_write
     path = pathlib.Path(o["out"]) / OPTIONS_FILE
     digest = file_digest(o["init"])
     if resume and path.is_file():
@@ -142,8 +142,7 @@ def load_data(o, cfg):
     ``train``/``val`` subfolders (the folder itself is the training set when it has no ``train``),
     normalised as ``minitofe predict`` normalises single images."""
     import pathlib
-    from .cli_common import normalisation
-    from .data import load_fashion_mnist, load_image_folder
+    from ..data import load_fashion_mnist, load_image_folder, normalisation
     if o["data"] == "fashion-mnist":
         val = load_fashion_mnist("val", o["data_root"])
         return load_fashion_mnist("train", o["data_root"]), (val if len(val[1]) else None)  # tiny files: none
@@ -165,15 +164,15 @@ def load_data(o, cfg):
 
 def run_train(args):
     import minitofe
-    from .tofe.params import init_tofe_params
-    from .cli_common import first_images
-    from .train import TrainConfig, train
+    from ..tofe.params import init_tofe_params
+    from .common import first_images
+    from ..train import TrainConfig, train
     o = options(args)
     if not o["init"]:
         raise ValueError("--init WEIGHTS is required: the backbone to fine-tune (and the teacher)")
     timm_file = not str(o["init"]).endswith(".npz")     # .npz carries its own config
     base = minitofe.load_model(o["init"], model=o["model"] if timm_file else None)
-    from .train import checkpoint_path
+    from ..train import checkpoint_path
     if not args.resume and os.path.exists(checkpoint_path(o["out"])):
         raise ValueError(f"{checkpoint_path(o['out'])} exists: pass --resume to continue it, or choose "
                          f"another --out; nothing was overwritten")

@@ -1,4 +1,5 @@
-"""``TrainConfig``: every setting of minitofe's trainer (``minitofe.train``), validated on construction."""
+"""``TrainConfig``: every setting of minitofe's trainer (``minitofe.train.train``), validated on
+construction."""
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,8 +22,8 @@ class TrainConfig:
     log_every: int = 1
     seed: int = 0
     out_dir: str = "runs/train"
-    fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels) when Numba is installed
-    teacher_cache: bool = False        # compute the teacher once for the whole training set (minitofe.teacher)
+    fast: bool = True                  # blocks on the Numba kernels (minitofe.kernels), when installed
+    teacher_cache: bool = False        # the teacher once for the whole training set (teacher_cache.py)
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "eval_every", "eval_images", "checkpoint_every", "log_every",
@@ -43,8 +44,9 @@ class TrainConfig:
             if not isinstance(v, (int, float, np.floating)) or isinstance(v, bool) or not np.isfinite(v):
                 raise TypeError(f"TrainConfig: {name} must be a finite number, got {v!r}")
         if not self.lr > 0 or self.backbone_lr_scale < 0 or self.weight_decay < 0 or self.min_lr < 0:
-            raise ValueError(f"TrainConfig: need lr > 0, backbone_lr_scale >= 0, weight_decay >= 0, min_lr >= 0; "
-                             f"got {self.lr}, {self.backbone_lr_scale}, {self.weight_decay}, {self.min_lr}")
+            raise ValueError(f"TrainConfig: need lr > 0, backbone_lr_scale >= 0, weight_decay >= 0, "
+                             f"min_lr >= 0; got {self.lr}, {self.backbone_lr_scale}, {self.weight_decay}, "
+                             f"{self.min_lr}")
         if not 0 <= self.ratio_momentum < 1 or (self.clip_grad is not None and not self.clip_grad > 0):
             raise ValueError(f"TrainConfig: need 0 <= ratio_momentum < 1 and clip_grad > 0 (or None); got "
                              f"{self.ratio_momentum}, {self.clip_grad}")

@@ -9,9 +9,9 @@ numbers, ~4 GB in float32 for 55 000 Fashion-MNIST images on the 50-token backbo
 """
 import numpy as np
 
-from .backend import get_xp
-from . import kernels
-from .tofe.training import teacher_forward
+from .. import kernels
+from ..backend import get_xp
+from ..tofe.training import teacher_forward
 
 
 class TeacherCache:

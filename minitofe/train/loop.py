@@ -1,6 +1,7 @@
-"""The trainer: AdamW with warm-up + cosine schedule, gradient clipping, label smoothing, parameter groups
-(backbone at a fraction of the rate, or frozen), distillation from the dense teacher, the ToFe budget loss,
-tqdm progress, periodic evaluation, a JSON-lines log of every step, and atomic, resumable checkpoints.
+"""The training loop: AdamW with warm-up + cosine schedule, gradient clipping, label smoothing,
+parameter groups (backbone at a fraction of the rate, or frozen), distillation from the dense teacher,
+the ToFe budget loss, tqdm progress, periodic evaluation, a JSON-lines log of every step, and atomic,
+resumable checkpoints.
 
 Everything that varies between steps is a function of (seed, step): the batch order of an epoch comes
 from ``default_rng([seed, epoch])`` and the Gumbel noise of a step from ``default_rng([seed, 1, step])``,
@@ -16,22 +17,21 @@ from dataclasses import asdict
 
 import numpy as np
 
-from . import kernels
-from .backend import frozen_copy, read_only
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
-from .evaluate import evaluate
-from .model import save_model, update_learned_ratios
-from .nn.layers import cross_entropy_backward, cross_entropy_forward
-from .nn.vit import vit_backward, vit_forward
+from .config import TrainConfig
+from .evaluation import evaluate
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
-from .tofe.budget import evit_keep_rate
-from .tofe.evit import keep_rate_at
-from .tofe.gumbel import tau_at
-from .tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
-from .train_config import TrainConfig
+from .. import kernels
+from ..backend import frozen_copy, read_only
+from ..model import save_model, update_learned_ratios
+from ..nn.layers import cross_entropy_backward, cross_entropy_forward
+from ..nn.vit import vit_backward, vit_forward
+from ..tofe.budget import evit_keep_rate
+from ..tofe.evit import keep_rate_at
+from ..tofe.gumbel import tau_at
+from ..tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
 
-__all__ = ["TrainConfig", "NonFiniteLossError", "batch_indices", "train_step", "train", "evaluate",
-           "checkpoint_path"]
+__all__ = ["NonFiniteLossError", "batch_indices", "train_step", "train", "checkpoint_path"]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -176,7 +176,7 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
     scales, frozen = run["scales"], run["frozen"]
     cache = None
     if train_cfg.teacher_cache and model.tofe.needs_teacher and start < train_cfg.steps:
-        from .teacher import TeacherCache
+        from .teacher_cache import TeacherCache
         cache = TeacherCache(teacher_params, images, model.cfg, model.tofe.resolved_stages(model.cfg.depth),
                              train_cfg.batch_size, fast=train_cfg.fast, progress=progress)
 

@@ -7,7 +7,7 @@ weight decay as in torch.optim.AdamW (``p -= lr * wd * p`` before the Adam updat
 """
 import math
 
-from .backend import get_xp
+from ..backend import get_xp
 
 
 def no_weight_decay(key, value):
@@ -48,7 +48,6 @@ def adamw_step(params, grads, state, lr, betas=(0.9, 0.999), eps=1e-8, weight_de
 
 def clip_grad_norm(grads, max_norm):
     """Scale all grads in place so their global L2 norm is at most ``max_norm``; returns the norm before."""
-    xp = get_xp(*grads.values())
     total = math.sqrt(sum(float((g * g).sum()) for g in grads.values()))
     if max_norm is not None and total > max_norm:
         scale = max_norm / (total + 1e-12)

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 
-from .model import predict
+from ..model import predict
 
 
 def evaluate(model, images, labels, batch_size=100, progress=False, **predict_kw):
@@ -31,5 +31,5 @@ def evaluate(model, images, labels, batch_size=100, progress=False, **predict_kw
 
 
 def _dense(model):
-    from .tofe.macs import dense_macs
+    from ..tofe.macs import dense_macs
     return dense_macs(model.cfg)

@@ -10,9 +10,8 @@ import os
 
 import numpy as np
 
-from .config import ViTConfig
-from .io.files import atomic_write
-from .io.npz import read_npz_arrays, write_npz_arrays
+from ..io.files import atomic_write
+from ..io.npz import read_npz_arrays, write_npz_arrays
 
 META_KEY = "__checkpoint__"
 
@@ -58,7 +57,3 @@ def check_same_run(path, meta, expected):
             if have.get(key) != want.get(key):
                 raise ValueError(f"{path}: cannot resume: {section}.{key} is {have.get(key)!r} in the "
                                  f"checkpoint but {want.get(key)!r} now (another config)")
-
-
-def model_config_from_meta(meta):
-    return ViTConfig.from_dict(meta["model"])
