@@ -69,7 +69,8 @@ def erf(x):
 
 
 def scatter_add(target, index, values):
-    """``target[index] += values`` with repeated indices accumulated (``np.add.at`` / ``cupyx.scatter_add``)."""
+    """``target[index] += values`` with repeated indices accumulated (``np.add.at`` /
+    ``cupyx.scatter_add``)."""
     m = _module_of((target,))
     if m is None:
         np.add.at(target, index, values)

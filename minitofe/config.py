@@ -45,7 +45,8 @@ class ViTConfig:
             raise ValueError(f"ViTConfig: {msg}")
         if isinstance(self.img_size, (tuple, list)):
             hw = tuple(self.img_size)
-            object.__setattr__(self, "img_size", hw[0] if len(hw) == 2 and hw[0] == hw[1] else hw)  # square: int
+            object.__setattr__(self, "img_size",
+                               hw[0] if len(hw) == 2 and hw[0] == hw[1] else hw)  # square: int
         sizes = self.img_size if isinstance(self.img_size, tuple) else (self.img_size,)
         if len(sizes) not in (1, 2) or any(not _is_int(v) or v <= 0 for v in sizes):
             bad(f"img_size must be a positive int or a (height, width) pair, got {self.img_size!r}")
@@ -84,9 +85,11 @@ class ViTConfig:
         if self.distilled and (self.reg_tokens or self.no_embed_class or self.fc_norm):
             bad("distilled=True (timm's VisionTransformerDistilled) does not combine with reg_tokens, "
                 "no_embed_class or fc_norm: timm's distilled model ignores them or fails")
-        if self.init_values is not None and not (isinstance(self.init_values, (int, float)) and self.init_values > 0):
+        if (self.init_values is not None
+                and not (isinstance(self.init_values, (int, float)) and self.init_values > 0)):
             bad(f"init_values must be None or a positive number, got {self.init_values!r}")
-        if not isinstance(self.norm_eps, numbers.Real) or isinstance(self.norm_eps, bool) or not self.norm_eps > 0:
+        if (not isinstance(self.norm_eps, numbers.Real) or isinstance(self.norm_eps, bool)
+                or not self.norm_eps > 0):
             bad(f"norm_eps must be a positive number, got {self.norm_eps!r}")
         if self.act_layer not in ACTIVATIONS:
             bad(f"act_layer must be one of {list(ACTIVATIONS)}, got {self.act_layer!r}")

@@ -1,5 +1,6 @@
 """Checks for notebook 01's exercises: the masked softmax of ToFe's training attention (forward, backward)
-and the LayerNorm backward (docs/method.md "Keep path", training; ``minitofe.nn.attention``, ``nn.layers``)."""
+and the LayerNorm backward (docs/method.md "Keep path", training; ``minitofe.nn.attention``,
+``nn.layers``)."""
 import numpy as np
 
 from ..config import LN_EPS

@@ -6,8 +6,8 @@ import numpy as np
 
 from ..config import ViTConfig
 from ..tofe.losses import flops_loss_backward, flops_loss_forward
-from ..tofe.macs import (approximator_macs, block_macs, dense_macs, head_macs, patch_embed_macs, selector_macs,
-                         tofe_macs)
+from ..tofe.macs import (approximator_macs, block_macs, dense_macs, head_macs, patch_embed_macs,
+                         selector_macs, tofe_macs)
 from ..tofe.scoring import topk_mask
 from .verdict import Wrong, as_array, call, exercise, fmt, parts, same, same_as_finite_differences, search
 
@@ -23,9 +23,11 @@ def macs_of_one_stage(n, grid, C, mlp_ratio, num_blocks, r):
 
 def _stage_mistakes(n, N, C, mlp_ratio, num_blocks, r):
     """{MACs a common mistake adds: what the mistake is}."""
-    return {-num_blocks * 2 * n * n * C: "the attention matmuls q k^T and A v (2 n^2 C per block) are missing",
+    return {-num_blocks * 2 * n * n * C:
+                "the attention matmuls q k^T and A v (2 n^2 C per block) are missing",
             -selector_macs(N, C): "the selector is missing (one per stage, on all N tokens)",
-            selector_macs(n, C) - selector_macs(N, C): "the selector scores all N tokens, not only the n kept",
+            selector_macs(n, C) - selector_macs(N, C):
+                "the selector scores all N tokens, not only the n kept",
             -approximator_macs(N - n, C, r): "the approximator is missing (on the N - n frozen tokens)",
             approximator_macs(n, C, r) - approximator_macs(N - n, C, r):
                 "the approximator runs on the N - n frozen tokens, not on the n kept",
@@ -79,7 +81,8 @@ def _budget_agrees(budget_loss, kept, target, lam, finite_differences):
     def explain(_):
         for factor, why in ((B, "the loss uses the batch MEAN of the ratios: divide by B"),
                             (1 / B, "divided by B once too often"), (-1, "the sign is flipped"),
-                            (dense_macs(SMALL), "R is MACs / dense MACs: divide dMACs/dkept by the dense MACs")):
+                            (dense_macs(SMALL),
+                             "R is MACs / dense MACs: divide dMACs/dkept by the dense MACs")):
             if np.allclose(dkept, factor * dkept_want, rtol=1e-6):
                 return f" (off by a factor {fmt(factor)} everywhere: {why})"
         return ""

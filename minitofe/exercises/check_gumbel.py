@@ -41,7 +41,8 @@ def _mask_agrees(straight_through_mask, logits, noise, tau):
             return (" (m must be exactly 0.0 or 1.0: build the one-hot directly; hard + y - y leaves "
                     "rounding errors)")
         tie = " ties go to keep, column 0" if a == b else ""
-        return f" (token {list(token)}: (logits + noise) / tau = [{a:.4g}, {b:.4g}];{tie or ' the larger wins'})"
+        return (f" (token {list(token)}: (logits + noise) / tau = [{a:.4g}, {b:.4g}];"
+                f"{tie or ' the larger wins'})")
     same("m", got, want, rtol=0, atol=0, explain=explain)
 
 

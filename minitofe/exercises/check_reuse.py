@@ -20,7 +20,8 @@ def reused_by_predict(kept):
     S, (B, P) = len(kept), kept[0].shape
     grid = int(round(P ** 0.5))
     if S == 0 or grid * grid != P:
-        raise ValueError(f"reused_by_predict needs at least one stage and P a square number, got S={S}, P={P}")
+        raise ValueError(f"reused_by_predict needs at least one stage and P a square number, "
+                         f"got S={S}, P={P}")
     cfg = ViTConfig(img_size=2 * grid, patch_size=2, in_chans=1, num_classes=2, embed_dim=8, depth=S + 1,
                     num_heads=2)
     tcfg = ToFeConfig(stages=tuple(range(1, S + 1)), keep_ratios=(0.5,) * S)

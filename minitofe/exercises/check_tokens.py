@@ -7,7 +7,8 @@ from ..tofe.approximator import approximator_backward, approximator_forward
 from ..tofe.params import approximator_shapes, selector_shapes
 from ..tofe.selector import selector_forward
 from ..tofe.tokens import gather_tokens, mask_to_indices, scatter_tokens
-from .verdict import Wrong, as_array, call, call_in_place, exercise, parts, same, same_as_finite_differences, search
+from .verdict import (Wrong, as_array, call, call_in_place, exercise, parts, same, same_as_finite_differences,
+                      search)
 
 SELECTOR = "tofe.selector.0."
 APPROX = "tofe.approx.0."
@@ -108,7 +109,8 @@ def _approx_agrees(approximator_grad, x, params, dy, finite_differences):
         raise Wrong(f"grads should be a dict with the keys {sorted(grads_want)}, got {have}")
     dx = as_array("dx", dx, dx_want)
     if np.allclose(dx, dx_want - dy):
-        raise Wrong("dx misses the residual: A(x) = x + MLP(x), so dx = dy + (what comes back through the MLP)")
+        raise Wrong("dx misses the residual: A(x) = x + MLP(x), so dx = dy + (what comes back through "
+                    "the MLP)")
     if finite_differences:
         loss = lambda: float((approximator_forward(x, params, APPROX)[0] * dy).sum())
         same_as_finite_differences("dx", dx, loss, x)

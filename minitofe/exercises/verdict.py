@@ -182,5 +182,6 @@ def search(ranges, check_case, describe=None, examples=50):
     found = smallest_failure(ranges, check_case, examples)
     if found is not None:
         case, message = found
-        raise Wrong(message if describe is None else f"{message}; smallest failing input found: {describe(case)}")
+        raise Wrong(message if describe is None
+                    else f"{message}; smallest failing input found: {describe(case)}")
     return f"{examples} random inputs"

@@ -89,7 +89,8 @@ def _mismatches(cfg, facts, positions, norms):
         if not same:
             bad.append((name, want, value))
     if (cfg.use_norm, cfg.use_fc_norm) != norms:
-        say = lambda n: {(True, False): "norm", (False, True): "fc_norm", (False, False): "no final norm"}[n]  # noqa
+        say = lambda n: {(True, False): "norm", (False, True): "fc_norm",  # noqa
+                         (False, False): "no final norm"}[n]
         bad.append(("final norm", say((cfg.use_norm, cfg.use_fc_norm)), say(norms)))
     if not bad and cfg.embed_len != positions:
         bad.append(("img_size", cfg.img_size, f"a pos_embed of {positions} positions"))
@@ -182,7 +183,8 @@ def match_preset(cfg, model=None, num_heads=None):
     if model is None:
         return cfg
     if isinstance(model, str) and model in PRESETS:
-        want, label, kind = get_config(model).replace(num_classes=cfg.num_classes), f"preset {model!r}", "preset"
+        want, label, kind = (get_config(model).replace(num_classes=cfg.num_classes), f"preset {model!r}",
+                             "preset")
     elif isinstance(model, str):
         template = timm_template(model, cfg.num_classes, cfg.depth, cfg.img_size)
         want, label, kind = read_timm_module(template), f"timm model {model!r}", "model"

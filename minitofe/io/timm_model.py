@@ -81,9 +81,10 @@ def _block(blk, i, C, eps_seen):
     if getattr(attn, "gate", None) is not None:
         _refuse(f"{at}.attn.gate", "gated attention")
     H = int(attn.num_heads)
-    if H * int(attn.head_dim) != C or not math.isclose(float(attn.scale), attn.head_dim ** -0.5, rel_tol=1e-12):
-        _refuse(f"{at}.attn", f"{H} heads of size {attn.head_dim}, scale {attn.scale} (need heads * head_dim = "
-                              f"embed_dim {C} and scale head_dim ** -0.5)")
+    if (H * int(attn.head_dim) != C
+            or not math.isclose(float(attn.scale), attn.head_dim ** -0.5, rel_tol=1e-12)):
+        _refuse(f"{at}.attn", f"{H} heads of size {attn.head_dim}, scale {attn.scale} (need heads * "
+                              f"head_dim = embed_dim {C} and scale head_dim ** -0.5)")
     qkv_bias = _linear(attn.qkv, f"{at}.attn.qkv", (3 * C, C), bias=None)
     _linear(attn.proj, f"{at}.attn.proj", (C, C))
     if _name(mlp) != "Mlp":
@@ -130,8 +131,9 @@ def read_timm_module(model):
     reg = getattr(model, "reg_token", None)
     reg_tokens = int(reg.shape[1]) if reg is not None else 0
     if int(model.num_prefix_tokens) != class_token + reg_tokens + distilled:
-        _refuse("num_prefix_tokens", f"{model.num_prefix_tokens}, but the model has {int(class_token)} class, "
-                                     f"{reg_tokens} register and {int(distilled)} distillation token(s)")
+        _refuse("num_prefix_tokens",
+                f"{model.num_prefix_tokens}, but the model has {int(class_token)} class, "
+                f"{reg_tokens} register and {int(distilled)} distillation token(s)")
     eps_seen = {}
     pre_norm = _norm_eps(model.norm_pre, "norm_pre", C, eps_seen)
     if patch_bias == pre_norm:
@@ -162,7 +164,8 @@ def read_timm_module(model):
         init_values=LAYERSCALE_MARKER if layerscale else None, class_token=class_token, global_pool=pool,
         distilled=distilled, reg_tokens=reg_tokens, no_embed_class=bool(model.no_embed_class),
         pre_norm=pre_norm, fc_norm=None if fc_norm == (pool == "avg") else fc_norm,
-        final_norm=use_norm or use_fc_norm, pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
+        final_norm=use_norm or use_fc_norm,
+        pool_include_prefix=bool(getattr(model, "pool_include_prefix", False)),
         norm_eps=next(iter(eps_seen)), act_layer=act_layer)
 
 
@@ -196,8 +199,8 @@ def check_architecture(name):
         raise ValueError(f"unknown model {name!r}: not a minitofe preset (one of {sorted(PRESETS)}); timm "
                          f'architecture names need timm: pip install "minitofe[torch]"') from None
     if name not in timm.list_models():
-        raise ValueError(f"unknown model {name!r}: neither a minitofe preset (one of {sorted(PRESETS)}) nor a "
-                         f"timm architecture (timm.list_models())")
+        raise ValueError(f"unknown model {name!r}: neither a minitofe preset (one of {sorted(PRESETS)}) "
+                         f"nor a timm architecture (timm.list_models())")
     return "timm"
 
 
@@ -208,6 +211,8 @@ def timm_template(name, num_classes, depth, img_size=None):
     import timm
     kw = {} if img_size is None else {"img_size": img_size}
     try:
-        return timm.create_model(name, pretrained=False, num_classes=num_classes, depth=depth, device="meta", **kw)
+        return timm.create_model(name, pretrained=False, num_classes=num_classes, depth=depth, device="meta",
+                                 **kw)
     except TypeError as e:
-        raise ValueError(f"timm cannot build {name!r} with num_classes={num_classes}, depth={depth} ({e})") from None
+        raise ValueError(f"timm cannot build {name!r} with num_classes={num_classes}, depth={depth} "
+                         f"({e})") from None

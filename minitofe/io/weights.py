@@ -55,7 +55,8 @@ def _check_statement(path, cfg, model, num_heads, stated):
 
 
 def _timm_params(path, state, cfg, model, num_heads, dtype, stated):
-    if cfg is not None and (model is not None or num_heads is not None or any(v is not None for v in stated.values())):
+    if cfg is not None and (model is not None or num_heads is not None
+                            or any(v is not None for v in stated.values())):
         raise TypeError("pass either cfg or model/num_heads/img_size/..., not both")
     with about(path):
         cfg = infer_config(state, model, num_heads, **stated) if cfg is None else cfg
@@ -121,7 +122,8 @@ def save_safetensors(path, params, cfg, metadata=None, meta=None, backbone_only=
     if meta is not None and not isinstance(meta, dict):
         raise TypeError(f"meta must be a dict, got {type(meta).__name__}")
     out = dict(TIMM_METADATA, **(metadata or {}))
-    out.update({str(k): v for k, v in (meta or {}).items() if isinstance(v, str) and not k.startswith("minitofe.")})
+    out.update({str(k): v for k, v in (meta or {}).items()
+                if isinstance(v, str) and not k.startswith("minitofe.")})
     try:
         if meta:
             out[MINITOFE_META] = json.dumps(meta, sort_keys=True)

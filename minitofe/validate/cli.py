@@ -25,14 +25,16 @@ def add_golden(sub):
     p.add_argument("out", help="the bundle to write (.safetensors)")
     src = p.add_argument_group("model (default: the shipped ToFe weights)")
     src.add_argument("--weights", help="weight file (.npz / .safetensors / .pth)")
-    src.add_argument("--preset", metavar="NAME|JSON", help=f"a fresh model: one of {', '.join(sorted(PRESETS))}, "
-                                                           "or a .json file of ViTConfig fields")
+    src.add_argument("--preset", metavar="NAME|JSON",
+                     help=f"a fresh model: one of {', '.join(sorted(PRESETS))}, "
+                          "or a .json file of ViTConfig fields")
     src.add_argument("--seed", type=int, default=0, help="initialises a preset, or the ToFe modules a weight "
                                                          "file lacks (default 0)")
     src.add_argument("--teacher", metavar="FILE", help="the dense teacher's weights (default: the model's "
                                                        "own backbone; a preset: its initial one)")
     src.add_argument("--model", metavar="NAME", help="preset a timm file is an instance of")
-    src.add_argument("--heads", metavar="N", type=int, help="attention heads of a timm file (when no --model)")
+    src.add_argument("--heads", metavar="N", type=int,
+                     help="attention heads of a timm file (when no --model)")
     p.add_argument("--method", choices=METHODS, help="ToFe method (default: the weights' own, else tofe)")
     p.add_argument("--mode", choices=MODES, default="train", help="train (default), topk or threshold")
     img = p.add_argument_group("images (default: --random 2)").add_mutually_exclusive_group()
@@ -87,17 +89,20 @@ def run_golden(args):
         raise ValueError(f"--random must be a batch size in [1, {MAX_RANDOM_BATCH}], got {args.random}")
     if os.path.exists(args.out) and not args.force:           # before any work
         raise ValueError(f"{args.out}: exists already (pass --force to replace it)")
-    model, teacher, source = golden_model(_default_weights(args), _preset(args.preset), args.seed, args.method,
-                                          args.dtype, args.model, args.heads, args.teacher)
+    model, teacher, source = golden_model(_default_weights(args), _preset(args.preset), args.seed,
+                                          args.method, args.dtype, args.model, args.heads, args.teacher)
     random = 2 if args.images is None and args.fmnist is None and args.random is None else args.random
-    images, labels, isrc = golden_images(model, args.images, args.fmnist, random, args.image_seed, args.labels)
+    images, labels, isrc = golden_images(model, args.images, args.fmnist, random, args.image_seed,
+                                         args.labels)
     source = dict(source, **isrc, command=_command(args))
-    path = make_golden(args.out, model, images, labels, args.mode, args.noise_seed, teacher, source, args.force)
+    path = make_golden(args.out, model, images, labels, args.mode, args.noise_seed, teacher, source,
+                       args.force)
     from .bundle import read_bundle
     b = read_bundle(path)
     counts = {r: len(b.of_role(r)) for r in ("input", "param", "forward", "backward")}
-    print(f"wrote {path}: {sum(counts.values())} tensors ({counts['input']} inputs, {counts['param']} parameters, "
-          f"{counts['forward']} forward, {counts['backward']} gradients), {os.path.getsize(path) / 1e6:.1f} MB")
+    print(f"wrote {path}: {sum(counts.values())} tensors ({counts['input']} inputs, "
+          f"{counts['param']} parameters, {counts['forward']} forward, {counts['backward']} gradients), "
+          f"{os.path.getsize(path) / 1e6:.1f} MB")
     print(f"  mode {args.mode}, method {model.tofe.method}, {len(images)} image(s), {args.dtype}; check an "
           f"implementation with: minitofe compare {path} THEIRS.safetensors")
     return 0
@@ -107,16 +112,18 @@ def add_compare(sub):
     from .compare import TOLERANCES
     p = sub.add_parser("compare", help="compare another implementation's outputs with a golden bundle and "
                                        "name the first tensor that diverges",
-                       description="THEIRS (.safetensors or .npz) holds tensors under the bundle's names, any "
-                                   "subset. Exit code 0: all within tolerance, 1: a tensor diverges, 2: bad "
-                                   "input.")
+                       description="THEIRS (.safetensors or .npz) holds tensors under the bundle's names, "
+                                   "any subset. Exit code 0: all within tolerance, 1: a tensor diverges, 2: "
+                                   "bad input.")
     p.add_argument("bundle", help="golden bundle written by `minitofe golden`")
     p.add_argument("theirs", help="the other implementation's outputs (.safetensors / .npz)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     p.add_argument("--tol", choices=list(TOLERANCES), help="tolerance class of the verdict (default: float32 "
                                                            "if their floats or the bundle are float32)")
-    p.add_argument("--brief", action="store_true", help="stop the table a few rows after the first divergence")
-    p.add_argument("--any-version", action="store_true", help="accept a bundle made by another minitofe version")
+    p.add_argument("--brief", action="store_true",
+                   help="stop the table a few rows after the first divergence")
+    p.add_argument("--any-version", action="store_true",
+                   help="accept a bundle made by another minitofe version")
 
 
 def run_compare(args):

@@ -198,7 +198,8 @@ def compare(bundle, theirs, tol=None, any_version=False):
     before = rows[:rows.index(first)] if first else rows
     return {"bundle": bundle.path, "theirs": theirs_path, "mode": bundle.meta["mode"],
             "method": bundle.meta["tofe"]["method"], "minitofe_version": bundle.meta["minitofe_version"],
-            "prefix_tokens": _prefix_tokens(bundle), "tolerances": dict(TOLERANCES), "class": cls, "passed": not failed, "compared": len(rows),
+            "prefix_tokens": _prefix_tokens(bundle), "tolerances": dict(TOLERANCES), "class": cls,
+            "passed": not failed, "compared": len(rows),
             "failed": len(failed), "first_divergence": first,
             "last_match": before[-1]["name"] if before else None, "tensors": rows,
             "not_given": [e.name for e in bundle.entries if e.name not in theirs and e.role in

@@ -53,7 +53,8 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
         if not isinstance(cfg, ViTConfig):
             raise TypeError(f"preset must be a preset name or a ViTConfig, got {type(preset).__name__}")
         if teacher is not None:
-            raise ValueError("a preset's teacher is its own initial backbone: give teacher= with weights= only")
+            raise ValueError("a preset's teacher is its own initial backbone: give teacher= with weights= "
+                             "only")
         model = new_model(cfg, ToFeConfig(method=method or "tofe"), rng, np.dtype(dtype))
         t_params = {k: v.copy() for k, v in model.backbone_params().items()}
         name = preset if isinstance(preset, str) else cfg.to_dict()
@@ -139,7 +140,8 @@ def _inputs(rec, model, images, labels, noise=(), teacher=None):
     for s, g in enumerate(noise):
         rec.add(f"input.noise.{s}", g, f"Gumbel noise of stage {s} (B, P, 2)", role="input")
     for s, t in enumerate(teacher["tokens"] if teacher else ()):
-        rec.add(f"input.teacher_tokens.{s}", t, f"dense teacher's tokens at the end of stage {s}", role="input")
+        rec.add(f"input.teacher_tokens.{s}", t, f"dense teacher's tokens at the end of stage {s}",
+                role="input")
     if teacher:
         rec.add("input.teacher_logits", teacher["logits"], "dense teacher's logits", role="input")
     for k in param_order(model):
@@ -162,8 +164,8 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
                          f"they cover ToFe's methods, idle and dense")
     if mode == "train" and not tcfg.learned_selector:
         raise ValueError(f"method {tcfg.method!r} has no learned selector, so no training bundle; use "
-                         f"mode 'topk' or 'threshold', or a method with ToFe's selector (tofe, tofe-identity, "
-                         f"tofe-uniform)")
+                         f"mode 'topk' or 'threshold', or a method with ToFe's selector (tofe, "
+                         f"tofe-identity, tofe-uniform)")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":

@@ -72,7 +72,8 @@ def divergence_lines(report):
     elif row.get("error"):
         lines.append(f"    {row['error']}")
     if row.get("worst") is not None and row.get("golden") is not None and not row.get("flips"):
-        where = f"[{', '.join(map(str, row['worst']))}]" + _where(row["name"], row["worst"], report["prefix_tokens"])
+        where = (f"[{', '.join(map(str, row['worst']))}]"
+                 + _where(row["name"], row["worst"], report["prefix_tokens"]))
         lines.append(f"    worst element {where}: golden {row['golden']:.10g}, theirs {row['theirs']:.10g} "
                      f"(abs error {_num(row.get('max_abs'))}, rel {_num(row.get('rel'))})")
     if row.get("rows"):

@@ -7,8 +7,9 @@ implementation" of notebook 07 and of the kit's tests.
     run(path, bug="ln_eps")                              # one of BUGS, seeded on purpose
 
 It reads the bundle's inputs (images, labels, Gumbel noise, the dense teacher's outputs), parameters and
-metadata (``config``, ``tofe``) and returns every forward tensor and every gradient (torch autograd) of the ``tofe``, ``tofe-identity`` and ``tofe-uniform``
-methods. ``BUGS`` are three classic porting mistakes, each switched on by name.
+metadata (``config``, ``tofe``) and returns every forward tensor and every gradient (torch autograd) of
+the ``tofe``, ``tofe-identity`` and ``tofe-uniform`` methods. ``BUGS`` are three classic porting
+mistakes, each switched on by name.
 """
 import json
 import math
@@ -198,7 +199,8 @@ def run(path, bug=None, dtype=None):
     other = {k: cfg[k] for k, v in PLAIN_VIT.items() if cfg.get(k, v) != v}
     if other or not isinstance(cfg["img_size"], int):
         raise ValueError(f"this small implementation covers the plain ViT with square images, not {other}")
-    params = {k[len("param."):]: v.clone().requires_grad_(True) for k, v in t.items() if k.startswith("param.")}
+    params = {k[len("param."):]: v.clone().requires_grad_(True) for k, v in t.items()
+              if k.startswith("param.")}
     images = t["input.images"].clone().requires_grad_(True)
     S = len(stage_bounds(cfg, tofe))
     noise = [t[f"input.noise.{s}"] for s in range(S)]

@@ -39,8 +39,8 @@ class Record:
 def _same(mine, theirs, where):
     if not np.array_equal(mine, theirs):
         raise TraceMismatch(f"golden trace: {where} recomputed differs from minitofe's own by "
-                            f"{float(np.abs(mine - theirs).max()):.3g}; the kit traces timm's default block (LayerNorm eps "
-                            f"1e-6, exact GELU) and ToFe's stages only")
+                            f"{float(np.abs(mine - theirs).max()):.3g}; the kit traces timm's default block "
+                            f"(LayerNorm eps 1e-6, exact GELU) and ToFe's stages only")
     return theirs
 
 
