@@ -5,7 +5,6 @@ import gzip
 import json
 import pathlib
 import struct
-import sys
 
 import numpy as np
 import pytest

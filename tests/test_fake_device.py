@@ -127,7 +127,7 @@ def test_dense_training_step_runs_on_the_device():
         loss, c_ce = cross_entropy_forward(logits, to(labels), label_smoothing=0.1)
         dimages, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
         norm = clip_grad_norm(grads, 1.0)
-        state = adamw_step(params, grads, adamw_init(params), lr=1e-3)
+        adamw_step(params, grads, adamw_init(params), lr=1e-3)
         results.append((float(loss), norm, to_numpy(dimages), {k: to_numpy(v) for k, v in params.items()}))
     (l0, n0, d0, p0), (l1, n1, d1, p1) = results
     assert l0 == l1 and n0 == n1

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import safetensors.numpy as stnp
 
-from minitofe.config import ViTConfig, get_config
+from minitofe.config import ViTConfig
 from minitofe.io import timm as T
 from minitofe.io import weights as W
 from minitofe.io.timm_model import from_timm_model

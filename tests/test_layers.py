@@ -7,7 +7,7 @@ from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
 from minitofe.nn.attention import attention_backward, attention_forward, masked_softmax_backward, masked_softmax_forward
 from minitofe.nn.block import block_backward, block_forward, mlp_backward, mlp_forward
-from minitofe.nn.embed import embed_backward, embed_forward, head_backward, head_forward, patchify, unpatchify
+from minitofe.nn.embed import patchify, unpatchify
 from minitofe.nn.layers import (cross_entropy_backward, cross_entropy_forward, gelu_backward, gelu_forward,
                                 layernorm_backward, layernorm_forward, linear_backward, linear_forward,
                                 softmax_backward, softmax_forward)

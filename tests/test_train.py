@@ -1,6 +1,5 @@
 """The trainer: resumable to the same result, atomic checkpoints, non-finite stop, configs, logs."""
 import json
-import os
 
 import numpy as np
 import pytest

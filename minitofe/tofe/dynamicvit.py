@@ -23,8 +23,6 @@ decision's product; the token mask is a constant, as the teacher's outputs are.
 """
 from typing import NamedTuple
 
-import numpy as np
-
 from .budget import dynamicvit_ratios
 from .gumbel import gumbel_softmax_backward, gumbel_softmax_forward
 from .losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward, flops_loss_forward,

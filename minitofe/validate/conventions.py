@@ -7,7 +7,7 @@ from ..config import LN_EPS
 
 def conventions(cfg, tcfg, mode, dtype):
     """{topic: sentence} for ViTConfig ``cfg``, ToFeConfig ``tcfg``, mode train/topk/threshold."""
-    T, P, N, C = cfg.num_prefix_tokens, cfg.num_patches, cfg.num_tokens, cfg.embed_dim
+    T, P, N = cfg.num_prefix_tokens, cfg.num_patches, cfg.num_tokens
     stages = tcfg.resolved_stages(cfg.depth) if tcfg.method != "dense" else ()
     c = {
         "dtype": f"every float tensor is {dtype}; labels and indices are int64",
@@ -64,8 +64,8 @@ def _train_conventions(cfg, tcfg, T):
                   f"softmax(student/Tkd)) / B, Tkd = {tcfg.kd_temperature:g}; loss.approx = sum over stages "
                   f"of sum over frozen patches (mask < 0.5) ||approx - teacher_tokens||^2 / (C * max(number "
                   f"frozen, 1)) (0 without an approximator); loss.flops = " + (
-                      f"lam * sum_s (mean_b keep_fraction_s - rho_s)^2" if tcfg.method == "tofe-uniform"
-                      else f"lam * (mean_b macs_ratio - gamma)^2" + (" per image, averaged" if
+                      "lam * sum_s (mean_b keep_fraction_s - rho_s)^2" if tcfg.method == "tofe-uniform"
+                      else "lam * (mean_b macs_ratio - gamma)^2" + (" per image, averaged" if
                                                                     tcfg.per_image_budget else "")) +
                   f" with lam = {tcfg.lam:g}, gamma = {tcfg.target_ratio:g}; loss.total = cls + "
                   f"{tcfg.alpha:g} kd + {tcfg.beta:g} approx + flops",

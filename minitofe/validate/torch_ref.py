@@ -57,7 +57,7 @@ class Net:
 
     def attention(self, x, name, mask):
         B, N, C = x.shape
-        H, hs = self.H, C // self.H
+        hs = C // self.H
         split = (B, N, self.H, 3, hs) if self.bug == "qkv_split" else (B, N, 3, self.H, hs)
         qkv = self.lin(x, name + ".qkv").reshape(split)
         q, k, v = (qkv[:, :, :, i] if self.bug == "qkv_split" else qkv[:, :, i] for i in range(3))
