@@ -14,6 +14,7 @@ from ..io.shipped import BACKBONE_MODEL
 # resumed run started with (--resume) can sit between these and the flags given now.
 DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
+                approx_reduction=4, tau=1.0, tau_end=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
                 fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100,
                 warmup_steps=50)
@@ -43,6 +44,9 @@ def add_train(sub):
     opt("--beta", "weight of the approximation loss", type=float)
     opt("--lam", "weight lambda of the MACs-budget loss", type=float)
     opt("--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    opt("--approx-reduction", "r: the approximator's bottleneck is C / r wide", type=int)
+    opt("--tau", "Gumbel-Softmax temperature (at the start, when --tau-end is given)", type=float)
+    opt("--tau-end", "anneal the temperature to this by the last step (cosine); None: constant", type=float)
     opt("--limit", "use the first N training images only", type=int)
     opt("--data", "'fashion-mnist' (its 55 000-image train split, evaluated on the 5 000-image val split), "
                   "or an image folder: DIR/train and DIR/val (one subfolder per class; val optional), or DIR")
@@ -180,7 +184,8 @@ def run_train(args):
     dtype = np.dtype(o["dtype"])
     params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
     tkw = dict(method=o["method"], target_ratio=o["target"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
-               label_smoothing=o["label_smoothing"])
+               label_smoothing=o["label_smoothing"], approx_reduction=o["approx_reduction"], tau=o["tau"],
+               tau_end=o["tau_end"])
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     tcfg = minitofe.ToFeConfig(**tkw)
