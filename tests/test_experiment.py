@@ -65,3 +65,29 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     assert set(errors) == {"tofe", "tofe-identity", "idle (training-free)"} and len(errors["tofe"]) == 3
     evals = json.loads((out / "evals.json").read_text())
     assert all(r["split"] == "test" for r in evals.values())
+
+
+def test_the_table_says_which_differences_exceed_the_seed_spread(monkeypatch):
+    """The report's table from known evaluations (no training): mean ± std per row, the training-free
+    baselines, and the verdicts of the comparisons (spread = std_tofe + std_other; a one-seed row
+    borrows tofe's std)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    import fmnist_report as R
+    ev = lambda top1: {"top1": top1, "n": 100, "macs_ratio": 0.5, "keep_ratios": [0.4, 0.3, 0.2]}
+    models = {("tofe", 0.5): [(0, "t0"), (1, "t1"), (2, "t2")],
+              ("tofe-identity", 0.5): [(0, "i0"), (1, "i1"), (2, "i2")],
+              ("tofe-uniform", 0.5): [(0, "u0")]}
+    top1 = {"t0": 0.90, "t1": 0.91, "t2": 0.92, "i0": 0.895, "i1": 0.905, "i2": 0.915, "u0": 0.80}
+    cache = {f"{path}|{m}|0.5|test": ev(top1[path]) for (m, _), runs in models.items() for _, path in runs}
+    for b in X.BUDGETS:
+        cache.update({f"{X.BACKBONE_NPZ}|{m}|{b}|test": ev(0.5) for m in X.TRAINING_FREE})
+    table = R.table(cache, models, ev(0.92))
+    assert "| tofe | 50 % | 3 | 91.00 ± 1.00 |" in table and "| tofe-uniform | 50 % | 1 | 80.00 ± nan |" in table
+    assert "| idle (training-free) | 35 % | 1 | 50.00 ± nan |" in table
+    lines = {line.split(":")[0]: line for line in table.splitlines() if line.startswith("- ")}
+    assert lines["- 50 %, the MLP approximator against the identity"].endswith("apart? no")   # 0.5 < 2.0
+    assert "apart? yes (one seed" in lines["- 50 %, learned keep ratios against fixed equal ones"]
+    assert "apart? yes (one seed" in lines["- 50 %, against idle tokens without training (frozen tokens "
+                                           "carried unchanged)"]
+    assert not [k for k in lines if k.startswith("- 35 %")]          # no tofe row at 35 %: no comparison
