@@ -12,7 +12,9 @@ Writes to ``RUN_DIR/report/``:
 - ``curves.png``   top-1 against MACs (budgets 0.3 ... 1.0), one curve per method (seed-0 model trained at
                    50 %), with the training-free baselines and the dense backbone;
 - ``keep_ratios.png``  learned keep ratio per stage (tofe, at each budget, mean over seeds);
-- ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set.
+- ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set, and (JSON,
+                   ``freeze_paths``) the test top-1 of the seed-0 tofe models with their trained
+                   approximator, the identity and an oracle freeze path.
 """
 import json
 import math
@@ -181,7 +183,7 @@ def approximation_errors(models, out_json, out_png):
     idle = minitofe.add_tofe(minitofe.load_model(X.BACKBONE_NPZ), minitofe.ToFeConfig(method="idle"))
     result["idle (training-free)"] = stage_errors(idle, images, teacher.params,
                                                   keep_ratios=budget_ratios(idle, "idle", 0.5), fast=True)
-    out_json.write_text(json.dumps(result, indent=1))
+    out_json.write_text(json.dumps({**result, "freeze_paths": freeze_paths(models)}, indent=1))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, rows in result.items():
         ax.plot([r["stage"] + 1 for r in rows], [r["frozen"] for r in rows], marker="o",
@@ -197,6 +199,26 @@ def approximation_errors(models, out_json, out_png):
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
+
+
+def freeze_paths(models):
+    """Test top-1 of the seed-0 tofe models under the three freeze paths (trained approximator, identity,
+    oracle: ``minitofe.train.diagnostics.freeze_path_accuracy``), per budget."""
+    import minitofe
+    from minitofe import kernels
+    from minitofe.cli.common import budget_ratios
+    from minitofe.data import load_fashion_mnist
+    from minitofe.train.diagnostics import freeze_path_accuracy
+    images, labels = load_fashion_mnist("test")
+    result = {}
+    for budget in X.BUDGETS:
+        runs = dict(models.get(("tofe", budget), []))
+        if 0 in runs:
+            model = minitofe.load_model(runs[0], dtype=np.float32)
+            result[f"tofe {100 * budget:.0f} %"] = freeze_path_accuracy(
+                model, images.astype(np.float32), labels, budget_ratios(model, "tofe", budget),
+                ops=kernels.ops(True, like=images))
+    return result
 
 
 def report(run_dir, methods):

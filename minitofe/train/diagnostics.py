@@ -11,14 +11,24 @@ carried unchanged), the same frozen patches had they been carried unchanged (``i
 input; what the approximator has to beat), and the *kept* patches (their error comes from attending to
 fewer tokens and from the fine-tuned weights). Lower is closer to the teacher; 1.0 is as far as a zero
 token.
+
+``freeze_path_accuracy`` asks what the freeze path costs in accuracy: the same selector decisions and
+keep path, with three freeze paths, ``approximator`` (as trained), ``identity`` (frozen tokens carried
+unchanged) and ``oracle`` (each stage's blocks also run on *all* of its input tokens, and frozen tokens
+take those outputs: a perfect approximator, given the same input as the trained one). If the oracle is
+far above the approximator, the approximator is what holds the model back; if not, it is the selection.
 """
 import numpy as np
 
-from ..backend import to_numpy
+from ..backend import get_xp, to_numpy
 from ..model import predict
 from ..nn.embed import embed_forward
 from ..nn.block import run_blocks
+from ..tofe.inference import decide, resolve_keep_ratios, run_stage
+from ..tofe.ops import resolve
+from ..tofe.scoring import stage_ranges, stage_scores
 from ..tofe.training import teacher_forward
+from ..nn.embed import head_forward
 
 
 def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
@@ -58,3 +68,47 @@ def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
             row[name] = num / den if den > 0 else float("nan")
         result.append(row)
     return result
+
+
+FREEZE_PATHS = ("approximator", "identity", "oracle")
+
+
+def freeze_path_logits(model, images, keep_ratios=None, ops=None):
+    """Logits (B, num_classes) of a reduced model (a method with a learned selector that freezes and
+    reuses tokens; ``topk`` decisions at ``keep_ratios``, else the learned or configured ones) under each
+    of ``FREEZE_PATHS`` (see the module docstring), for ``images`` (B, Cin, H, W). ``ops``: the functions
+    the blocks run on (None: the reference; ``kernels.ops(True, like=images)``: the Numba twins)."""
+    cfg, tcfg, params, ops = model.cfg, model.tofe, model.params, resolve(ops)
+    if not tcfg.reuses_tokens or not tcfg.learned_selector:
+        raise ValueError(f"freeze paths need a method with a learned selector that freezes and reuses "
+                         f"tokens (tofe, tofe-identity, tofe-uniform), got {tcfg.method!r}")
+    stages, T = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens
+    ratios = resolve_keep_ratios(tcfg, keep_ratios, model.learned_keep_ratios)
+    x0, _ = embed_forward(images, params, cfg)
+    x0 = ops.run_blocks(x0, params, cfg, 0, stages[0])
+    logits = {}
+    for path in FREEZE_PATHS:
+        x, run_tcfg = x0, tcfg if path == "approximator" else tcfg.replace(method="tofe-identity")
+        for s, blocks in enumerate(stage_ranges(cfg, stages)):
+            scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", None)     # (B, P)
+            kept = decide(scores, s, None, ratios, None, tcfg)
+            out = run_stage(x, kept, ~kept, params, cfg, run_tcfg, s, blocks, ops)
+            if path == "oracle":                 # frozen tokens: what the blocks make of every token
+                every = ops.run_blocks(x, params, cfg, *blocks)
+                b, q = get_xp(x).nonzero(~kept)
+                out[b, q + T] = every[b, q + T]
+            x = out
+        logits[path], _ = head_forward(x, params, cfg)
+    return logits
+
+
+def freeze_path_accuracy(model, images, labels, keep_ratios=None, batch_size=250, ops=None):
+    """Top-1 under each of ``FREEZE_PATHS`` on ``images`` with integer ``labels`` (B,), in batches
+    (``freeze_path_logits``). Returns {path: top-1}."""
+    if len(images) != len(labels):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    correct = dict.fromkeys(FREEZE_PATHS, 0)
+    for lo in range(0, len(images), batch_size):
+        for path, z in freeze_path_logits(model, images[lo:lo + batch_size], keep_ratios, ops).items():
+            correct[path] += int((to_numpy(z).argmax(-1) == to_numpy(labels[lo:lo + batch_size])).sum())
+    return {path: correct[path] / len(images) for path in FREEZE_PATHS}
