@@ -63,15 +63,17 @@ def test_a_folder_without_train_is_the_training_set(tmp_path, capsys):
     assert not any("eval" in json.loads(line) for line in (out / "log.jsonl").read_text().splitlines())
 
 
-def test_train_passes_the_approximator_width_and_tau_schedule_on(tmp_path, capsys):
-    """--approx-reduction, --tau, --tau-end reach the model's ToFeConfig, its parameters and the steps."""
+def test_train_passes_the_stages_approximator_width_and_tau_schedule_on(tmp_path, capsys):
+    """--stages, --approx-reduction, --tau, --tau-end reach the model's ToFeConfig, its parameters and the steps."""
     data, out = _folder(tmp_path / "data"), tmp_path / "run"
     code = main(["train", "--init", str(_weights(tmp_path)), "--data", str(data), "--steps", "3", "--batch",
                  "4", "--eval-every", "3", "--eval-images", "8", "--warmup-steps", "1", "--out", str(out),
-                 "--no-progress", "--approx-reduction", "2", "--tau", "2", "--tau-end", "0.5"])
+                 "--no-progress", "--approx-reduction", "2", "--tau", "2", "--tau-end", "0.5", "--stages", "1", "3",
+                 "--keep-ratios", "0.5", "0.5", "--method", "tofe-uniform"])
     assert code == 0, capsys.readouterr().err
     model = minitofe.load_model(out / "final.npz")
     assert (model.tofe.approx_reduction, model.tofe.tau, model.tofe.tau_end) == (2, 2.0, 0.5)
+    assert model.tofe.stages == (1, 3) and "tofe.approx.2.fc1.weight" not in model.params
     assert model.params["tofe.approx.0.fc1.weight"].shape == (CFG.embed_dim // 2, CFG.embed_dim)
     taus = [json.loads(line)["tau"] for line in (out / "log.jsonl").read_text().splitlines()
             if "tau" in json.loads(line)]

@@ -14,7 +14,7 @@ from ..io.shipped import BACKBONE_MODEL
 # resumed run started with (--resume) can sit between these and the flags given now.
 DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                approx_reduction=4, tau=1.0, tau_end=None,
+                approx_reduction=4, tau=1.0, tau_end=None, stages=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
                 fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100,
                 warmup_steps=50)
@@ -44,6 +44,8 @@ def add_train(sub):
     opt("--beta", "weight of the approximation loss", type=float)
     opt("--lam", "weight lambda of the MACs-budget loss", type=float)
     opt("--label-smoothing", "label smoothing of the cross-entropy", type=float)
+    opt("--stages", "the block where each ToFe stage starts (None: 3, 6, 9 for 12 blocks, i.e. depth k / 4)",
+        type=int, nargs="+")
     opt("--approx-reduction", "r: the approximator's bottleneck is C / r wide", type=int)
     opt("--tau", "Gumbel-Softmax temperature (at the start, when --tau-end is given)", type=float)
     opt("--tau-end", "anneal the temperature to this by the last step (cosine); None: constant", type=float)
@@ -188,6 +190,8 @@ def run_train(args):
                tau_end=o["tau_end"])
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
+    if o["stages"]:
+        tkw["stages"] = tuple(o["stages"])
     tcfg = minitofe.ToFeConfig(**tkw)
     teacher = dict(params)           # the dense teacher: train() keeps its own read-only copy of it
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
