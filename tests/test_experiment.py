@@ -42,7 +42,8 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
                         ("SEEDS", (0, 1)), ("BUDGETS", (0.6, 0.5)),
                         ("CURVE_BUDGETS", (0.5, 1.0)),
                         ("METHODS", {"tofe": (0, 1), "tofe-identity": (0,), "dynamicvit": (0,),
-                                     "tofe-uniform": (0,), "evit": (0,), "dense": (0,)})):
+                                     "tofe-uniform": (0,), "evit": (0,), "dense": (0,)}),
+                        ("REMEDIES", {"stages13": ["--stages", "1", "3"]})):
         monkeypatch.setattr(X, name, value)
     run_dir = tmp_path / "exp"
     assert X.main(["run", "--phase", "search", "--run-dir", str(run_dir)]) == 0
@@ -54,6 +55,10 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     assert ("dense", 1.0) in finals                                          # the fine-tuned dense control
     # a final run that is already done is not run again
     assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
+    assert X.main(["run", "--phase", "remedy", "--run-dir", str(run_dir)]) == 0
+    remedy = json.loads((run_dir / "remedy.json").read_text())        # scored on val, beside tofe's seed 0
+    assert set(remedy) == {"tofe-stages13_60_s0", "tofe-stages13_50_s0", "tofe_60_s0", "tofe_50_s0"}
+    assert minitofe.load_model(run_dir / "remedy" / "tofe-stages13_50_s0" / "final.npz").tofe.stages == (1, 3)
     R.report(run_dir, list(X.METHODS))
     out = run_dir / "report"
     table = (out / "table.md").read_text()
@@ -62,7 +67,9 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     for png in ("curves.png", "keep_ratios.png", "stage_errors.png"):
         assert (out / png).stat().st_size > 1000
     errors = json.loads((out / "stage_errors.json").read_text())
-    assert set(errors) == {"tofe", "tofe-identity", "idle (training-free)"} and len(errors["tofe"]) == 3
+    assert set(errors) == {"tofe", "tofe-identity", "idle (training-free)", "freeze_paths"}
+    assert len(errors["tofe"]) == 3 and set(errors["freeze_paths"]) == {"tofe 60 %", "tofe 50 %"}
+    assert all(set(v) == {"approximator", "identity", "oracle"} for v in errors["freeze_paths"].values())
     evals = json.loads((out / "evals.json").read_text())
     assert all(r["split"] == "test" for r in evals.values())
 
@@ -83,7 +90,8 @@ def test_the_table_says_which_differences_exceed_the_seed_spread(monkeypatch):
     for b in X.BUDGETS:
         cache.update({f"{X.BACKBONE_NPZ}|{m}|{b}|test": ev(0.5) for m in X.TRAINING_FREE})
     table = R.table(cache, models, ev(0.92))
-    assert "| tofe | 50 % | 3 | 91.00 ± 1.00 |" in table and "| tofe-uniform | 50 % | 1 | 80.00 ± nan |" in table
+    assert "| tofe | 50 % | 3 | 91.00 ± 1.00 |" in table
+    assert "| tofe-uniform | 50 % | 1 | 80.00 ± nan |" in table
     assert "| idle (training-free) | 35 % | 1 | 50.00 ± nan |" in table
     lines = {line.split(":")[0]: line for line in table.splitlines() if line.startswith("- ")}
     assert lines["- 50 %, the MLP approximator against the identity"].endswith("apart? no")   # 0.5 < 2.0
