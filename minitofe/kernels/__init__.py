@@ -16,10 +16,11 @@ single functions the same way. Numba is imported only when a fast function is fi
 asked for, so the reference path never pays its import or compile time; compiled code is cached on
 disk (``cache=True``), so later processes do not compile again either.
 
-Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
-unpack), ``layers`` (LayerNorm, GELU and their backwards), ``softmax`` (the masked softmax over keys and
-its backward), ``attention`` (inference attention) and ``block`` (the block forward/backward, the
-cache-free inference runner with buffer reuse). The strict fake GPU array type of the tests is not a
+Modules: ``mathf`` (jit settings, vectorisable float32 erf and exp), ``tokens`` (gather / scatter /
+pack / unpack), ``layers`` (LayerNorm, GELU and their backwards), ``softmax`` (the masked softmax over
+keys and its backward), ``attention`` (inference attention as batched BLAS), ``threads`` (BLAS thread
+counts sized per call, lanes for work the BLAS should not split) and ``block`` (the block
+forward/backward, the cache-free inference runner with buffer reuse). The strict fake GPU array type of the tests is not a
 kernel: it lives in ``minitofe.testing.fakedevice``.
 """
 import functools
