@@ -13,7 +13,7 @@ processes held the cores, more than the work at batch 1. The backward kernels ke
 """
 import numpy as np
 
-from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, jit, pjit, prange
+from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, exp, jit, pjit, prange
 from .threads import ROW_COST, for_rows
 from ..config import LN_EPS
 
@@ -140,7 +140,7 @@ def gelu_backward_(dy, x, inv_sqrt2, inv_sqrt_2pi):
     for i in prange(dy.shape[0]):
         for c in range(dy.shape[1]):
             v = x[i, c]
-            dy[i, c] *= half + half * erf(v * inv_sqrt2) + v * inv_sqrt_2pi * np.exp(-half * v * v)
+            dy[i, c] *= half + half * erf(v * inv_sqrt2) + v * inv_sqrt_2pi * exp(-half * v * v)
 
 
 @pjit
