@@ -78,7 +78,7 @@ def bench_tokens(quick, threads=None):
 def bench_train(quick, threads=None):
     """One training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch."""
     contenders = ["reference", "fast"] + (["torch"] if torch_timm()[0] else [])
-    res = compare("train", contenders, [("step", 1 if quick else 3, 1)], quick, threads)
+    res = compare("train", contenders, [("step", 1 if quick else 5, 1)], quick, threads)
     out = {"model": train_model(), "batch": 4 if quick else 32, "threads": res["threads"]}
     for c in contenders:
         out[f"{c}_s"] = res["seconds"]["step"][c]["median"]
