@@ -1,6 +1,7 @@
 """Every Numba kernel equals its NumPy reference (docs/contributing.md §5) on random and non-contiguous inputs, and
 the fast paths of the ViT and of ToFe inference equal the reference paths end to end."""
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -336,10 +337,12 @@ def test_float32_exp_and_erf_are_accurate_and_keep_nan():
     assert np.isnan(e[~ok]).all() and np.isnan(f[~ok]).all()
 
 
-def test_blas_threads_are_sized_per_call_and_restored():
+def test_blas_threads_are_sized_per_call_and_restored(monkeypatch):
     from threadpoolctl import threadpool_limits
 
     from minitofe.kernels import threads
+    assert 1 <= threads.free_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)                  # as on a quiet 2-core machine
     with threadpool_limits(2, user_api="blas"):
         assert threads.gemm_threads(10 ** 4, 10 ** 4, 10 ** 4) == 1          # outside a forward: one
         with threads.sized_blas() as ceiling:
@@ -349,6 +352,19 @@ def test_blas_threads_are_sized_per_call_and_restored():
             threads.use_threads(1)
             assert threads.blas_threads() == 1
         assert threads.blas_threads() == 2                                 # restored on the way out
+        monkeypatch.setattr(threads, "free_cores", lambda: 1)              # another job holds a core
+        with threads.sized_blas() as ceiling:
+            assert ceiling == 1 and threads.gemm_threads(6304, 1152, 384) == 1
+        assert threads.blas_threads() == 2
+
+
+def test_free_cores_leave_out_other_processes_runnable_threads(monkeypatch):
+    from minitofe.kernels import threads
+    cores = os.cpu_count() or 1
+    for busy, want in ((0, cores), (cores - 1, 1), (5 * cores, 1), (None, cores)):
+        monkeypatch.setattr(threads, "_runnable_elsewhere", lambda busy=busy: busy)
+        monkeypatch.setattr(threads, "_free", (-1.0, None))                # not cached
+        assert threads.free_cores() == want, busy
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -361,6 +377,7 @@ def test_attention_split_over_lanes_equals_the_reference(monkeypatch, dtype):
     from minitofe.gradcheck import rel_error
     from minitofe.kernels import threads
     monkeypatch.setattr(threads, "MIN_MACS_PER_THREAD", 1)
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
     rng = np.random.default_rng(3)
     C, H, N = 24, 3, 11
     params = _block_params(rng, C, dtype, True, True)

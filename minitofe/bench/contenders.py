@@ -79,9 +79,13 @@ def _dense(contender, quick):
     cfg = get_config(name)
     params = init_params(cfg, np.random.default_rng(0), np.float32)
     dense = ToFeConfig(method="dense")
-    ops = kernels.ops(contender == "fast", like=images(1))      # None: the reference
-    return {f"batch{B}": (lambda x=images(B): tofe_inference(params, x, cfg, dense, ops=ops))
-            for B in batches("dense", quick)}
+    fast = contender == "fast"
+    ops = kernels.ops(fast, like=images(1))                      # None: the reference
+
+    def forward(x):
+        with kernels.thread_scope(fast, like=x):                 # as minitofe.predict does
+            return tofe_inference(params, x, cfg, dense, ops=ops)
+    return {f"batch{B}": (lambda x=images(B): forward(x)) for B in batches("dense", quick)}
 
 
 def _tofe(contender, quick):
@@ -93,9 +97,11 @@ def _tofe(contender, quick):
     _, ratios = tofe_plan(quick)[contender]
     use = ToFeConfig(method="dense") if ratios is None else tcfg
     ops = kernels.ops(True, like=images(1))
-    return {f"batch{B}": (lambda x=images(B, seed=100 + B):
-                          tofe_inference(params, x, cfg, use, keep_ratios=ratios, ops=ops))
-            for B in batches("tofe", quick)}
+
+    def forward(x):
+        with kernels.thread_scope(True, like=x):
+            return tofe_inference(params, x, cfg, use, keep_ratios=ratios, ops=ops)
+    return {f"batch{B}": (lambda x=images(B, seed=100 + B): forward(x)) for B in batches("tofe", quick)}
 
 
 def token_case(quick):

@@ -66,7 +66,10 @@ def op_times(params, cfg, B, reps):
     """Seconds per forward by kind of operation, and the matmul kinds' GFLOP/s."""
     x = images(B)
     ops, dense = kernels.ops(True, like=x), ToFeConfig(method="dense")
-    run = lambda: tofe_inference(params, x, cfg, dense, ops=ops, check=False)     # noqa: E731
+
+    def run():
+        with kernels.thread_scope(True, like=x):
+            tofe_inference(params, x, cfg, dense, ops=ops, check=False)
     run()
     prof = cProfile.Profile()
     t0 = time.perf_counter()

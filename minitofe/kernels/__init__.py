@@ -23,6 +23,7 @@ counts sized per call, lanes for work the BLAS should not split) and ``block`` (
 forward/backward, the cache-free inference runner with buffer reuse). The strict fake GPU array type of the tests is not a
 kernel: it lives in ``minitofe.testing.fakedevice``.
 """
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -110,6 +111,16 @@ def choose(fast, *refs, like=()):
         k = fast_kernels()
         out = tuple(getattr(k, f.__name__) for f in refs)
     return out[0] if len(out) == 1 else out
+
+
+def thread_scope(fast, like=()):
+    """A context for one whole call on the fast path (a ToFe forward, its reference NumPy parts included):
+    the BLAS's threads sized to the cores other processes leave free (``threads.sized_blas``); nothing
+    when ``use_fast`` is false."""
+    if not use_fast(fast, like):
+        return contextlib.nullcontext()
+    from .threads import sized_blas
+    return sized_blas()
 
 
 def release_buffers():

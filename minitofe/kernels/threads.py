@@ -10,12 +10,19 @@ multiply-adds a thread, one below that; and it splits attention itself, one imag
 each lane calling a one-thread BLAS (``run_lanes``): one barrier per block instead of one per GEMM.
 
 The ceiling is what the BLAS has when a forward starts (``OPENBLAS_NUM_THREADS``, a caller's
-``threadpoolctl.threadpool_limits`` ...): ``sized_blas()`` reads it, the forward lowers it per call and
-restores it on the way out. Nothing here imports the CLI; ``minitofe.cli_common.blas_threads_for`` is
-the same idea at the level of a whole command.
+``threadpoolctl.threadpool_limits`` ...), lowered to the cores that other processes leave free
+(``free_cores``: on Linux, the runnable threads of /proc/loadavg that are not this process's own):
+with a training job on one of two cores, a two-thread BLAS waits at every barrier for the thread the
+scheduler gave away (measured: DeiT-Ti at batch 1 ran at 0.7 img/s with two threads, timm and the
+reference alike, against ~25 with one). ``sized_blas()`` reads it, the forward lowers it per call and
+restores the entry count on the way out (``kernels.thread_scope`` opens it around a whole ToFe forward,
+so that its reference NumPy parts run inside it too). Nothing here imports the CLI;
+``minitofe.cli_common.blas_threads_for`` is the same idea at the level of a whole command.
 """
 import contextlib
+import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 MIN_MACS_PER_THREAD = 2 ** 22     # ~4 M multiply-adds, ~0.05 ms on one core: below, one thread is faster
@@ -24,6 +31,8 @@ _state = threading.local()
 _lock = threading.Lock()
 _blas = None                       # the BLAS libraries' threadpoolctl controllers (found once)
 _pool = None                       # lanes 1 .. T-1 (lane 0 is the calling thread)
+_free = (-1.0, None)               # (when, free cores): looked at most every FREE_EVERY_S seconds
+FREE_EVERY_S = 0.25
 
 
 def _controllers():
@@ -50,19 +59,48 @@ def _set(n):
         _state.current = n
 
 
+def _runnable_elsewhere():
+    """Threads of other processes that are runnable now (Linux), or None where /proc cannot tell."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])        # runnable threads, this one included
+        own = 0
+        for task in os.listdir("/proc/self/task"):                   # ours: spinning pool threads count
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+            own += stat[stat.rindex(")") + 2] == "R"
+    except (OSError, ValueError, IndexError):
+        return None
+    return max(0, running - max(own, 1))
+
+
+def free_cores():
+    """Cores that other processes leave free right now (at least 1; all of them where unknown)."""
+    global _free
+    cores = os.cpu_count() or 1
+    when, free = _free
+    now = time.monotonic()
+    if now - when > FREE_EVERY_S:
+        busy = _runnable_elsewhere()
+        free = cores if busy is None else max(1, cores - busy)
+        _free = (now, free)
+    return free
+
+
 @contextlib.contextmanager
 def sized_blas():
-    """The scope of one forward: yields the ceiling T (the BLAS's thread count on entry); inside it
-    ``use_threads(n)`` is cheap, and the entry count is restored on exit."""
+    """The scope of one forward: yields the ceiling T (the BLAS's thread count on entry, at most the
+    free cores); inside it ``use_threads(n)`` is cheap, and the entry count is restored on exit."""
     if getattr(_state, "ceiling", None) is not None:          # nested: the outer scope owns the BLAS
         yield _state.ceiling
         return
-    ceiling = blas_threads()
-    _state.ceiling, _state.current = ceiling, ceiling
+    entry = blas_threads()
+    ceiling = min(entry, free_cores())
+    _state.ceiling, _state.current = ceiling, entry
     try:
         yield ceiling
     finally:
-        _set(ceiling)
+        _set(entry)
         _state.ceiling = _state.current = None
         for c in _controllers():                             # let other threads set limits again
             clear = getattr(type(c), "clear_controlling_thread", None)
@@ -86,8 +124,9 @@ def gemm_threads(m, n, k):
 
 def lanes_for(macs):
     """How many lanes to split ``macs`` multiply-adds of work over (1: run inline): at most the ceiling
-    (outside ``sized_blas``: the BLAS's thread count), at least ``MIN_MACS_PER_THREAD`` a lane."""
-    ceiling = getattr(_state, "ceiling", None) or blas_threads()
+    (outside ``sized_blas``: the BLAS's thread count, or the free cores if fewer), at least
+    ``MIN_MACS_PER_THREAD`` a lane."""
+    ceiling = getattr(_state, "ceiling", None) or min(blas_threads(), free_cores())
     return max(1, min(ceiling, int(macs // MIN_MACS_PER_THREAD)))
 
 
