@@ -140,8 +140,9 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     # (evit / dynamicvit are not learned_selector: they use their config's keep rate / rho^(s+1))
     if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
-    return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios,
-                          kept_masks=kept_masks, ops=kernels.ops(fast, like=images))
+    with kernels.thread_scope(fast, like=images):          # BLAS threads sized to the free cores
+        return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios,
+                              kept_masks=kept_masks, ops=kernels.ops(fast, like=images))
 
 
 def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):

@@ -8,15 +8,46 @@ from minitofe.cli import main
 def test_bench_quick_json_reports_every_section(capsys):
     assert main(["bench", "--quick", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)            # exactly one JSON object on stdout
-    assert set(res) >= {"machine", "dense", "tofe", "tokens", "train", "startup", "bench_seconds"}
+    assert set(res) >= {"machine", "dense", "tofe", "tokens", "train", "profile", "startup", "bench_seconds"}
     assert res["machine"]["dtype"] == "float32" and res["machine"]["cores"] >= 1
-    assert [r["batch"] for r in res["dense"]] == [1, 2]
-    assert all(r["reference_img_s"] > 0 and r["fast_img_s"] > 0 for r in res["dense"])
-    for r in res["tofe"]:                               # keep ratios chosen to hit 70 / 50 / 35 % MACs
+    rows = res["dense"]["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    assert all(r["reference_img_s"] > 0 and r["fast_img_s"] > 0 for r in rows)
+    for r in rows:                                      # ratios: median and spread over the rounds
+        ratio = r["fast_vs_reference"]
+        assert ratio["min"] <= ratio["median"] <= ratio["max"] and ratio["n"] == 2
+    assert set(res["dense"]["threads"]) >= {"reference", "fast"}   # each contender reported its threads
+    for r in res["tofe"]["rows"]:                       # keep ratios chosen to hit 70 / 50 / 35 % MACs
         assert min(abs(r["macs_ratio"] - t) for t in (0.70, 0.50, 0.35)) < 0.02, r
-    assert res["tokens"]["gather_reference_vs_copy"] > 0 and res["train"]["reference_s"] > 0
+    assert res["tokens"]["gather_reference_vs_copy"]["median"] > 0 and res["train"]["reference_s"] > 0
+    assert res["profile"]["sgemm_gflops"] and all(r["forward_s"] > 0 for r in res["profile"]["ops"])
     for mode in ("default", "fast", "no_fast"):
         assert res["startup"][mode]["wall_s"] > 0 and res["startup"][mode]["peak_rss_mib"] > 10
+
+
+def test_contenders_run_in_processes_of_their_own_with_the_threads_asked_for():
+    """``--threads N`` reaches every contender's process (BLAS and Numba report N), and each contender
+    has a process of its own (distinct pids)."""
+    from minitofe.bench.rounds import Worker
+    workers = [Worker("tokens", c, quick=True, threads=1) for c in ("copy", "fast")]
+    try:
+        infos = [w.ready() for w in workers]
+        assert infos[0]["pid"] != infos[1]["pid"]
+        assert infos[1]["threads"]["blas"] == 1 and infos[1]["threads"].get("numba", 1) == 1
+        assert len(workers[0].ask({"run": "gather", "calls": 3})["times"]) == 3
+    finally:
+        for w in workers:
+            w.close()
+
+
+def test_bench_rejects_unknown_sections_and_thread_counts():
+    import pytest
+
+    from minitofe.bench import main as bench_main, run_bench
+    with pytest.raises(ValueError, match="unknown bench section"):
+        run_bench(sections=["nope"])
+    with pytest.raises(SystemExit):
+        bench_main(["--threads", "0"])
 
 
 def test_fresh_process_peak_memory_is_the_commands_own():

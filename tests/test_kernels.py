@@ -1,6 +1,7 @@
 """Every Numba kernel equals its NumPy reference (docs/contributing.md §5) on random and non-contiguous inputs, and
 the fast paths of the ViT and of ToFe inference equal the reference paths end to end."""
 import inspect
+import os
 
 import numpy as np
 import pytest
@@ -313,3 +314,105 @@ def test_fast_tofe_training_forward_backward_equal_the_reference(method):
     assert grads.keys() == grads_ref.keys() == params.keys()
     for k in grads:
         _close(grads[k], grads_ref[k], np.float64)
+
+
+def test_float32_exp_and_erf_are_accurate_and_keep_nan():
+    """The vectorisable float32 exp / erf of ``kernels.mathf`` against float64 NumPy / math."""
+    import math
+
+    from minitofe.kernels.mathf import erf, exp, jit
+
+    @jit
+    def both(x, e, f):
+        for i in range(x.shape[0]):
+            e[i] = exp(x[i])
+            f[i] = erf(x[i])
+    x = np.concatenate([np.linspace(-87, 88, 200001), [np.nan, 0.0, -1e-30]]).astype(np.float32)
+    e, f = np.empty_like(x), np.empty_like(x)
+    both(x, e, f)
+    ok = ~np.isnan(x)
+    want_e = np.exp(x[ok].astype(np.float64))
+    assert np.max(np.abs(e[ok] - want_e) / want_e) < 1e-6
+    want_f = np.array([math.erf(v) for v in x[ok].astype(np.float64)])
+    assert np.max(np.abs(f[ok] - want_f)) < 1e-6
+    assert np.isnan(e[~ok]).all() and np.isnan(f[~ok]).all()
+
+
+def test_blas_threads_are_sized_per_call_and_restored(monkeypatch):
+    from threadpoolctl import threadpool_limits
+
+    from minitofe.kernels import threads
+    assert 1 <= threads.free_cores() <= (os.cpu_count() or 1)
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)                  # as on a quiet 2-core machine
+    with threadpool_limits(2, user_api="blas"):
+        assert threads.gemm_threads(10 ** 4, 10 ** 4, 10 ** 4) == 1          # outside a forward: one
+        with threads.sized_blas() as ceiling:
+            assert ceiling == threads.blas_threads() == 2
+            assert threads.gemm_threads(8, 8, 8) == 1                      # a small product: one thread
+            assert threads.gemm_threads(6304, 1152, 384) == 2              # a linear layer at batch 32
+            threads.use_threads(1)
+            assert threads.blas_threads() == 1
+        assert threads.blas_threads() == 2                                 # restored on the way out
+        monkeypatch.setattr(threads, "free_cores", lambda: 1)              # another job holds a core
+        with threads.sized_blas() as ceiling:
+            assert ceiling == 1 and threads.gemm_threads(6304, 1152, 384) == 1
+        assert threads.blas_threads() == 2
+
+
+def test_free_cores_leave_out_other_processes_runnable_threads(monkeypatch):
+    from minitofe.kernels import threads
+    cores = os.cpu_count() or 1
+    for busy, want in ((0, cores), (cores - 1, 1), (5 * cores, 1), (None, cores)):
+        monkeypatch.setattr(threads, "_runnable_elsewhere", lambda busy=busy: busy)
+        monkeypatch.setattr(threads, "_free", (-1.0, None))                # not cached
+        assert threads.free_cores() == want, busy
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_attention_split_over_lanes_equals_the_reference(monkeypatch, dtype):
+    """Attention and the element-wise kernels dealt to two lanes (forced: every product counts as large),
+    dense and ragged batches: the reference's results, float64 within 1e-12 and float32 within 1e-5
+    relative error (norm-wise, ``gradcheck.rel_error``); the BLAS's thread count is left as it was."""
+    from threadpoolctl import threadpool_limits
+
+    from minitofe.gradcheck import rel_error
+    from minitofe.kernels import threads
+    monkeypatch.setattr(threads, "MIN_MACS_PER_THREAD", 1)
+    monkeypatch.setattr(threads, "free_cores", lambda: 2)
+    rng = np.random.default_rng(3)
+    C, H, N = 24, 3, 11
+    params = _block_params(rng, C, dtype, True, True)
+    cfg = ViTConfig(img_size=4, patch_size=1, embed_dim=C, num_heads=H, depth=1)
+    x = rng.standard_normal((5, N, C)).astype(dtype)
+    idx_list = [np.flatnonzero((rng.random(N) < 0.5) | (np.arange(N) == 0)) for _ in range(5)]
+    packed, offsets = ragged.pack_rows(x, idx_list)
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    with threadpool_limits(2, user_api="blas"):
+        got = K.run_blocks(x, params, cfg, 0, 1)
+        got_ragged = K.ragged_block_forward(packed, offsets, params, "blocks.0.", H)
+        assert threads.blas_threads() == 2
+    assert got.dtype == dtype and got_ragged.dtype == dtype
+    assert rel_error(got, block.run_blocks(x, params, cfg, 0, 1)) < tol
+    assert rel_error(got_ragged, ragged.ragged_block_forward(packed, offsets, params, "blocks.0.", H)) < tol
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fast_inference_is_within_the_stated_relative_error(dtype):
+    """The whole fast ToFe forward (DeiT-like sizes scaled down, ragged threshold stages) against the
+    reference: float64 within 1e-12, float32 within 1e-5 relative error (norm-wise)."""
+    from minitofe.gradcheck import rel_error
+    cfg = ViTConfig(img_size=32, patch_size=4, in_chans=3, num_classes=10, embed_dim=48, depth=4, num_heads=3)
+    rng = np.random.default_rng(11)
+    for tcfg in (ToFeConfig(method="dense"),
+                 ToFeConfig(method="tofe", stages=(1, 2, 3), keep_ratios=(0.5, 0.3, 0.2)),
+                 ToFeConfig(method="tofe", stages=(1, 2, 3), inference="threshold", threshold=0.5)):
+        params = init_params(cfg, rng, dtype)
+        if tcfg.method != "dense":
+            params.update(init_tofe_params(cfg, tcfg, rng, dtype))
+        images = rng.standard_normal((3, 3, 32, 32)).astype(dtype)
+        logits, info = inference.tofe_inference(params, images, cfg, tcfg, ops=kernels.ops(True, like=images))
+        want, info_ref = inference.tofe_inference(params, images, cfg, tcfg)
+        assert logits.dtype == dtype
+        assert rel_error(logits, want) < (1e-12 if dtype == np.float64 else 1e-5), tcfg
+        for a, b in zip(info["stage_outputs"], info_ref["stage_outputs"]):
+            assert rel_error(a, b) < (1e-12 if dtype == np.float64 else 1e-5), tcfg

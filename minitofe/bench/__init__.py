@@ -1,17 +1,22 @@
 """``minitofe bench``: speed of the reference and fast paths, against timm / torch when installed.
 
-Everything is measured in one process, interleaved (each repetition runs every contender once, in a
-rotating order, so that a slow period of a shared machine hits all of them) and reported as medians;
-random weights, float32, images of N(0, 1) noise. Sections:
+Each contender runs in a process of its own, and the processes take turns in interleaved rounds
+(``bench.rounds``): medians, the spread over the rounds, and the ratios the targets are stated in
+(median of the per-round ratios, with their spread). Random weights, float32, images of N(0, 1) noise.
+Sections:
 
     dense      DeiT-S forward, batch 1 / 8 / 32: minitofe reference, minitofe fast, timm
     tofe       ToFe top-k at 70 / 50 / 35 % of the dense MACs (``macs.tofe_macs``) against dense, fast path
     tokens     gather and scatter of 50 % of DeiT-S's tokens (batch 32) against a plain copy of as many bytes
     train      one training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch
+    profile    NumPy's sgemm GFLOP/s, and the fast forward's time by kind of operation (``bench.profile``)
     startup    ``minitofe predict`` of one image in a fresh process: wall time, peak memory
 
-``run_bench(json=False, quick=False) -> dict``; ``quick`` shrinks every size (a smoke test). From the shell
-``python -m minitofe.bench [--json] [--quick]`` (or ``minitofe bench``).
+``run_bench(json=False, quick=False, threads=None, sections=None, in_process=False) -> dict``; ``quick``
+shrinks every size (a smoke test); ``threads`` sets every thread count of the contenders' processes
+(NumPy's BLAS, Numba, OpenMP, torch); ``in_process`` adds the old one-process dense figures, labelled.
+From the shell ``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections a,b]
+[--in-process]`` (``minitofe bench`` takes ``--json`` and ``--quick``).
 """
 import argparse
 import json as _json
@@ -23,47 +28,68 @@ import time
 import numpy as np
 
 from .. import kernels
-from .sections import _torch, bench_dense, bench_tofe, bench_tokens, bench_train
+from .contenders import torch_timm
+from .rounds import profile_in_worker
+from .sections import bench_dense, bench_tofe, bench_tokens, bench_train, dense_in_process
 from .startup import bench_startup, run_fresh  # noqa: F401 (run_fresh: minitofe.bench.run_fresh)
 from .tables import format_tables
 
+SECTIONS = ("dense", "tofe", "tokens", "train", "profile", "startup")
 
-def machine():
+
+def machine(threads=None):
+    """What the figures were measured on: CPU, cores, load, versions, dtype, thread counts asked for."""
     cpu = platform.processor()
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             cpu = next((line.split(":", 1)[1].strip() for line in f if "model name" in line), cpu)
-    torch, _ = _torch()
+    torch, timm = torch_timm()
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
-            "dtype": "float32", "fast_kernels": kernels.available(),
-            "torch": torch.__version__ if torch else None, "torch_threads": torch.get_num_threads() if torch else None}
-    if kernels.fast_kernels():                # first: it configures Numba's threads before they start
+            "dtype": "float32", "fast_kernels": kernels.available(), "threads": threads,
+            "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+            "torch": torch.__version__ if torch else None, "timm": timm.__version__ if timm else None}
+    if kernels.available():
         import numba
-        info.update(numba=numba.__version__, numba_threads=numba.get_num_threads())
+        info["numba"] = numba.__version__
     return info
 
 
-def run_bench(json=False, quick=False):
-    """Run every section; returns (and unless ``json`` prints as tables) the results."""
+def run_bench(json=False, quick=False, threads=None, sections=None, in_process=False):
+    """Run the sections (all by default); returns (and unless ``json`` prints as tables) the results."""
     from tqdm.auto import tqdm
-    reps = 2 if quick else 5
+    sections = list(SECTIONS if sections is None else sections)
+    unknown = sorted(set(sections) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench section(s) {unknown}; known: {', '.join(SECTIONS)}")
     t0 = time.perf_counter()
-    res = {"machine": machine()}
-    sections = {"dense": bench_dense, "tofe": bench_tofe, "tokens": bench_tokens, "train": bench_train,
-                "startup": bench_startup}
-    with tqdm(sections.items(), desc="bench", unit="section", file=sys.stderr) as bar:  # stdout stays clean
-        for name, run in bar:
+    res = {"machine": machine(threads)}
+    runs = {"dense": bench_dense, "tofe": bench_tofe, "tokens": bench_tokens, "train": bench_train,
+            "profile": profile_in_worker, "startup": lambda q, t: bench_startup(q, 2 if q else 5, t)}
+    with tqdm(sections, desc="bench", unit="section", file=sys.stderr) as bar:   # stdout stays clean
+        for name in bar:
             bar.set_postfix_str(name)
-            res[name] = run(quick, reps)
+            res[name] = runs[name](quick, threads)
+    if in_process:
+        res["dense_in_process"] = dense_in_process(quick)
+    res["machine"]["load_average_after"] = res["machine"]["load_average"] and \
+        [round(v, 2) for v in os.getloadavg()]
     res["bench_seconds"] = time.perf_counter() - t0
     print(_json.dumps(res) if json else format_tables(res))
     return res
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="minitofe bench", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m minitofe.bench", description=__doc__.split("\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="thread count of every contender (BLAS, Numba, OpenMP, torch); default: as set up")
+    p.add_argument("--sections", metavar="A,B", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--in-process", action="store_true",
+                   help="also time the dense contenders all in this one process (the old method), labelled")
     args = p.parse_args(argv)
-    run_bench(json=args.json, quick=args.quick)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be a positive number, got {args.threads}")
+    run_bench(json=args.json, quick=args.quick, threads=args.threads, in_process=args.in_process,
+              sections=args.sections.split(",") if args.sections else None)
     return 0

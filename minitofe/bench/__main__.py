@@ -1,4 +1,4 @@
-"""``python -m minitofe.bench [--json] [--quick]``."""
+"""``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections A,B] [--in-process]``."""
 import sys
 
 from . import main

@@ -1,159 +1,108 @@
-"""The timed sections of ``minitofe bench`` (dense, ToFe, tokens, train) and the timer they share:
-interleaved repetitions, medians (see ``minitofe.bench``)."""
+"""The sections of ``minitofe bench``: which contenders, how many rounds, and the rows they report.
+
+Every section runs its contenders in processes of their own (``bench.rounds.compare``); a row gives
+each contender's median and the ratios that the project's targets are stated in, each as the median of
+the per-round ratios with their spread (min, max over the rounds). ``dense_in_process`` is the old
+all-in-one-process measurement, kept only as a labelled extra (``--in-process``).
+"""
 import time
 
 import numpy as np
 
-from .. import kernels
-from ..config import get_config
-from ..nn.layers import cross_entropy_backward, cross_entropy_forward
-from ..nn.params import init_params
-from ..nn.vit import vit_backward, vit_forward
-from ..train.optim import adamw_init, adamw_step
-from ..tofe import tokens
-from ..tofe.config import ToFeConfig
-from ..tofe.inference import tofe_inference
-from ..tofe.macs import dense_macs, tofe_macs
-from ..tofe.params import init_tofe_params
-
-PAPER_RATIOS = (0.49, 0.25, 0.14)           # ToFe's learned keep ratios; scaled to reach a MACs target
+from .contenders import batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
+from .rounds import compare, ratio
 
 
-def timed(fns, reps):
-    """{name: f} -> {name: median seconds}: one warm-up call each, then ``reps`` interleaved rounds."""
-    names = list(fns)
-    for f in fns.values():
-        f()
-    times = {n: [] for n in names}
-    for r in range(reps):
-        for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = time.perf_counter()
-            fns[n]()
-            times[n].append(time.perf_counter() - t0)
-    return {n: float(np.median(t)) for n, t in times.items()}
+def _rounds(B, quick):
+    """(rounds, calls a turn) for one forward at batch B: more rounds where a call is short."""
+    return (2, 1) if quick else ((15, 1) if B == 1 else ((7, 1) if B <= 8 else (5, 1)))
 
 
-def _torch():
-    try:
-        import timm
-        import torch
-    except ImportError:
-        return None, None
-    return torch, timm
+def _speed(res, key, B, c):
+    s = res["seconds"][key][c]
+    return {f"{c}_img_s": B / s["median"],
+            f"{c}_img_s_spread": [B / s["rounds"]["max"], B / s["rounds"]["min"]]}
 
 
-def keep_ratios_for(cfg, stages, target):
-    """Keep ratios proportional to ToFe's learned ones whose realised MACs are ``target`` of dense."""
-    T, P = cfg.num_prefix_tokens, cfg.num_patches
-
-    def ratio(s):
-        rho = np.clip(s * np.array(PAPER_RATIOS), 1.0 / P, 1.0)
-        kept = T + np.round(rho * P)
-        return float(tofe_macs(cfg, stages, kept)[0] / dense_macs(cfg)), tuple(float(r) for r in rho)
-    lo, hi = 0.0, 1.0 / min(PAPER_RATIOS)
-    for _ in range(40):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if ratio(mid)[0] < target else (lo, mid)
-    return ratio(hi)
-
-
-def bench_dense(quick, reps):
-    torch, timm = _torch()
-    name = "deit_tiny_patch16_224" if quick else "deit_small_patch16_224"
-    cfg = get_config(name)
-    params = init_params(cfg, np.random.default_rng(0), np.float32)
-    dense = ToFeConfig(method="dense")
-    model = timm.create_model(name, pretrained=False).eval() if torch else None
+def bench_dense(quick, threads=None):
+    """DeiT-S forward at batch 1 / 8 / 32: minitofe reference, minitofe fast, timm (when installed)."""
+    contenders = ["reference", "fast"] + (["timm"] if torch_timm()[0] else [])
+    plan = [(f"batch{B}", *_rounds(B, quick)) for B in batches("dense", quick)]
+    res = compare("dense", contenders, plan, quick, threads)
     rows = []
-    for B in ((1, 2) if quick else (1, 8, 32)):
-        x = np.random.default_rng(B).standard_normal((B, 3, 224, 224)).astype(np.float32)
-        ops = kernels.ops(True, like=x)                 # the Numba twins (None without Numba: the reference)
-        fns = {"reference": lambda: tofe_inference(params, x, cfg, dense),
-               "fast": lambda: tofe_inference(params, x, cfg, dense, ops=ops)}
-        if torch:
-            xt = torch.from_numpy(x)
-            fns["timm"] = lambda: torch.inference_mode()(model)(xt)
-        t = timed(fns, reps if B < 32 else max(2, reps - 2))
-        rows.append({"model": name, "batch": B, **{f"{k}_img_s": B / v for k, v in t.items()}})
-    return rows
+    for B in batches("dense", quick):
+        key, row = f"batch{B}", {"model": dense_model(quick), "batch": B}
+        for c in contenders:
+            row.update(_speed(res, key, B, c))
+        row["fast_vs_reference"] = ratio(res, key, "reference", "fast")     # time over time: a speed ratio
+        if "timm" in contenders:
+            row["fast_vs_timm"] = ratio(res, key, "timm", "fast")
+        rows.append(row)
+    return {"rows": rows, "threads": res["threads"]}
 
 
-def bench_tofe(quick, reps):
-    cfg = get_config("deit_tiny_patch16_224" if quick else "deit_small_patch16_224")
-    tcfg = ToFeConfig(method="tofe")
-    stages = tcfg.resolved_stages(cfg.depth)
-    rng = np.random.default_rng(0)
-    params = init_params(cfg, rng, np.float32)
-    params.update(init_tofe_params(cfg, tcfg, rng, np.float32))
-    dense = ToFeConfig(method="dense")
+def bench_tofe(quick, threads=None):
+    """ToFe top-k at 70 / 50 / 35 % of the dense MACs against dense, fast path, batch 1 and 32."""
+    plan_macs = tofe_plan(quick)
+    contenders = list(plan_macs)
+    res = compare("tofe", contenders, [(f"batch{B}", *_rounds(B, quick)) for B in batches("tofe", quick)],
+                  quick, threads)
     rows = []
-    for B in ((1, 2) if quick else (1, 32)):
-        x = rng.standard_normal((B, 3, 224, 224)).astype(np.float32)
-        ops = kernels.ops(True, like=x)
-        fns = {"dense": lambda: tofe_inference(params, x, cfg, dense, ops=ops)}
-        plan = {}
-        for target in (0.70, 0.50, 0.35):
-            macs, ratios = keep_ratios_for(cfg, stages, target)
-            plan[f"tofe{round(100 * target)}"] = (macs, ratios)
-            fns[f"tofe{round(100 * target)}"] = (
-                lambda r=ratios: tofe_inference(params, x, cfg, tcfg, keep_ratios=r, ops=ops))
-        t = timed(fns, reps)
-        for k, (macs, ratios) in plan.items():
-            rows.append({"batch": B, "macs_ratio": round(macs, 3), "keep_ratios": [round(r, 3) for r in ratios],
-                         "seconds": t[k], "dense_seconds": t["dense"], "speedup": t["dense"] / t[k]})
-    return rows
+    for B in batches("tofe", quick):
+        key = f"batch{B}"
+        for c in contenders[1:]:
+            macs, ratios = plan_macs[c]
+            rows.append({"batch": B, "macs_ratio": round(macs, 3),
+                         "keep_ratios": [round(r, 3) for r in ratios],
+                         "seconds": res["seconds"][key][c]["median"],
+                         "dense_seconds": res["seconds"][key]["dense"]["median"],
+                         "speedup": ratio(res, key, "dense", c)})
+    return {"rows": rows, "threads": res["threads"]}
 
 
-def bench_tokens(quick, reps):
-    B, N, C = (4, 197, 192) if quick else (32, 197, 384)
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, N, C)).astype(np.float32)
-    K = 1 + (N - 1) // 2
-    idx = np.sort(np.stack([np.concatenate([[0], 1 + rng.permutation(N - 1)[:K - 1]]) for _ in range(B)]), 1)
-    rows = x[:, :K].copy()
-    fast = kernels.fast_kernels()
-    fns = {"copy_gathered": lambda: x[:, :K].copy(), "copy_base": lambda: x.copy(),
-           "gather_reference": lambda: tokens.gather_tokens(x, idx),
-           "scatter_reference": lambda: tokens.scatter_tokens(x, rows, idx)}
-    if fast:
-        fns.update(gather_fast=lambda: fast.gather_tokens(x, idx), scatter_fast=lambda: fast.scatter_tokens(x, rows, idx))
-    t = timed(fns, 40 * reps)                      # each call is under a millisecond: many rounds
-    out = {"shape": [B, N, C], "kept": K, **{f"{k}_ms": 1e3 * v for k, v in t.items()}}
-    for op, base in (("gather", "copy_gathered"), ("scatter", "copy_base")):
-        for impl in ("reference", "fast"):
-            if f"{op}_{impl}" in t:
-                out[f"{op}_{impl}_vs_copy"] = t[f"{op}_{impl}"] / t[base]
+def bench_tokens(quick, threads=None):
+    """Gather / scatter of half of the tokens against a plain copy of as many bytes (output / base)."""
+    x, idx, _ = token_case(quick)
+    contenders = ["copy", "reference", "fast"]
+    turns = (2, 5) if quick else (15, 20)
+    res = compare("tokens", contenders, [("gather", *turns), ("scatter", *turns)], quick, threads)
+    out = {"shape": list(x.shape), "kept": int(idx.shape[1]), "threads": res["threads"]}
+    for op in ("gather", "scatter"):
+        for c in contenders:
+            out[f"{op}_{c}_ms"] = 1e3 * res["seconds"][op][c]["median"]
+        for c in contenders[1:]:
+            out[f"{op}_{c}_vs_copy"] = ratio(res, op, c, "copy")
     return out
 
 
-def bench_train(quick, reps):
-    torch, timm = _torch()
-    name = "deit_tiny_patch16_224"
-    cfg = get_config(name)
-    B = 4 if quick else 32
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((B, 3, 224, 224)).astype(np.float32)
-    y = rng.integers(0, cfg.num_classes, B)
-    fns = {}
-    for fast in (False, True):
-        params = init_params(cfg, rng, np.float32)
-        state = adamw_init(params)
+def bench_train(quick, threads=None):
+    """One training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch."""
+    contenders = ["reference", "fast"] + (["torch"] if torch_timm()[0] else [])
+    res = compare("train", contenders, [("step", 1 if quick else 5, 1)], quick, threads)
+    out = {"model": train_model(), "batch": 4 if quick else 32, "threads": res["threads"]}
+    for c in contenders:
+        out[f"{c}_s"] = res["seconds"]["step"][c]["median"]
+    out["fast_vs_reference"] = ratio(res, "step", "reference", "fast")
+    if "torch" in contenders:
+        out["fast_vs_torch"] = ratio(res, "step", "torch", "fast")
+    return out
 
-        def step(params=params, state=state, ops=kernels.ops(fast, like=x)):
-            logits, cache = vit_forward(params, x, cfg, ops=ops)
-            _, c_ce = cross_entropy_forward(logits, y)
-            _, grads = vit_backward(cross_entropy_backward(1.0, c_ce), cache)
-            adamw_step(params, grads, state, lr=1e-4)
-        fns["fast" if fast else "reference"] = step
-    if torch:
-        model = timm.create_model(name, pretrained=False).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
-        xt, yt = torch.from_numpy(x), torch.from_numpy(y)
 
-        def torch_step():
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(xt), yt).backward()
-            opt.step()
-        fns["torch"] = torch_step
-    t = timed(fns, max(2, reps - 2))
-    return {"model": name, "batch": B, **{f"{k}_s": v for k, v in t.items()}}
+def dense_in_process(quick, reps=3):
+    """The labelled extra: every dense contender in this one process, interleaved, medians (how the
+    bench measured before; it costs timm, whose turn comes while the others' threads still spin)."""
+    contenders = ["reference", "fast"] + (["timm"] if torch_timm()[0] else [])
+    calls = {c: build("dense", c, quick) for c in contenders}
+    for f in (f for c in contenders for f in calls[c].values()):
+        f()                                                               # warm-up
+    rows = []
+    for key in calls[contenders[0]]:
+        times = {c: [] for c in contenders}
+        for r in range(reps):
+            for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
+                t0 = time.perf_counter()
+                calls[c][key]()
+                times[c].append(time.perf_counter() - t0)
+        B = int(key[len("batch"):])
+        rows.append({"batch": B, **{f"{c}_img_s": B / float(np.median(t)) for c, t in times.items()}})
+    return rows

@@ -27,9 +27,10 @@ print(json.dumps([wall, usage.ru_maxrss / 1024, os.waitstatus_to_exitcode(status
 """
 
 
-def run_fresh(cmd):
-    """Run ``cmd`` in a fresh process -> (wall seconds, peak RSS of that process in MiB)."""
-    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True)
+def run_fresh(cmd, env=None):
+    """Run ``cmd`` in a fresh process (environment ``env``, default this one's) -> (wall seconds, peak
+    RSS of that process in MiB)."""
+    done = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], capture_output=True, text=True, env=env)
     try:
         wall, peak, code = _json.loads(done.stdout)
     except ValueError:
@@ -39,13 +40,14 @@ def run_fresh(cmd):
     return wall, peak                                     # ru_maxrss is in KiB on Linux
 
 
-def bench_startup(quick, reps):
+def bench_startup(quick, reps, threads=None):
     """``minitofe predict IMAGE --json`` on one bundled sample in a fresh process, after a first run that
     fills the caches (Numba's compiled kernels, the OS file cache): wall time and peak memory. Uses the
     shipped weights when present, else a random ``vit_fmnist_patch2_28`` ToFe model saved to a temp file."""
     from ..data import sample_images
     from ..io.shipped import TOFE_FILE, find_shipped
     from ..model import new_model, save_model
+    from .rounds import worker_env
     image = str(sample_images()[0])
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +60,8 @@ def bench_startup(quick, reps):
         for mode in ("default", "fast", "no-fast"):
             cmd = [sys.executable, "-m", "minitofe", "predict", image, "--weights", str(weights), "--json"]
             cmd += [] if mode == "default" else [f"--{mode}"]
-            runs = [run_fresh(cmd) for _ in range(1 + max(1, reps // 2))]   # the first run fills caches
+            runs = [run_fresh(cmd, worker_env(threads))      # this package, the bench's thread counts
+                    for _ in range(1 + max(1, reps // 2))]       # the first run fills the caches
             out[mode.replace("-", "_")] = {"wall_s": float(np.median([r[0] for r in runs[1:]])),
                                            "peak_rss_mib": float(np.max([r[1] for r in runs[1:]]))}
     return out

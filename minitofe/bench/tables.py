@@ -1,42 +1,103 @@
-"""The tables ``minitofe bench`` prints (``--json`` prints the dict instead)."""
+"""The tables ``minitofe bench`` prints (``--json`` prints the dict instead). A ratio reads
+``median [min, max]``: the median of the per-round ratios and their spread over the rounds."""
 
 
 def _num(v, fmt="{:.3g}"):
     return "-" if v is None else fmt.format(v)
 
 
-def format_tables(res):
-    """The human-readable report of ``run_bench``'s dict."""
-    m = res["machine"]
-    lines = [f"{m['cpu']}, {m['cores']} cores, numpy {m['numpy']}, numba {m.get('numba', '-')} "
-             f"({m.get('numba_threads', '-')} threads), torch {m['torch'] or '-'} ({m['torch_threads'] or '-'} "
-             f"threads), {m['dtype']}", "",
-             f"dense forward, images/s          {'batch':>5} {'reference':>10} {'fast':>8} {'timm':>8} {'fast/timm':>10}"]
-    for r in res["dense"]:
-        t = r.get("timm_img_s")
-        lines.append(f"  {r['model']:<30} {r['batch']:>5} {_num(r['reference_img_s']):>10} "
-                     f"{_num(r['fast_img_s']):>8} {_num(t):>8} {_num(t and r['fast_img_s'] / t):>10}")
-    lines += ["", f"ToFe top-k, fast path      {'batch':>5} {'MACs':>6} {'keep ratios':>20} {'ms':>9} "
-              f"{'dense ms':>9} {'speed-up':>9}"]
-    for r in res["tofe"]:
-        lines.append(f"  {'':<24} {r['batch']:>5} {r['macs_ratio']:>6.0%} {str(r['keep_ratios']):>20} "
-                     f"{1e3 * r['seconds']:>9.1f} {1e3 * r['dense_seconds']:>9.1f} {r['speedup']:>8.2f}x")
-    t = res["tokens"]
-    lines += ["", f"gather / scatter of {t['kept']} of {t['shape'][1]} tokens, (B, N, C) = {tuple(t['shape'])}: "
-              f"time / plain copy of the output"]
+def _ratio(r):
+    """A ratio's spread as text: median [min, max]."""
+    return f"{r['median']:.2f}x [{r['min']:.2f}, {r['max']:.2f}]" if r else "-"
+
+
+def _threads(section):
+    counts = {c: ", ".join(f"{k} {v}" for k, v in t.items()) for c, t in section.get("threads", {}).items()}
+    return "; ".join(f"{c}: {t}" for c, t in counts.items())
+
+
+def _machine(m):
+    return [f"{m['cpu']}, {m['cores']} cores, load average {m.get('load_average')} -> "
+            f"{m.get('load_average_after')}, python {m['python']}, numpy {m['numpy']}, numba "
+            f"{m.get('numba', '-')}, torch {m['torch'] or '-'}, timm {m.get('timm') or '-'}, {m['dtype']}, "
+            f"threads {m.get('threads') or 'as set up'}; each contender in a process of its own", ""]
+
+
+def _dense(d):
+    lines = [f"dense forward, images/s ({_threads(d)})",
+             f"  {'model':<24} {'batch':>5} {'reference':>10} {'fast':>8} {'timm':>8}   {'fast/timm':<22} "
+             f"fast/reference"]
+    for r in d["rows"]:
+        lines.append(f"  {r['model']:<24} {r['batch']:>5} {_num(r['reference_img_s']):>10} "
+                     f"{_num(r['fast_img_s']):>8} {_num(r.get('timm_img_s')):>8}   "
+                     f"{_ratio(r.get('fast_vs_timm')):<22} {_ratio(r['fast_vs_reference'])}")
+    return lines
+
+
+def _tofe(t):
+    lines = ["", f"ToFe top-k, fast path ({_threads(t)})",
+             f"  {'batch':>5} {'MACs':>6} {'keep ratios':>22} {'ms':>9} {'dense ms':>9}   "
+             f"speed-up over dense"]
+    for r in t["rows"]:
+        lines.append(f"  {r['batch']:>5} {r['macs_ratio']:>6.0%} {str(r['keep_ratios']):>22} "
+                     f"{1e3 * r['seconds']:>9.1f} {1e3 * r['dense_seconds']:>9.1f}   {_ratio(r['speedup'])}")
+    return lines
+
+
+def _tokens(t):
+    lines = ["", f"gather / scatter of {t['kept']} of {t['shape'][1]} tokens, (B, N, C) = "
+             f"{tuple(t['shape'])}: "
+             f"time / a plain copy of as many bytes (the output / the base)"]
     for op in ("gather", "scatter"):
-        lines.append(f"  {op:<8} reference {_num(t.get(f'{op}_reference_vs_copy'), '{:.2f}x')}   "
-                     f"fast {_num(t.get(f'{op}_fast_vs_copy'), '{:.2f}x')}")
-    tr = res["train"]
-    tt = tr.get("torch_s")
-    lines += ["", f"training step (forward + backward + AdamW), {tr['model']}, batch {tr['batch']}: "
-              f"reference {tr['reference_s']:.2f} s, fast {tr['fast_s']:.2f} s, torch {_num(tt, '{:.2f} s')}"
-              f" -> fast speed / torch speed {_num(tt and tt / tr['fast_s'], '{:.2f}x')}"]
-    su = res["startup"]
-    lines += ["", f"fresh process: minitofe predict IMAGE --json ({su['weights']}), after a first run:"]
+        lines.append(f"  {op:<8} copy {t[f'{op}_copy_ms']:.3f} ms   "
+                     f"reference {_ratio(t.get(f'{op}_reference_vs_copy'))}"
+                     f"   fast {_ratio(t.get(f'{op}_fast_vs_copy'))}")
+    return lines
+
+
+def _train(tr):
+    return ["", f"training step (forward + backward + AdamW), {tr['model']}, batch {tr['batch']}: reference "
+            f"{tr['reference_s']:.2f} s, fast {tr['fast_s']:.2f} s, "
+            f"torch {_num(tr.get('torch_s'), '{:.2f} s')}",
+            f"  fast speed / torch speed {_ratio(tr.get('fast_vs_torch'))}, "
+            f"fast / reference {_ratio(tr['fast_vs_reference'])}"]
+
+
+def _profile(p):
+    g = p["sgemm_gflops"]
+    lines = ["", f"profile ({p['model']}, fast path; {_threads({'threads': {'process': p['threads']}})})",
+             "  NumPy sgemm GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in g.items())]
+    for r in p["ops"]:
+        lines.append(f"  batch {r['batch']}: forward {1e3 * r['forward_s']:.1f} ms; "
+                     + ", ".join(f"{k} {1e3 * v:.1f} ms ({v / r['forward_s']:.0%})" for k, v in
+                                 sorted(r["seconds"].items(), key=lambda kv: -kv[1]) if v > 0))
+        lines.append("    matmuls: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["gflops"].items()))
+    return lines
+
+
+def _startup(su):
+    lines = ["", f"fresh process: minitofe predict IMAGE --json ({su['weights']}), after a first run:"]
     for mode in ("default", "fast", "no_fast"):
         r = su[mode]
         flag = "(no flag)" if mode == "default" else f"--{mode.replace('_', '-')}"
         lines.append(f"  {flag:<10} wall {r['wall_s']:.2f} s, peak memory {r['peak_rss_mib']:.0f} MiB")
+    return lines
+
+
+def _in_process(rows):
+    lines = ["", "extra, NOT the method above: the dense contenders all in one process, images/s"]
+    for r in rows:
+        lines.append(f"  batch {r['batch']:>3}: " + ", ".join(
+            f"{k[:-len('_img_s')]} {v:.3g}" for k, v in r.items() if k.endswith("_img_s")))
+    return lines
+
+
+def format_tables(res):
+    """The human-readable report of ``run_bench``'s dict."""
+    lines = _machine(res["machine"])
+    for name, fmt in (("dense", _dense), ("tofe", _tofe), ("tokens", _tokens), ("train", _train),
+                      ("profile", _profile), ("startup", _startup), ("dense_in_process", _in_process)):
+        if name in res:
+            lines += fmt(res[name])
     lines += ["", f"(bench took {res['bench_seconds']:.0f} s)"]
     return "\n".join(lines)

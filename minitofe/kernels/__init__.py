@@ -1,4 +1,5 @@
-"""Fast twins of reference functions: Numba kernels on the CPU (docs/contributing.md §5, "reference first, fast second").
+"""Fast twins of reference functions: Numba kernels on the CPU (docs/contributing.md §5, "reference first,
+fast second").
 
 Every fast function here has the *name and signature* of a NumPy reference elsewhere in the package
 (``gather_tokens`` of ``tofe.tokens``, ``layernorm_forward`` of ``nn.layers``, ``block_forward`` of
@@ -12,15 +13,17 @@ where ``ops`` returns the namespace of fast twins (attribute ``fast=True``) when
 is installed (and not disabled with ``MINITOFE_NO_NUMBA=1``) and the ``like`` arrays are NumPy arrays,
 else None, which the model code reads as its own reference (``tofe.ops.REFERENCE``); on CuPy arrays
 the reference, written against ``get_xp``, *is* the GPU path. Numba is imported only when a fast
-function is first asked for, so the reference path never pays its import or compile time; compiled code is cached on
-disk (``cache=True``), so later processes do not compile again either.
+function is first asked for, so the reference path never pays its import or compile time; compiled code
+is cached on disk (``cache=True``), so later processes do not compile again either.
 
-Modules: ``mathf`` (jit settings, vectorisable float32 erf), ``tokens`` (gather / scatter / pack /
-unpack), ``layers`` (LayerNorm, GELU and their backwards), ``softmax`` (the masked softmax over keys and
-its backward), ``attention`` (inference attention) and ``block`` (the block forward/backward, the
-cache-free inference runner with buffer reuse). The strict fake GPU array type of the tests is not a
-kernel: it lives in ``minitofe.testing.fakedevice``.
+Modules: ``mathf`` (jit settings, vectorisable float32 erf and exp), ``tokens`` (gather / scatter /
+pack / unpack), ``layers`` (LayerNorm, GELU and their backwards), ``softmax`` (the masked softmax over
+keys and its backward), ``attention`` (inference attention as batched BLAS), ``threads`` (BLAS thread
+counts sized per call, lanes for work the BLAS should not split) and ``block`` (the block
+forward/backward, the cache-free inference runner with buffer reuse). The strict fake GPU array type of
+the tests is not a kernel: it lives in ``minitofe.testing.fakedevice``.
 """
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -94,6 +97,16 @@ def ops(fast, like=()):
     """The fast twins' namespace (``fast_kernels()``) if ``use_fast(fast, like)``, else None: hand it to
     the model code's ``ops=`` (None runs the reference)."""
     return fast_kernels() if use_fast(fast, like) else None
+
+
+def thread_scope(fast, like=()):
+    """A context for one whole call on the fast path (a ToFe forward, its reference NumPy parts included):
+    the BLAS's threads sized to the cores other processes leave free (``threads.sized_blas``); nothing
+    when ``use_fast`` is false."""
+    if not use_fast(fast, like):
+        return contextlib.nullcontext()
+    from .threads import sized_blas
+    return sized_blas()
 
 
 def release_buffers():

@@ -9,7 +9,10 @@ reference is what to read, this is what runs when ``fast=True``. What is differe
 - biases, LayerScale, residual adds, GELU and the attention scale ride along in the fused kernels of
   ``kernels.layers`` and ``kernels.softmax`` instead of separate NumPy passes;
 - inference keeps no caches and reuses a per-thread workspace of buffers across blocks and calls
-  (``release_buffers()`` frees it); training keeps only what the backward reads.
+  (``release_buffers()`` frees it); training keeps only what the backward reads;
+- inference sizes the BLAS's threads per call (``kernels.threads``: all of them for a linear layer over
+  a batch, one for small products), runs attention as batched BLAS in lanes (``kernels.attention``) and
+  the element-wise kernels on the calling thread or split over the lanes when large.
 The fast training cache is not the reference's: pair ``kernels.block_forward`` with
 ``kernels.block_backward`` (``nn.vit`` does).
 """
@@ -22,6 +25,7 @@ from .attention import attend_
 from .layers import (INV_SQRT2, INV_SQRT_2PI, add_bias_, bias_gelu_, bias_gelu_keep_, gelu_backward_,
                      layernorm_, layernorm_backward, layernorm_forward, residual_, residual_layernorm_)
 from .softmax import masked_softmax_, masked_softmax_backward_, softmax_, softmax_backward_
+from .threads import ROW_COST, for_rows, gemm_threads, sized_blas, use_threads
 from ..config import LN_EPS
 
 _local = threading.local()
@@ -78,6 +82,17 @@ def _heads(qkv, B, n, H):
     return (t[:, :, i].transpose(0, 2, 1, 3) for i in range(3))
 
 
+def _linear_(a, w, out):
+    """out (M, K) <- a (M, C) @ w.T for w (K, C), on as many BLAS threads as the size is worth."""
+    use_threads(gemm_threads(a.shape[0], w.shape[0], a.shape[1]))
+    np.matmul(a, w.T, out=out)
+
+
+def _add_bias_(y, bias):
+    """y (M, K) += bias (K,) in place, split over the lanes when large."""
+    for_rows(y.shape[0], ROW_COST * y.shape[1], lambda i, j: add_bias_(y[i:j], bias))
+
+
 def _block_inplace(x, params, prefix, num_heads, offsets):
     """One block on rows x (M, C), updated in place; attention within each segment of ``offsets``."""
     M, C = x.shape
@@ -88,17 +103,23 @@ def _block_inplace(x, params, prefix, num_heads, offsets):
     n1, o, a = _buf("norm", (M, C), dt), _buf("o", (M, C), dt), _buf("a", (M, C), dt)
     qkv = _buf("qkv", (M, 3 * C), dt)
     h = _buf("hidden", (M, p("mlp.fc1.weight").shape[0]), dt)
-    layernorm_(x, p("norm1.weight"), p("norm1.bias"), eps, inv_c, n1, n1, _buf("rstd", (M,), dt))
-    np.matmul(n1, p("attn.qkv.weight").T, out=qkv)
+    rstd, cost, hid = _buf("rstd", (M,), dt), ROW_COST * C, ROW_COST * h.shape[1]
+    w1, b1, w2, b2 = p("norm1.weight"), p("norm1.bias"), p("norm2.weight"), p("norm2.bias")
+    for_rows(M, cost, lambda i, j: layernorm_(x[i:j], w1, b1, eps, inv_c, n1[i:j], n1[i:j], rstd[i:j]))
+    _linear_(n1, p("attn.qkv.weight"), qkv)
     if prefix + "attn.qkv.bias" in params:
-        add_bias_(qkv, p("attn.qkv.bias"))
-    attend_(qkv, offsets, num_heads, dt.type((C // num_heads) ** -0.5), o)
-    np.matmul(o, p("attn.proj.weight").T, out=a)
-    residual_layernorm_(x, a, p("attn.proj.bias"), g1, p("norm2.weight"), p("norm2.bias"), eps, inv_c, n1)
-    np.matmul(n1, p("mlp.fc1.weight").T, out=h)
-    bias_gelu_(h, p("mlp.fc1.bias"), dt.type(INV_SQRT2))
-    np.matmul(h, p("mlp.fc2.weight").T, out=a)
-    residual_(x, a, p("mlp.fc2.bias"), g2)
+        _add_bias_(qkv, p("attn.qkv.bias"))
+    attend_(qkv, offsets, num_heads, dt.type((C // num_heads) ** -0.5), o,
+            lambda lane, size: _buf(f"scores{lane}", (size,), dt))
+    _linear_(o, p("attn.proj.weight"), a)
+    bp = p("attn.proj.bias")
+    for_rows(M, cost, lambda i, j: residual_layernorm_(x[i:j], a[i:j], bp, g1, w2, b2, eps, inv_c, n1[i:j]))
+    _linear_(n1, p("mlp.fc1.weight"), h)
+    bf, inv_sqrt2 = p("mlp.fc1.bias"), dt.type(INV_SQRT2)
+    for_rows(M, 2 * hid, lambda i, j: bias_gelu_(h[i:j], bf, inv_sqrt2))
+    _linear_(h, p("mlp.fc2.weight"), a)
+    bf2 = p("mlp.fc2.bias")
+    for_rows(M, cost, lambda i, j: residual_(x[i:j], a[i:j], bf2, g2))
 
 
 def run_blocks(x, params, cfg, lo, hi):
@@ -108,15 +129,17 @@ def run_blocks(x, params, cfg, lo, hi):
     B, n, C = x.shape
     out = np.array(x, order="C", copy=True)
     offsets = np.arange(0, B * n + 1, n, dtype=np.int64)
-    for j in range(lo, hi):
-        _block_inplace(out.reshape(B * n, C), params, f"blocks.{j}.", cfg.num_heads, offsets)
+    with sized_blas():
+        for j in range(lo, hi):
+            _block_inplace(out.reshape(B * n, C), params, f"blocks.{j}.", cfg.num_heads, offsets)
     return out
 
 
 def ragged_block_forward(x, offsets, params, prefix, num_heads):
     """One block on packed rows x (M, C); attention stays inside each image's segment."""
     out = np.array(x, order="C", copy=True)
-    _block_inplace(out, params, prefix, num_heads, np.asarray(offsets, dtype=np.int64))
+    with sized_blas():
+        _block_inplace(out, params, prefix, num_heads, np.asarray(offsets, dtype=np.int64))
     return out
 
 
@@ -136,7 +159,7 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     n1, c_n1 = layernorm_forward(x2, p("norm1.weight"), p("norm1.bias"), norm_eps)
     qkv = n1 @ p("attn.qkv.weight").T                                     # (M, 3C)
     if prefix + "attn.qkv.bias" in params:
-        add_bias_(qkv, p("attn.qkv.bias"))
+        _add_bias_(qkv, p("attn.qkv.bias"))
     # contiguous heads: NumPy's matmul falls back to a slow loop for a strided transposed operand
     q, k, v = (np.ascontiguousarray(t) for t in _heads(qkv, B, N, H))     # (B, H, N, hs)
     A = np.matmul(q, k.transpose(0, 1, 3, 2))                             # raw scores (B, H, N, N)
@@ -150,14 +173,14 @@ def block_forward(x, params, prefix, num_heads, key_mask=None, norm_eps=LN_EPS, 
     o = np.empty((M, C), dtype=dt)
     np.matmul(A, v, out=o.reshape(B, N, H, -1).transpose(0, 2, 1, 3))
     a = o @ p("attn.proj.weight").T
-    add_bias_(a, p("attn.proj.bias"))
+    _add_bias_(a, p("attn.proj.bias"))
     x1 = x2 + (a * g1 if g1 is not None else a)
     n2, c_n2 = layernorm_forward(x1, p("norm2.weight"), p("norm2.bias"), norm_eps)
     h = n2 @ p("mlp.fc1.weight").T                                        # (M, hidden)
     act = np.empty_like(h)
     bias_gelu_keep_(h, p("mlp.fc1.bias"), dt.type(INV_SQRT2), act)
     f = act @ p("mlp.fc2.weight").T
-    add_bias_(f, p("mlp.fc2.bias"))
+    _add_bias_(f, p("mlp.fc2.bias"))
     out = x1 + (f * g2 if g2 is not None else f)
     cache = FastBlockCache(prefix, params, H, scale, (B, N, C), g1, g2, c_n1, n1, q, k, v, A, pr, o, a,
                            c_n2, n2, h, act, f)

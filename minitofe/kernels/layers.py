@@ -4,12 +4,17 @@ softmax over keys is ``kernels.softmax``).
 The public functions have the names, signatures and caches of their references in ``minitofe.nn.layers``
 (a fast forward's cache works with the reference backward and the other
 way round), and ``tests/test_kernels.py`` checks them against those references. Each kernel does one
-pass over memory where NumPy does three to six, and splits the rows over all cores (``prange``).
-The ``*_`` kernels below are the in-place pieces that ``kernels.block`` strings together.
+pass over memory where NumPy does three to six. The ``*_`` kernels below are the in-place pieces that
+``kernels.block`` strings together. Those the inference forward runs (LayerNorm, residual, bias, bias +
+GELU) run on the calling thread, on whatever rows they are given: ``threads.for_rows`` splits large
+arrays over the lanes and runs small ones inline. As ``prange`` kernels, each of the ~60 calls of a
+DeiT-S forward woke Numba's thread pool: ~0.1 ms a call on a quiet machine, up to ~2 ms when other
+processes held the cores, more than the work at batch 1. The backward kernels keep ``prange``.
 """
 import numpy as np
 
-from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, jit, pjit, prange
+from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, exp, jit, pjit, prange
+from .threads import ROW_COST, for_rows
 from ..config import LN_EPS
 
 
@@ -38,27 +43,27 @@ def _ln_row(x, w, b, eps, inv_c, y, xhat):
     return r
 
 
-@pjit
+@jit
 def layernorm_(x, w, b, eps, inv_c, y, xhat, rstd):
     """y, xhat (M, C), rstd (M,) <- LayerNorm of x (M, C) (xhat may alias y when not needed)."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         rstd[i] = _ln_row(x[i], w, b, eps, inv_c, y[i], xhat[i])
 
 
-@pjit
+@jit
 def residual_layernorm_(x, a, bias, gamma, w, b, eps, inv_c, y):
     """x += gamma * (a + bias) in place, then y = LayerNorm(x) (the next norm of a pre-norm block)."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         xi = x[i]
         for c in range(x.shape[1]):
             xi[c] += gamma[c] * (a[i, c] + bias[c])
         _ln_row(xi, w, b, eps, inv_c, y[i], y[i])
 
 
-@pjit
+@jit
 def residual_(x, a, bias, gamma):
     """x += gamma * (a + bias) in place."""
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         for c in range(x.shape[1]):
             x[i, c] += gamma[c] * (a[i, c] + bias[c])
 
@@ -88,7 +93,9 @@ def layernorm_forward(x, w, b, eps=LN_EPS):
     x2 = _rows(x)
     y, xhat = np.empty_like(x2), np.empty_like(x2)
     rstd = np.empty(x2.shape[0], dtype=x.dtype)
-    layernorm_(x2, w, b, _c(x, eps), _c(x, 1.0 / x.shape[-1]), y, xhat, rstd)
+    eps, inv_c = _c(x, eps), _c(x, 1.0 / x.shape[-1])
+    for_rows(x2.shape[0], ROW_COST * x2.shape[1], lambda i, j: layernorm_(
+        x2[i:j], w, b, eps, inv_c, y[i:j], xhat[i:j], rstd[i:j]))
     return y.reshape(x.shape), (xhat.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,)), w)
 
 
@@ -116,11 +123,11 @@ def _gelu(x, inv_sqrt2, y, cdf):
             y[i, c] = x[i, c] * p
 
 
-@pjit
+@jit
 def bias_gelu_(h, bias, inv_sqrt2):
     """h = GELU(h + bias) in place (fc1's bias and activation in one pass)."""
     half = h.dtype.type(0.5)
-    for i in prange(h.shape[0]):
+    for i in range(h.shape[0]):
         for c in range(h.shape[1]):
             v = h[i, c] + bias[c]
             h[i, c] = v * (half + half * erf(v * inv_sqrt2))
@@ -133,7 +140,7 @@ def gelu_backward_(dy, x, inv_sqrt2, inv_sqrt_2pi):
     for i in prange(dy.shape[0]):
         for c in range(dy.shape[1]):
             v = x[i, c]
-            dy[i, c] *= half + half * erf(v * inv_sqrt2) + v * inv_sqrt_2pi * np.exp(-half * v * v)
+            dy[i, c] *= half + half * erf(v * inv_sqrt2) + v * inv_sqrt_2pi * exp(-half * v * v)
 
 
 @pjit
@@ -147,10 +154,10 @@ def bias_gelu_keep_(h, bias, inv_sqrt2, act):
             act[i, c] = v * (half + half * erf(v * inv_sqrt2))
 
 
-@pjit
+@jit
 def add_bias_(y, bias):
     """y (M, K) += bias (K,) in place, rows split over the cores."""
-    for i in prange(y.shape[0]):
+    for i in range(y.shape[0]):
         for c in range(y.shape[1]):
             y[i, c] += bias[c]
 

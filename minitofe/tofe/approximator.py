@@ -7,15 +7,17 @@ zero (``params.init_tofe_params``), so a fresh approximator is exactly the ident
 Parameters live under ``prefix`` (e.g. ``"tofe.approx.0."``): ``norm``, ``fc1`` (C -> C/r), ``fc2``
 (C/r -> C). Works on any leading shape: (B, N, C) in training, gathered (M, C) rows in inference.
 """
-from ..nn.layers import (gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
-                         linear_backward, linear_forward)
+from .ops import resolve
+from ..nn.layers import gelu_backward, layernorm_backward, linear_backward, linear_forward
 
 
-def approximator_forward(x, params, prefix):
-    """x: (..., C) -> y (..., C), cache."""
-    n, c_ln = layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
+def approximator_forward(x, params, prefix, ops=None):
+    """x: (..., C) -> y (..., C), cache. ``ops``: the namespace LayerNorm and GELU run on (``tofe.ops``;
+    None: this package's reference)."""
+    ops = resolve(ops)
+    n, c_ln = ops.layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
     h, c_fc1 = linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])  # (..., C/r)
-    a, c_g = gelu_forward(h)
+    a, c_g = ops.gelu_forward(h)
     d, c_fc2 = linear_forward(a, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])  # (..., C)
     return x + d, (prefix, c_ln, c_fc1, c_g, c_fc2)
 

@@ -74,7 +74,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     ever_frozen, candidates = xp.zeros((B, P), dtype=bool), []
     for s, blocks in enumerate(stage_ranges(cfg, stages)):                             # stages
         candidates.append(P if alive is None else to_numpy(alive.sum(axis=1)))
-        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive)    # (B, P)
+        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive, ops)  # (B, P)
         kept = decide(scores, s, alive, ratios, kept_masks, tcfg)                        # (B, P) bool
         frozen, ever_frozen = record_stage(info, kept, drop, ever_frozen)
         x = run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
@@ -122,7 +122,7 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
         x_out = ops.unpack_rows(x, h, idx_list, offsets)
     if tcfg.uses_approximator and bool(frozen.any()):
         rows = xp.nonzero(frozen)
-        a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.")
+        a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
         x_out[rows[0], rows[1] + T] = a
     return x_out
 

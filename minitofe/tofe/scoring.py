@@ -42,14 +42,15 @@ def cls_attention_scores(x, params, block_prefix, cfg):
     return attn.mean(axis=1)[:, T:]
 
 
-def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None):
+def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None):
     """Keep scores (B, P) at the start of ``stage``; ``alive`` (B, P) bool limits the candidates (drop
-    methods: only alive tokens are scored, and only they are computed on). Non-candidates score 0."""
+    methods: only alive tokens are scored, and only they are computed on). Non-candidates score 0.
+    ``ops``: the namespace the selector's LayerNorm and GELU run on (None: the reference)."""
     xp = get_xp(x)
     T = cfg.num_prefix_tokens
     if alive is None:
         if tcfg.learned_selector:
-            logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", T)
+            logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", T, ops=ops)
             return keep_probability(logits[:, T:])
         return cls_attention_scores(x, params, block_prefix, cfg)
     scores = xp.zeros(alive.shape, dtype=x.dtype)
@@ -60,7 +61,7 @@ def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None):
         idx = mask_to_indices(cand)                                   # (b, T + n) alive tokens only
         xs = gather_tokens(x[b], idx)
         if tcfg.learned_selector:
-            logits, _ = selector_forward(xs, params, f"tofe.selector.{stage}.", T)
+            logits, _ = selector_forward(xs, params, f"tofe.selector.{stage}.", T, ops=ops)
             sc = keep_probability(logits[:, T:])
         else:
             sc = cls_attention_scores(xs, params, block_prefix, cfg)
