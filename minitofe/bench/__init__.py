@@ -78,18 +78,28 @@ def run_bench(json=False, quick=False, threads=None, sections=None, in_process=F
     return res
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m minitofe.bench", description=__doc__.split("\n")[0])
+def add_arguments(p):
+    """The bench's options, on ``p`` (``python -m minitofe.bench`` and ``minitofe bench`` share them)."""
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--threads", type=int, metavar="N",
                    help="thread count of every contender (BLAS, Numba, OpenMP, torch); default: as set up")
-    p.add_argument("--sections", metavar="A,B", help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--sections", metavar="A,B",
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all of them)")
     p.add_argument("--in-process", action="store_true",
                    help="also time the dense contenders all in this one process (the old method), labelled")
-    args = p.parse_args(argv)
+
+
+def run_from_args(args, error):
+    """Run the bench for parsed ``add_arguments`` options; ``error(message)`` refuses bad ones."""
     if args.threads is not None and args.threads < 1:
-        p.error(f"--threads must be a positive number, got {args.threads}")
+        error(f"--threads must be a positive number, got {args.threads}")
     run_bench(json=args.json, quick=args.quick, threads=args.threads, in_process=args.in_process,
               sections=args.sections.split(",") if args.sections else None)
     return 0
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m minitofe.bench", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    return run_from_args(p.parse_args(argv), p.error)

@@ -7,7 +7,7 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe eval [--weights FILE] [--data fashion-mnist|DIR] [--method M] [--budget B] [--json]
     minitofe train --init WEIGHTS [--method M] [--target G] [--steps N] ... [--resume]
     minitofe convert SRC DST [--model NAME] [--heads N --img-size S --global-pool P] [--backbone-only] ...
-    minitofe bench [--json] [--quick]
+    minitofe bench [--json] [--quick] [--threads N] [--sections A,B] [--in-process]
     minitofe golden OUT.safetensors [--weights FILE | --preset NAME --seed S] [--mode M] [--images ...]
     minitofe compare BUNDLE THEIRS [--json] [--tol float64|float32]
 
@@ -30,16 +30,17 @@ from ..validate.cli import add_compare, add_golden, run_compare, run_golden
 
 
 def add_bench(sub):
+    from ..bench import add_arguments
     p = sub.add_parser("bench", help="speed: reference vs fast vs timm, ToFe vs dense, gather/scatter, "
-                                     "training step, start-up (one process, interleaved medians)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the benchmark")
+                                     "training step, start-up (each contender in a process of its own, "
+                                     "interleaved rounds, medians and ratios)")
+    add_arguments(p)
+    p.set_defaults(bench_error=p.error)
 
 
 def run_bench(args):
-    from ..bench import run_bench as bench
-    bench(json=args.json, quick=args.quick)
-    return 0
+    from ..bench import run_from_args
+    return run_from_args(args, args.bench_error)
 
 
 COMMANDS = {"demo": (add_demo, run_demo), "predict": (add_predict, run_predict), "viz": (add_viz, run_viz),
