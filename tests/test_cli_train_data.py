@@ -78,3 +78,10 @@ def test_train_passes_the_stages_approximator_width_and_tau_schedule_on(tmp_path
     taus = [json.loads(line)["tau"] for line in (out / "log.jsonl").read_text().splitlines()
             if "tau" in json.loads(line)]
     assert taus[0] == 2.0 and taus[-1] < taus[0] and taus[-1] >= 0.5
+
+
+def test_stages_of_another_count_need_their_keep_ratios(tmp_path, capsys):
+    data = _folder(tmp_path / "data")
+    code = main(["train", "--init", str(_weights(tmp_path)), "--data", str(data), "--steps", "1", "--out",
+                 str(tmp_path / "run"), "--no-progress", "--stages", "1", "3"])
+    assert code == 2 and "--stages 1 3 makes 2 stages: give as many --keep-ratios" in capsys.readouterr().err

@@ -43,7 +43,7 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
                         ("CURVE_BUDGETS", (0.5, 1.0)),
                         ("METHODS", {"tofe": (0, 1), "tofe-identity": (0,), "dynamicvit": (0,),
                                      "tofe-uniform": (0,), "evit": (0,), "dense": (0,)}),
-                        ("REMEDIES", {"stages13": ["--stages", "1", "3"]})):
+                        ("REMEDIES", {"stages123": ["--stages", "1", "2", "3"]})):
         monkeypatch.setattr(X, name, value)
     run_dir = tmp_path / "exp"
     assert X.main(["run", "--phase", "search", "--run-dir", str(run_dir)]) == 0
@@ -57,8 +57,9 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     assert X.main(["run", "--phase", "final", "--run-dir", str(run_dir)]) == 0
     assert X.main(["run", "--phase", "remedy", "--run-dir", str(run_dir)]) == 0
     remedy = json.loads((run_dir / "remedy.json").read_text())        # scored on val, beside tofe's seed 0
-    assert set(remedy) == {"tofe-stages13_60_s0", "tofe-stages13_50_s0", "tofe_60_s0", "tofe_50_s0"}
-    assert minitofe.load_model(run_dir / "remedy" / "tofe-stages13_50_s0" / "final.npz").tofe.stages == (1, 3)
+    assert set(remedy) == {"tofe-stages123_60_s0", "tofe-stages123_50_s0", "tofe_60_s0", "tofe_50_s0"}
+    remedy_model = minitofe.load_model(run_dir / "remedy" / "tofe-stages123_50_s0" / "final.npz")
+    assert remedy_model.tofe.stages == (1, 2, 3)              # given, not the default (None)
     R.report(run_dir, list(X.METHODS))
     out = run_dir / "report"
     table = (out / "table.md").read_text()

@@ -192,6 +192,10 @@ def run_train(args):
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     if o["stages"]:
         tkw["stages"] = tuple(o["stages"])
+        if not o["keep_ratios"] and len(o["stages"]) != len(minitofe.ToFeConfig().keep_ratios):
+            raise ValueError(f"--stages {' '.join(map(str, o['stages']))} makes {len(o['stages'])} stages: "
+                             f"give as many --keep-ratios (the default has "
+                             f"{len(minitofe.ToFeConfig().keep_ratios)})")
     tcfg = minitofe.ToFeConfig(**tkw)
     teacher = dict(params)           # the dense teacher: train() keeps its own read-only copy of it
     params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
