@@ -17,7 +17,9 @@ timm ViT (no distillation token). ``--epochs`` may be fractional. Every epoch: v
 line in ``RUN_DIR/log.jsonl``. Every epoch and every ``--ckpt-every`` steps: an atomic checkpoint
 ``RUN_DIR/ckpt.pt`` (model, optimizer, scheduler, epoch, position in the epoch with its permutation,
 RNG states, args); ``--resume`` continues from it exactly where it stopped. At the end:
-``weights/<model>.safetensors`` (``model.state_dict()``, metadata ``{'format': 'pt'}``), and ``--verify``
+``weights/<model>.safetensors`` (``model.state_dict()``, metadata ``{'format': 'pt'}``; after
+``--extend-epochs E``: E more epochs from the finished run, a second cosine from ``--extend-lr``, their own
+checkpoint ``RUN_DIR/ckpt_extend.pt``), and ``--verify``
 compares timm's and minitofe's predictions on the whole test set (float32 both; ``RUN_DIR/verify.json``).
 
 Runs in an environment with torch and timm:
@@ -69,6 +71,10 @@ def parse_args(argv=None):
     p.add_argument("--run-dir", default=str(REPO / "runs" / "backbone"))
     p.add_argument("--out", default=None, help="default: weights/<model>.safetensors")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/ckpt.pt (its args win)")
+    p.add_argument("--extend-epochs", type=float, default=0.0,
+                   help="after the run, E more epochs with a fresh AdamW, no warm-up, cosine from "
+                        "--extend-lr to --min-lr (RUN_DIR/ckpt_extend.pt, resumable; given with --resume)")
+    p.add_argument("--extend-lr", type=float, default=2e-4, help="peak learning rate of --extend-epochs")
     p.add_argument("--bench", type=int, default=0, metavar="STEPS", help="time STEPS training steps and exit")
     p.add_argument("--verify", action="store_true", help="after training, compare timm and minitofe")
     p.add_argument("--verify-only", action="store_true", help="only compare timm and minitofe on --out")
@@ -291,7 +297,8 @@ def main(argv=None):
         saved = run_dir / "args.json"
         if not saved.is_file():
             raise SystemExit(f"--resume: no {saved}: nothing to resume in {run_dir}")
-        keep = {k: getattr(args, k) for k in ("resume", "bench", "verify", "verify_only", "threads")}
+        keep = {k: getattr(args, k) for k in ("resume", "bench", "verify", "verify_only", "threads",
+                                              "extend_epochs", "extend_lr")}
         args = argparse.Namespace(**{**json.loads(saved.read_text()), **keep})
     elif not args.bench:
         if (run_dir / "args.json").exists():
@@ -316,6 +323,11 @@ def main(argv=None):
                      teacher=teacher, bench=args.bench)
     if args.bench:
         return 0
+    if args.extend_epochs > 0:
+        ext = argparse.Namespace(**{**vars(args), "lr": args.extend_lr, "warmup_epochs": 0.0})
+        more = train_loop(f"{args.model} extended", model, ext, args.extend_epochs, data,
+                          run_dir / "ckpt_extend.pt", run_dir / "log.jsonl", teacher=teacher)
+        run = {**more, "wall_seconds": run["wall_seconds"] + more["wall_seconds"]}
 
     from safetensors.torch import save_file
     out.parent.mkdir(parents=True, exist_ok=True)
