@@ -368,6 +368,20 @@ def test_free_cores_leave_out_other_processes_runnable_threads(monkeypatch):
         assert threads.free_cores() == want, busy
 
 
+def test_the_bench_workers_do_not_read_each_other_as_load(monkeypatch):
+    """The bench runs its contenders' processes one at a time; their idle pools must not lower the fast
+    path's thread ceiling: the workers' environment turns the free-cores check off."""
+    from minitofe.bench.rounds import worker_env
+    from minitofe.kernels import threads
+    cores = os.cpu_count() or 1
+    monkeypatch.setattr(threads, "_runnable_elsewhere", lambda: 5 * cores)    # a machine that looks full
+    monkeypatch.setattr(threads, "_free", (-1.0, None))
+    monkeypatch.delenv(threads.IGNORE_LOAD, raising=False)
+    assert threads.free_cores() == 1
+    monkeypatch.setenv(threads.IGNORE_LOAD, worker_env(2)[threads.IGNORE_LOAD])
+    assert threads.free_cores() == cores
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_attention_split_over_lanes_equals_the_reference(monkeypatch, dtype):
     """Attention and the element-wise kernels dealt to two lanes (forced: every product counts as large),

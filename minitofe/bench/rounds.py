@@ -24,9 +24,10 @@ SETTLE_S = 0.02                # a pause between two contenders' turns: spinning
 
 
 def worker_env(threads=None):
-    """The environment of a worker: this one, this package first on the path, and with ``threads`` every
-    thread-count variable set to it."""
-    env = dict(os.environ)
+    """The environment of a worker: this one, this package first on the path, with ``threads`` every
+    thread-count variable set to it, and the fast path's free-cores check off (the workers take turns,
+    so the others' idle thread pools are not load: ``kernels.threads.free_cores``)."""
+    env = dict(os.environ, MINITOFE_IGNORE_LOAD="1")
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     env["PYTHONPATH"] = os.pathsep.join([root] + rest)
