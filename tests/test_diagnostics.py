@@ -78,3 +78,15 @@ def test_the_oracle_freeze_path_gives_frozen_tokens_the_stage_blocks_own_outputs
     assert np.abs(got["identity"] - oracle_logits).max() > 1e-6      # the oracle is a path of its own
     labels = oracle_logits.argmax(-1)
     assert freeze_path_accuracy(model, images, labels, batch_size=4)["oracle"] == 1.0
+
+
+def test_freeze_paths_refuse_what_they_cannot_measure():
+    import pytest
+    from minitofe.train.diagnostics import freeze_path_accuracy, freeze_path_logits
+    images = np.zeros((2, 1, 8, 8))
+    with pytest.raises(ValueError, match="learned selector that freezes and reuses tokens.*'idle'"):
+        freeze_path_logits(_model("idle"), images)
+    with pytest.raises(ValueError, match=r"images must have shape \(B, 1, 8, 8\)"):
+        freeze_path_logits(_model("tofe"), np.zeros((2, 1, 9, 8)))
+    with pytest.raises(ValueError, match="2 images but 3 labels"):
+        freeze_path_accuracy(_model("tofe"), images, np.zeros(3, int))

@@ -22,13 +22,12 @@ import numpy as np
 
 from ..backend import get_xp, to_numpy
 from ..model import predict
-from ..nn.embed import embed_forward
 from ..nn.block import run_blocks
+from ..nn.embed import check_images, embed_forward, head_forward
 from ..tofe.inference import decide, resolve_keep_ratios, run_stage
 from ..tofe.ops import resolve
 from ..tofe.scoring import stage_ranges, stage_scores
 from ..tofe.training import teacher_forward
-from ..nn.embed import head_forward
 
 
 def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
@@ -82,6 +81,7 @@ def freeze_path_logits(model, images, keep_ratios=None, ops=None):
     if not tcfg.reuses_tokens or not tcfg.learned_selector:
         raise ValueError(f"freeze paths need a method with a learned selector that freezes and reuses "
                          f"tokens (tofe, tofe-identity, tofe-uniform), got {tcfg.method!r}")
+    check_images(images, cfg, params["pos_embed"].dtype)
     stages, T = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens
     ratios = resolve_keep_ratios(tcfg, keep_ratios, model.learned_keep_ratios)
     x0, _ = embed_forward(images, params, cfg)
