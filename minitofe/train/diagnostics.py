@@ -12,11 +12,12 @@ input; what the approximator has to beat), and the *kept* patches (their error c
 fewer tokens and from the fine-tuned weights). Lower is closer to the teacher; 1.0 is as far as a zero
 token.
 
-``freeze_path_accuracy`` asks what the freeze path costs in accuracy: the same selector decisions and
-keep path, with three freeze paths, ``approximator`` (as trained), ``identity`` (frozen tokens carried
-unchanged) and ``oracle`` (each stage's blocks also run on *all* of its input tokens, and frozen tokens
-take those outputs: a perfect approximator, given the same input as the trained one). If the oracle is
-far above the approximator, the approximator is what holds the model back; if not, it is the selection.
+``freeze_path_accuracy`` asks what the freeze path costs in accuracy: the same selectors and keep path
+(each stage deciding on the tokens its path produced), with three freeze paths, ``approximator`` (as
+trained), ``identity`` (frozen tokens carried unchanged) and ``oracle`` (each stage's blocks also run
+on *all* of its input tokens, and frozen tokens take those outputs: a perfect approximator, given the
+same input as the trained one). If the oracle is far above the approximator, the approximator is what
+holds the model back; if not, it is the selection.
 """
 import numpy as np
 
