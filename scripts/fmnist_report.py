@@ -171,7 +171,7 @@ def approximation_errors(models, out_json, out_png):
     from minitofe.cli.common import budget_ratios
     from minitofe.data import load_fashion_mnist
     from minitofe.train.diagnostics import stage_errors
-    images, _ = load_fashion_mnist("test")
+    images, labels = load_fashion_mnist("test")
     teacher = minitofe.load_model(X.BACKBONE_NPZ)
     result = {}
     for method in ("tofe", "tofe-identity"):
@@ -183,7 +183,7 @@ def approximation_errors(models, out_json, out_png):
     idle = minitofe.add_tofe(minitofe.load_model(X.BACKBONE_NPZ), minitofe.ToFeConfig(method="idle"))
     result["idle (training-free)"] = stage_errors(idle, images, teacher.params,
                                                   keep_ratios=budget_ratios(idle, "idle", 0.5), fast=True)
-    out_json.write_text(json.dumps({**result, "freeze_paths": freeze_paths(models)}, indent=1))
+    out_json.write_text(json.dumps({**result, "freeze_paths": freeze_paths(models, images, labels)}, indent=1))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, rows in result.items():
         ax.plot([r["stage"] + 1 for r in rows], [r["frozen"] for r in rows], marker="o",
@@ -201,15 +201,13 @@ def approximation_errors(models, out_json, out_png):
     plt.close(fig)
 
 
-def freeze_paths(models):
+def freeze_paths(models, images, labels):
     """Test top-1 of the seed-0 tofe models under the three freeze paths (trained approximator, identity,
-    oracle: ``minitofe.train.diagnostics.freeze_path_accuracy``), per budget."""
+    oracle: ``minitofe.train.diagnostics.freeze_path_accuracy``), per budget, on the test ``images``."""
     import minitofe
     from minitofe import kernels
     from minitofe.cli.common import budget_ratios
-    from minitofe.data import load_fashion_mnist
     from minitofe.train.diagnostics import freeze_path_accuracy
-    images, labels = load_fashion_mnist("test")
     result = {}
     for budget in X.BUDGETS:
         runs = dict(models.get(("tofe", budget), []))
