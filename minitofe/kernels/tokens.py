@@ -1,24 +1,30 @@
 """Numba gather / scatter of token rows and pack / unpack of ragged batches.
 
 Same names and signatures as the references in ``minitofe.tofe.tokens`` and ``minitofe.tofe.ragged``.
-All four are two compiled loops over rows of the (B * N, F) view of the tokens: ``_take_rows`` (output
-row r <- source row ``src[r]``: gather and pack) and ``_merge_rows`` (output row m <- a given row, or
-``base`` row m: scatter and unpack). Each output row is written exactly once, from exactly one source
-row, so every function moves the bytes of one plain copy of its output and no more: ``scatter`` does
-not copy ``base`` and then overwrite the kept rows (two passes, as the reference does).
+All four are compiled loops over rows of the (B * N, F) view of the tokens: ``_take_rows`` (output row
+r <- row ``src[r]``: gather, pack) and ``_merge_rows`` (output row m <- a given row, or ``base`` row m:
+scatter, unpack). Each output row is written once, from one source row: a plain copy's bytes.
 
-What made them slower than a copy was not the loop but the memory: a plain copy streams, a gather
-jumps to rows the hardware prefetcher cannot guess. So each loop asks for the source row it will copy
-``AHEAD`` rows later (``_prefetch``, LLVM's prefetch hint) while it copies this one. Measured on one
-core, DeiT-S sizes (batch 32, 99 of 197 tokens), call by call against the copy in the same process:
-the gather loop 1.07x a copy without the hint, 0.95-1.05x with it, the whole ``gather_tokens`` (index
-bookkeeping in one compiled pass, ``_flat_rows``) ~1.1x; the scatter loop ~1.3-1.5x with or without
-the hint: taking rows from two sources in a random interleaving costs more than one stream, and this
-is where the 1.1x target is not met. The loops run on one core: the work is memory-bound and waking
-a second thread costs as much as a gather at batch 8.
-Indices are checked in Python first (a compiled loop does not raise ``IndexError``: it would read
-outside the array).
+Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32), one thread, both cores busy with two
+training runs, contenders interleaved in one process, medians of 150-300 rounds of 8 calls; the figures
+move with the load. What costs is memory, not the loops. Gather: ``_take_rows`` 1.1-1.2x a copy of its
+output (the copy reads whole images, the gather skips half the rows; ``AHEAD``'s ``_prefetch`` hint
+helps a little), ``gather_tokens`` 1.2x (was 1.4x: each ``_rows`` cost 7 us in two ``np.prod`` calls, and
+``_flat_rows`` did not vectorise). Scatter: the copy's 9.7 + 9.7 MB stay in what the training runs leave
+of the 32 MB L3; the scatter's base rows, kept rows, output and the lines the hardware prefetcher pulls
+in beside the skipped rows do not, and ``_merge_rows`` is 1.6-2.0x a copy (1.1x at batch 8, where both
+fit). Not the cause: glibc's copy (ordinary stores, its non-temporal threshold is 240 MB here), page
+faults (none), two sources as such (two blocks of rows: 1x); per-row ``memcpy`` (1.3x for a plain copy),
+coalesced runs and hints did not help. So a merge of ``STREAM_BYTES`` or more writes its output with
+non-temporal stores (``_stream_row``: past the caches, no read of the line first) and its inputs stay
+cached: ``_stream_merge`` 1.0-1.5x a copy, ``scatter_tokens`` 1.1-1.9x (was 2.3-2.8x; ``minitofe bench``
+1.2-1.5x, was 3.0-3.8x), the same streaming of a plain copy 1.0-1.06x: the rest is the skipped rows.
+Smaller, streaming loses (1.7x at batch 16 against 1.15x). A streamed output is not cached for its next
+reader. One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in
+the compiled pass; Python raises the ``IndexError``.
 """
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -28,15 +34,21 @@ from .mathf import jit
 
 AHEAD = 3                  # rows: far enough for the hint to land, near enough to stay in the L1 cache
 LINE = 64                  # bytes in a cache line
+STREAM_BYTES = 8 << 20     # outputs of merges this large are streamed (see the module docstring)
+
+
+def _item_pointer(context, builder, aryty, ary, row, col=None):
+    """Pointer to ``ary[row, col]`` (``col`` None: the row's start) of a 2-D array."""
+    col = context.get_constant(types.intp, 0) if col is None else col
+    return cgutils.get_item_pointer(context, builder, aryty, context.make_array(aryty)(context, builder, ary),
+                                    [row, col], wraparound=False)
 
 
 @intrinsic
 def _prefetch(typingctx, arr, row, col):
     """Hint the CPU to load the cache line of ``arr[row, col]`` (2-D): no effect on results."""
     def codegen(context, builder, signature, args):
-        aryty = signature.args[0]
-        ary = context.make_array(aryty)(context, builder, args[0])
-        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
+        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1], args[2])
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
@@ -44,6 +56,40 @@ def _prefetch(typingctx, arr, row, col):
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return types.void(arr, types.intp, types.intp), codegen
+
+
+@intrinsic
+def _stream_row(typingctx, dst, drow, src, srow):
+    """dst[drow] = src[srow] with non-temporal stores: written past the caches, without reading the line
+    first. C-contiguous 2-D arrays of one dtype; every row of ``dst`` must be whole cache lines from a line
+    boundary (``_merged`` sees to it: else the aligned stores fault, or a line gets both kinds of store)."""
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 2
+            and dst.layout == src.layout == "C" and dst.dtype == src.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dty, sty = signature.args[0], signature.args[2]
+        line = ir.VectorType(ir.IntType(64), LINE // 8).as_pointer()
+        d = builder.bitcast(_item_pointer(context, builder, dty, args[0], args[1]), line)
+        s = builder.bitcast(_item_pointer(context, builder, sty, args[2], args[3]), line)
+        width = builder.extract_value(context.make_array(dty)(context, builder, args[0]).shape, 1)
+        size = context.get_abi_sizeof(context.get_data_type(dty.dtype))
+        hint = builder.module.add_metadata([ir.IntType(32)(1)])
+        with cgutils.for_range(builder, builder.udiv(builder.mul(width, width.type(size)),
+                                                     width.type(LINE))) as loop:
+            v = builder.load(builder.gep(s, [loop.index]), align=1)
+            builder.store(v, builder.gep(d, [loop.index]), align=LINE).set_metadata("nontemporal", hint)
+        return context.get_dummy_value()
+    return types.void(dst, types.intp, src, types.intp), codegen
+
+
+@intrinsic
+def _fence(typingctx):
+    """Order the streamed stores before any later access (they are not ordered with other stores)."""
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return types.void(), codegen
 
 
 @jit
@@ -68,14 +114,8 @@ def _take_rows(x, src, out):
 @jit
 def _merge_rows(base, rows, src, out):
     """out[m] = rows[src[m]] where src[m] >= 0, else base[m] (base, out (M, F), rows (K, F))."""
-    M, F = src.shape[0], base.shape[1]
-    for m in range(M):
-        if m + AHEAD < M:
-            s = src[m + AHEAD]
-            if s >= 0:
-                _hint_row(rows, s)
-            else:
-                _hint_row(base, m + AHEAD)
+    F = base.shape[1]
+    for m in range(src.shape[0]):
         s = src[m]
         if s >= 0:
             for c in range(F):
@@ -83,6 +123,18 @@ def _merge_rows(base, rows, src, out):
         else:
             for c in range(F):
                 out[m, c] = base[m, c]
+
+
+@jit
+def _stream_merge(base, rows, src, out):
+    """``_merge_rows`` with streamed stores (``_stream_row``'s conditions on ``out``)."""
+    for m in range(src.shape[0]):
+        s = src[m]
+        if s >= 0:
+            _stream_row(out, m, rows, s)
+        else:
+            _stream_row(out, m, base, m)
+    _fence()
 
 
 @jit
@@ -101,13 +153,14 @@ def _flat_rows(idx, N):
     gather at batch 32)."""
     B, K = idx.shape
     flat = np.empty(B * K, dtype=np.int64)
-    ok = True
+    bad = False
     for b in range(B):
         for k in range(K):
             n = np.int64(idx[b, k])
-            ok = ok and -N <= n < N
-            flat[b * K + k] = b * N + (n + N if n < 0 else n)
-    return flat, ok
+            n = n + N if n < 0 else n
+            bad |= (n < 0) | (n >= N)                   # no early exit: the loop stays vectorised
+            flat[b * K + k] = b * N + n
+    return flat, not bad
 
 
 def _check_range(idx, N, what):
@@ -128,8 +181,24 @@ def _flat(idx, N, what):
 def _rows(a, lead=2):
     """(B, N, ...) -> the (B * N, F) rows (``lead=1``: (M, ...) -> (M, F)), a view when ``a`` is
     C-contiguous, else a copy."""
-    M = int(np.prod(a.shape[:lead], dtype=np.int64))
-    return np.ascontiguousarray(a).reshape(M, int(np.prod(a.shape[lead:], dtype=np.int64)))
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(math.prod(a.shape[:lead]), math.prod(a.shape[lead:]))
+
+
+def _merged(base, rows, src):
+    """A new array like ``base`` (B, N, ...) with row m of its (B * N, F) view ``rows[src[m]]`` where
+    src[m] >= 0, else the same row of ``base``: streamed when large (``STREAM_BYTES``) and every row
+    whole cache lines; then it is allocated to start on a line (a view of a byte buffer)."""
+    if base.nbytes < STREAM_BYTES or math.prod(base.shape[2:]) * base.itemsize % LINE:
+        out = np.empty(base.shape, dtype=base.dtype)
+        _merge_rows(_rows(base), rows, src, _rows(out))
+    else:
+        buf = np.empty(base.nbytes + LINE, dtype=np.uint8)
+        skip = -buf.ctypes.data % LINE
+        out = buf[skip:skip + base.nbytes].view(base.dtype).reshape(base.shape)
+        _stream_merge(_rows(base), rows, src, _rows(out))
+    return out
 
 
 def gather_tokens(x, kept_idx):
@@ -148,9 +217,7 @@ def scatter_tokens(base, rows, kept_idx):
     rows = np.asarray(rows, dtype=base.dtype)
     if rows.shape != want:                    # broadcast as the reference's assignment does
         rows = np.broadcast_to(rows, want)
-    out = np.empty(base.shape, dtype=base.dtype)
-    _merge_rows(_rows(base), _rows(rows), _source_map(src, B * N), _rows(out))
-    return out
+    return _merged(base, _rows(rows), _source_map(src, B * N))
 
 
 def _ragged_rows(idx_list, B, N):
@@ -179,7 +246,5 @@ def unpack_rows(base, packed, idx_list, offsets):
     if [int(o) for o in offsets] != want or packed.shape[0] != len(src):
         raise ValueError(f"unpack_rows: offsets {list(offsets)} / packed rows {packed.shape[0]} do not "
                          f"match the index lists (counts {[len(i) for i in idx_list]})")
-    out = np.empty(base.shape, dtype=base.dtype)
     packed = packed.astype(base.dtype, copy=False)
-    _merge_rows(_rows(base), _rows(packed, lead=1), _source_map(src, B * N), _rows(out))
-    return out
+    return _merged(base, _rows(packed, lead=1), _source_map(src, B * N))
