@@ -12,16 +12,15 @@ output (the copy reads whole images, the gather skips half the rows; ``AHEAD``'s
 helps a little), ``gather_tokens`` 1.2x (was 1.4x: each ``_rows`` cost 7 us in two ``np.prod`` calls, and
 ``_flat_rows`` did not vectorise). Scatter: the copy's 9.7 + 9.7 MB stay in what the training runs leave
 of the 32 MB L3; the scatter's base rows, kept rows, output and the lines the hardware prefetcher pulls
-in beside the skipped rows do not, and ``_merge_rows`` is 1.6-2.0x a copy (1.1x at batch 8, where both
-fit). Not the cause: glibc's copy (ordinary stores, its non-temporal threshold is 240 MB here), page
-faults (none), two sources as such (two blocks of rows: 1x); per-row ``memcpy`` (1.3x for a plain copy),
-coalesced runs and hints did not help. So a merge of ``STREAM_BYTES`` or more writes its output with
-non-temporal stores (``_stream_row``: past the caches, no read of the line first) and its inputs stay
-cached: ``_stream_merge`` 1.0-1.5x a copy, ``scatter_tokens`` 1.1-1.9x (was 2.3-2.8x; ``minitofe bench``
-1.2-1.5x, was 3.0-3.8x), the same streaming of a plain copy 1.0-1.06x: the rest is the skipped rows.
-Smaller, streaming loses (1.7x at batch 16 against 1.15x). A streamed output is not cached for its next
-reader. One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in
-the compiled pass; Python raises the ``IndexError``.
+in beside the skipped rows do not, and ``_merge_rows`` is 1.6-2.0x a copy at batch 32 (1.1-1.2x at
+batch 8-16, where both fit; the prefetch hint made it slower, so the merge has none). Not the cause:
+glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here), page faults (none), two
+sources as such (two blocks of rows: 1x); per-row ``memcpy`` (1.3x for a plain copy), coalesced runs.
+Writing the output with non-temporal stores (past the caches) brought the scatter alone to 1.1-1.5x,
+but its output is read at once (the approximator's rows are written into it, then the next stage
+reads it all), and scatter + that write + the next gather took 9-11 % longer streamed: it is not used.
+One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in the
+compiled pass; Python raises the ``IndexError``.
 """
 import math
 
@@ -34,21 +33,15 @@ from .mathf import jit
 
 AHEAD = 3                  # rows: far enough for the hint to land, near enough to stay in the L1 cache
 LINE = 64                  # bytes in a cache line
-STREAM_BYTES = 8 << 20     # outputs of merges this large are streamed (see the module docstring)
-
-
-def _item_pointer(context, builder, aryty, ary, row, col=None):
-    """Pointer to ``ary[row, col]`` (``col`` None: the row's start) of a 2-D array."""
-    col = context.get_constant(types.intp, 0) if col is None else col
-    return cgutils.get_item_pointer(context, builder, aryty, context.make_array(aryty)(context, builder, ary),
-                                    [row, col], wraparound=False)
 
 
 @intrinsic
 def _prefetch(typingctx, arr, row, col):
     """Hint the CPU to load the cache line of ``arr[row, col]`` (2-D): no effect on results."""
     def codegen(context, builder, signature, args):
-        ptr = _item_pointer(context, builder, signature.args[0], args[0], args[1], args[2])
+        aryty = signature.args[0]
+        ary = context.make_array(aryty)(context, builder, args[0])
+        ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1], args[2]], wraparound=False)
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
@@ -56,40 +49,6 @@ def _prefetch(typingctx, arr, row, col):
         builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return types.void(arr, types.intp, types.intp), codegen
-
-
-@intrinsic
-def _stream_row(typingctx, dst, drow, src, srow):
-    """dst[drow] = src[srow] with non-temporal stores: written past the caches, without reading the line
-    first. C-contiguous 2-D arrays of one dtype; every row of ``dst`` must be whole cache lines from a line
-    boundary (``_merged`` sees to it: else the aligned stores fault, or a line gets both kinds of store)."""
-    if not (isinstance(dst, types.Array) and isinstance(src, types.Array) and dst.ndim == src.ndim == 2
-            and dst.layout == src.layout == "C" and dst.dtype == src.dtype):
-        return None
-
-    def codegen(context, builder, signature, args):
-        dty, sty = signature.args[0], signature.args[2]
-        line = ir.VectorType(ir.IntType(64), LINE // 8).as_pointer()
-        d = builder.bitcast(_item_pointer(context, builder, dty, args[0], args[1]), line)
-        s = builder.bitcast(_item_pointer(context, builder, sty, args[2], args[3]), line)
-        width = builder.extract_value(context.make_array(dty)(context, builder, args[0]).shape, 1)
-        size = context.get_abi_sizeof(context.get_data_type(dty.dtype))
-        hint = builder.module.add_metadata([ir.IntType(32)(1)])
-        with cgutils.for_range(builder, builder.udiv(builder.mul(width, width.type(size)),
-                                                     width.type(LINE))) as loop:
-            v = builder.load(builder.gep(s, [loop.index]), align=1)
-            builder.store(v, builder.gep(d, [loop.index]), align=LINE).set_metadata("nontemporal", hint)
-        return context.get_dummy_value()
-    return types.void(dst, types.intp, src, types.intp), codegen
-
-
-@intrinsic
-def _fence(typingctx):
-    """Order the streamed stores before any later access (they are not ordered with other stores)."""
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
-        return context.get_dummy_value()
-    return types.void(), codegen
 
 
 @jit
@@ -123,18 +82,6 @@ def _merge_rows(base, rows, src, out):
         else:
             for c in range(F):
                 out[m, c] = base[m, c]
-
-
-@jit
-def _stream_merge(base, rows, src, out):
-    """``_merge_rows`` with streamed stores (``_stream_row``'s conditions on ``out``)."""
-    for m in range(src.shape[0]):
-        s = src[m]
-        if s >= 0:
-            _stream_row(out, m, rows, s)
-        else:
-            _stream_row(out, m, base, m)
-    _fence()
 
 
 @jit
@@ -188,16 +135,9 @@ def _rows(a, lead=2):
 
 def _merged(base, rows, src):
     """A new array like ``base`` (B, N, ...) with row m of its (B * N, F) view ``rows[src[m]]`` where
-    src[m] >= 0, else the same row of ``base``: streamed when large (``STREAM_BYTES``) and every row
-    whole cache lines; then it is allocated to start on a line (a view of a byte buffer)."""
-    if base.nbytes < STREAM_BYTES or math.prod(base.shape[2:]) * base.itemsize % LINE:
-        out = np.empty(base.shape, dtype=base.dtype)
-        _merge_rows(_rows(base), rows, src, _rows(out))
-    else:
-        buf = np.empty(base.nbytes + LINE, dtype=np.uint8)
-        skip = -buf.ctypes.data % LINE
-        out = buf[skip:skip + base.nbytes].view(base.dtype).reshape(base.shape)
-        _stream_merge(_rows(base), rows, src, _rows(out))
+    src[m] >= 0, else the same row of ``base``."""
+    out = np.empty(base.shape, dtype=base.dtype)
+    _merge_rows(_rows(base), rows, src, _rows(out))
     return out
 
 
