@@ -155,6 +155,27 @@ def test_gather_scatter_pack_unpack_equal_the_reference(data, dtype, B, N, C):
                                   ragged.unpack_rows(x, new, idx_list, offsets))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_merges_of_strided_inputs_equal_the_reference(dtype):
+    """Scatter / unpack of inputs that are not C-contiguous (the kernels copy them first, and only
+    them), broadcast rows, negative and repeated indices, an empty image: as the reference, exactly."""
+    rng = np.random.default_rng(0)
+    idx, idx_list = np.array([[0, -1, 3], [2, 2, -9], [8, 1, 0]]), [np.array([0, 3]), np.array([], int),
+                                                                      np.arange(9)]
+    for C in (32, 20):
+        x = rng.standard_normal((3, 9, 2 * C)).astype(dtype)
+        for base in (x[..., :C], x[..., ::2], np.ascontiguousarray(x[:, ::-1, :C])):
+            for rows in (rng.standard_normal((3, 3, C)), rng.standard_normal(C)):
+                got = K.scatter_tokens(base, rows, idx)
+                np.testing.assert_array_equal(got, tokens.scatter_tokens(base, rows, idx))
+                assert got.dtype == dtype and got.flags.c_contiguous
+            packed = rng.standard_normal((sum(map(len, idx_list)), C))
+            offsets = [0, 2, 2, 11]
+            np.testing.assert_array_equal(K.unpack_rows(base, packed, idx_list, offsets),
+                                          ragged.unpack_rows(base, packed, idx_list, offsets))
+            np.testing.assert_array_equal(K.gather_tokens(base, idx), tokens.gather_tokens(base, idx))
+
+
 def test_token_kernels_check_their_indices():
     x = np.zeros((1, 4, 2))
     with pytest.raises(IndexError):

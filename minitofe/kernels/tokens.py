@@ -1,24 +1,29 @@
 """Numba gather / scatter of token rows and pack / unpack of ragged batches.
 
 Same names and signatures as the references in ``minitofe.tofe.tokens`` and ``minitofe.tofe.ragged``.
-All four are two compiled loops over rows of the (B * N, F) view of the tokens: ``_take_rows`` (output
-row r <- source row ``src[r]``: gather and pack) and ``_merge_rows`` (output row m <- a given row, or
-``base`` row m: scatter and unpack). Each output row is written exactly once, from exactly one source
-row, so every function moves the bytes of one plain copy of its output and no more: ``scatter`` does
-not copy ``base`` and then overwrite the kept rows (two passes, as the reference does).
+All four are compiled loops over rows of the (B * N, F) view of the tokens: ``_take_rows`` (output row
+r <- row ``src[r]``: gather, pack) and ``_merge_rows`` (output row m <- a given row, or ``base`` row m:
+scatter, unpack). Each output row is written once, from one source row: a plain copy's bytes.
 
-What made them slower than a copy was not the loop but the memory: a plain copy streams, a gather
-jumps to rows the hardware prefetcher cannot guess. So each loop asks for the source row it will copy
-``AHEAD`` rows later (``_prefetch``, LLVM's prefetch hint) while it copies this one. Measured on one
-core, DeiT-S sizes (batch 32, 99 of 197 tokens), call by call against the copy in the same process:
-the gather loop 1.07x a copy without the hint, 0.95-1.05x with it, the whole ``gather_tokens`` (index
-bookkeeping in one compiled pass, ``_flat_rows``) ~1.1x; the scatter loop ~1.3-1.5x with or without
-the hint: taking rows from two sources in a random interleaving costs more than one stream, and this
-is where the 1.1x target is not met. The loops run on one core: the work is memory-bound and waking
-a second thread costs as much as a gather at batch 8.
-Indices are checked in Python first (a compiled loop does not raise ``IndexError``: it would read
-outside the array).
+Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32), one thread, both cores busy with two
+training runs, contenders interleaved in one process, medians of 150-300 rounds of 8 calls; the figures
+move with the load. What costs is memory, not the loops. Gather: ``_take_rows`` 1.1-1.2x a copy of its
+output (the copy reads whole images, the gather skips half the rows; ``AHEAD``'s ``_prefetch`` hint
+helps a little), ``gather_tokens`` 1.2x (was 1.4x: each ``_rows`` cost 7 us in two ``np.prod`` calls, and
+``_flat_rows`` did not vectorise). Scatter: the copy's 9.7 + 9.7 MB stay in what the training runs leave
+of the 32 MB L3; the scatter's base rows, kept rows, output and the lines the hardware prefetcher pulls
+in beside the skipped rows do not, and ``_merge_rows`` is 1.6-2.0x a copy at batch 32 (1.1-1.2x at
+batch 8-16, where both fit; the prefetch hint made it slower, so the merge has none). Not the cause:
+glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here), page faults (none), two
+sources as such (two blocks of rows: 1x); per-row ``memcpy`` (1.3x for a plain copy), coalesced runs.
+Writing the output with non-temporal stores (past the caches) brought the scatter alone to 1.1-1.5x,
+but its output is read at once (the approximator's rows are written into it, then the next stage
+reads it all), and scatter + that write + the next gather took 9-11 % longer streamed: it is not used.
+One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in the
+compiled pass; Python raises the ``IndexError``.
 """
+import math
+
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
@@ -68,14 +73,8 @@ def _take_rows(x, src, out):
 @jit
 def _merge_rows(base, rows, src, out):
     """out[m] = rows[src[m]] where src[m] >= 0, else base[m] (base, out (M, F), rows (K, F))."""
-    M, F = src.shape[0], base.shape[1]
-    for m in range(M):
-        if m + AHEAD < M:
-            s = src[m + AHEAD]
-            if s >= 0:
-                _hint_row(rows, s)
-            else:
-                _hint_row(base, m + AHEAD)
+    F = base.shape[1]
+    for m in range(src.shape[0]):
         s = src[m]
         if s >= 0:
             for c in range(F):
@@ -101,13 +100,14 @@ def _flat_rows(idx, N):
     gather at batch 32)."""
     B, K = idx.shape
     flat = np.empty(B * K, dtype=np.int64)
-    ok = True
+    bad = False
     for b in range(B):
         for k in range(K):
             n = np.int64(idx[b, k])
-            ok = ok and -N <= n < N
-            flat[b * K + k] = b * N + (n + N if n < 0 else n)
-    return flat, ok
+            n = n + N if n < 0 else n
+            bad |= (n < 0) | (n >= N)                   # no early exit: the loop stays vectorised
+            flat[b * K + k] = b * N + n
+    return flat, not bad
 
 
 def _check_range(idx, N, what):
@@ -128,8 +128,17 @@ def _flat(idx, N, what):
 def _rows(a, lead=2):
     """(B, N, ...) -> the (B * N, F) rows (``lead=1``: (M, ...) -> (M, F)), a view when ``a`` is
     C-contiguous, else a copy."""
-    M = int(np.prod(a.shape[:lead], dtype=np.int64))
-    return np.ascontiguousarray(a).reshape(M, int(np.prod(a.shape[lead:], dtype=np.int64)))
+    if not a.flags.c_contiguous:
+        a = np.ascontiguousarray(a)
+    return a.reshape(math.prod(a.shape[:lead]), math.prod(a.shape[lead:]))
+
+
+def _merged(base, rows, src):
+    """A new array like ``base`` (B, N, ...) with row m of its (B * N, F) view ``rows[src[m]]`` where
+    src[m] >= 0, else the same row of ``base``."""
+    out = np.empty(base.shape, dtype=base.dtype)
+    _merge_rows(_rows(base), rows, src, _rows(out))
+    return out
 
 
 def gather_tokens(x, kept_idx):
@@ -148,9 +157,7 @@ def scatter_tokens(base, rows, kept_idx):
     rows = np.asarray(rows, dtype=base.dtype)
     if rows.shape != want:                    # broadcast as the reference's assignment does
         rows = np.broadcast_to(rows, want)
-    out = np.empty(base.shape, dtype=base.dtype)
-    _merge_rows(_rows(base), _rows(rows), _source_map(src, B * N), _rows(out))
-    return out
+    return _merged(base, _rows(rows), _source_map(src, B * N))
 
 
 def _ragged_rows(idx_list, B, N):
@@ -179,7 +186,5 @@ def unpack_rows(base, packed, idx_list, offsets):
     if [int(o) for o in offsets] != want or packed.shape[0] != len(src):
         raise ValueError(f"unpack_rows: offsets {list(offsets)} / packed rows {packed.shape[0]} do not "
                          f"match the index lists (counts {[len(i) for i in idx_list]})")
-    out = np.empty(base.shape, dtype=base.dtype)
     packed = packed.astype(base.dtype, copy=False)
-    _merge_rows(_rows(base), _rows(packed, lead=1), _source_map(src, B * N), _rows(out))
-    return out
+    return _merged(base, _rows(packed, lead=1), _source_map(src, B * N))
