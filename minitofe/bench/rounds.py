@@ -20,7 +20,12 @@ import numpy as np
 
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS",
               "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
-SETTLE_S = 0.02                # a pause between two contenders' turns: spinning threads go back to sleep
+# A pause before each turn, so that the threads of the contender that ran last (OpenBLAS's, torch's OpenMP,
+# Numba's: they spin for a while after each call) are asleep before the next one starts. Measured with
+# 2 threads on an idle 2-core machine, DeiT-S at batch 1: with 0.02 s minitofe's fast path and timm both
+# ran at 6-7 img/s, about two thirds of their speed with no other contender; with 0.5 s they ran as alone.
+SETTLE_S = 0.5
+QUICK_SETTLE_S = 0.02        # ``--quick``: a smoke run, its timings are not figures
 
 
 def worker_env(threads=None):
@@ -108,7 +113,7 @@ def compare(section, contenders, plan, quick=False, threads=None):
             per_round = {c: [] for c in contenders}
             for r in range(rounds):
                 for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
-                    time.sleep(SETTLE_S)
+                    time.sleep(QUICK_SETTLE_S if quick else SETTLE_S)
                     t = workers[c].ask({"run": key, "calls": calls})["times"]
                     every[c] += t
                     per_round[c].append(float(np.median(t)))
