@@ -120,3 +120,22 @@ def test_python_dash_m_demo(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "10 bundled images" in done.stdout and out.is_file()
+
+
+def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
+    """A user reading ``minitofe COMMAND --help`` sees what each option does and, where it has a default
+    other than off / unset, what the default is."""
+    import argparse
+    from minitofe.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    missing = []
+    for name, parser in sub.choices.items():
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            flag, text = (action.option_strings or [action.dest])[0], action.help or ""
+            if not text or text == argparse.SUPPRESS:
+                missing.append(f"{name} {flag}: no help")
+            elif action.default not in (None, False) and "default" not in text.lower():
+                missing.append(f"{name} {flag}: default {action.default!r} not shown")
+    assert len(sub.choices) >= 9 and not missing, missing

@@ -128,7 +128,7 @@ def add_eval(sub):
     p = sub.add_parser("eval", help="top-1, MACs, keep ratios and img/s on a data set")
     add_model_args(p)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
-                                                           "subfolder per class)")
+                                                           "subfolder per class; default: %(default)s)")
     p.add_argument("--data-root", help="folder of the Fashion-MNIST IDX files (default: "
                                        "$MINITOFE_FASHION_MNIST, else /usr/share/datasets/fashion-mnist)")
     p.add_argument("--split", choices=["test", "val", "train", "train+val"], default="test",
