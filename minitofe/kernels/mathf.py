@@ -1,7 +1,8 @@
 """Shared Numba settings and scalar math for the kernels (imported only when Numba is installed).
 
 ``jit`` / ``pjit`` compile with ``cache=True`` (the machine code is stored beside the module, so a new
-process loads it instead of compiling again) and with the fast-math flags that let LLVM vectorise
+process loads it instead of compiling again; ``kernels.cache`` drops it when a kernel source changes,
+which Numba alone notices only for the function's own file) and with the fast-math flags that let LLVM vectorise
 reductions (reassociation, contraction) but keep NaN/inf semantics, so a NaN still shows up as NaN.
 
 ``erf(x)`` is exact for float64 (``math.erf``). For float32 it is a rational minimax approximation
@@ -22,6 +23,10 @@ import os
 # the BLAS threads of the matmul that follows (measured: a DeiT-Ti block at batch 1 took 31 ms instead
 # of 2 ms on 2 cores). Must be set before Numba starts its thread pool; a user's own setting wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from .cache import drop_stale_caches  # noqa: E402
+
+drop_stale_caches()                       # before any cached kernel loads (``kernels.cache`` says why)
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
