@@ -2,8 +2,9 @@
 
 ``jit`` / ``pjit`` compile with ``cache=True`` (the machine code is stored beside the module, so a new
 process loads it instead of compiling again; ``kernels.cache`` drops it when a kernel source changes,
-which Numba alone notices only for the function's own file) and with the fast-math flags that let LLVM vectorise
-reductions (reassociation, contraction) but keep NaN/inf semantics, so a NaN still shows up as NaN.
+which Numba alone notices only for the function's own file) and with the fast-math flags that let LLVM
+vectorise reductions (reassociation, contraction) but keep NaN/inf semantics, so a NaN still shows up as
+NaN.
 
 ``erf(x)`` is exact for float64 (``math.erf``). For float32 it is a rational minimax approximation
 (Eigen's ``generic_fast_erf_float``; |error| < 4e-7 on all of R, i.e. a few float32 ulps) that LLVM
