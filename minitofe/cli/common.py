@@ -97,7 +97,9 @@ def add_model_args(p):
     from ..tofe.config import METHODS
     add_weights_args(p)
     p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
-    p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense (e.g. 0.5)")
+    p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense, e.g. 0.5 as in the "
+                   "README's tables (default: none: the model's own keep ratios; for a fine-tuned model "
+                   "those it learned, whose MACs can land a little off its training target)")
     p.add_argument("--inference", choices=["topk", "threshold"], help="decision rule (default: topk)")
     add_fast_arg(p)
 
