@@ -157,8 +157,8 @@ def test_gather_scatter_pack_unpack_equal_the_reference(data, dtype, B, N, C):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_merges_of_strided_inputs_equal_the_reference(dtype):
-    """Scatter / unpack of inputs that are not C-contiguous (the kernels copy them first, and only
-    them), broadcast rows, negative and repeated indices, an empty image: as the reference, exactly."""
+    """Gather, scatter and unpack of inputs that are not C-contiguous (the kernels make a contiguous copy
+    of those only), broadcast rows, negative and repeated indices, an empty image: as the reference."""
     rng = np.random.default_rng(0)
     idx, idx_list = np.array([[0, -1, 3], [2, 2, -9], [8, 1, 0]]), [np.array([0, 3]), np.array([], int),
                                                                       np.arange(9)]
