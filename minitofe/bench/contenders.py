@@ -132,6 +132,7 @@ def train_model():
 def _train(contender, quick):
     from ..nn.layers import cross_entropy_backward, cross_entropy_forward
     from ..nn.vit import vit_backward, vit_forward
+    from ..train.heap import keep_freed_memory
     from ..train.optim import adamw_init, adamw_step
     cfg = get_config(train_model())
     B = 4 if quick else 32
@@ -152,6 +153,7 @@ def _train(contender, quick):
     params = init_params(cfg, rng, np.float32)
     state = adamw_init(params)
     ops = kernels.ops(contender == "fast", like=x)
+    keep_freed_memory()                                  # as minitofe.train.train does
 
     def step():
         logits, cache = vit_forward(params, x, cfg, ops=ops)
