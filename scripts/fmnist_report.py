@@ -102,6 +102,27 @@ def table(cache, models, dense):
     return "\n".join(lines) + "\n"
 
 
+def remedy_table(cache, run_dir):
+    """The remedies (tofe variants, seed 0) on the test set, each beside the decision made on the
+    validation split before (``remedy.json``: kept where it beat tofe's own seed-0 run there)."""
+    path = run_dir / "remedy.json"
+    scores = json.loads(path.read_text()) if path.exists() else {}
+    lines = ["", "Remedies (seed 0), decided on the validation split against tofe's seed-0 run, then "
+                 "evaluated on the test set:", "",
+             "| remedy | MACs target | val top-1: remedy / tofe (%) | kept on val? | test top-1 (%) "
+             "| realised MACs (%) |", "|---|---|---|---|---|---|"]
+    for phase, name, _ in X.remedy_jobs(run_dir):
+        label, pct, _ = name.rsplit("_", 2)
+        mine, base = scores.get(name), scores.get(f"tofe_{pct}_s0")
+        if mine is None or base is None or not X.is_done(run_dir, phase, name):
+            continue
+        res = _eval(cache, X.job_dir(run_dir, phase, name) / "final.npz", "tofe", int(pct) / 100)
+        lines.append(f"| {label} | {pct} % | {100 * mine['val_top1']:.2f} / {100 * base['val_top1']:.2f} | "
+                     f"{'yes' if mine['val_top1'] > base['val_top1'] else 'no'} | {100 * res['top1']:.2f} | "
+                     f"{100 * res['macs_ratio']:.1f} |")
+    return "\n".join(lines) + "\n" if len(lines) > 5 else ""
+
+
 def curves(cache, models, out_png):
     import matplotlib
     matplotlib.use("Agg")
@@ -227,7 +248,7 @@ def report(run_dir, methods):
     models = final_models(run_dir, methods)
     try:
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
-        (out / "table.md").write_text(table(cache, models, dense))
+        (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir))
         curves(cache, models, out / "curves.png")
     finally:
         cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))

@@ -65,6 +65,7 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     table = (out / "table.md").read_text()
     assert "| tofe | 50 % | 2 |" in table and "| dynamicvit | 60 % | 1 |" in table
     assert "| dense | 100 % | 1 |" in table
+    assert "| tofe-stages123 | 50 % |" in table and "| tofe-stages123 | 60 % |" in table     # the remedies
     for png in ("curves.png", "keep_ratios.png", "stage_errors.png"):
         assert (out / png).stat().st_size > 1000
     errors = json.loads((out / "stage_errors.json").read_text())
@@ -100,3 +101,26 @@ def test_the_table_says_which_differences_exceed_the_seed_spread(monkeypatch):
     assert "apart? yes (one seed" in lines["- 50 %, against idle tokens without training (frozen tokens "
                                            "carried unchanged)"]
     assert not [k for k in lines if k.startswith("- 35 %")]          # no tofe row at 35 %: no comparison
+
+
+def test_the_remedies_are_reported_beside_their_decision_on_val(tmp_path, monkeypatch):
+    """Each finished remedy: its val top-1 and tofe's seed-0 one (remedy.json), kept where higher, and
+    its test top-1; a remedy not yet scored on val is left out."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    import fmnist_report as R
+    jobs = [("remedy", "tofe-early_50_s0", []), ("remedy", "tofe-early_35_s0", []),
+            ("remedy", "tofe-late_50_s0", [])]
+    monkeypatch.setattr(X, "remedy_jobs", lambda run_dir: jobs)
+    monkeypatch.setattr(X, "is_done", lambda run_dir, phase, name: True)
+    (tmp_path / "remedy.json").write_text(json.dumps({
+        "tofe-early_50_s0": {"val_top1": 0.8974}, "tofe_50_s0": {"val_top1": 0.9026},
+        "tofe-early_35_s0": {"val_top1": 0.8934}, "tofe_35_s0": {"val_top1": 0.882}}))
+    ev = lambda top1, macs: {"top1": top1, "n": 100, "macs_ratio": macs, "keep_ratios": [0.4, 0.3, 0.2]}
+    cache = {f"{tmp_path / 'remedy' / n / 'final.npz'}|tofe|{b}|test": ev(t, b)
+             for n, b, t in (("tofe-early_50_s0", 0.5, 0.89), ("tofe-early_35_s0", 0.35, 0.885))}
+    text = R.remedy_table(cache, tmp_path)
+    assert "| tofe-early | 50 % | 89.74 / 90.26 | no | 89.00 | 50.0 |" in text
+    assert "| tofe-early | 35 % | 89.34 / 88.20 | yes | 88.50 | 35.0 |" in text
+    assert "tofe-late" not in text
+    assert R.remedy_table(cache, tmp_path / "nowhere") == ""
