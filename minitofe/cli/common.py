@@ -121,5 +121,3 @@ def add_fast_arg(p):
 def pick_fast(flag, n_images):
     """The ``--fast`` flag, or when it is not given, whether ``n_images`` are enough for the kernels."""
     return flag if flag is not None else n_images >= AUTO_FAST_MIN_IMAGES
-
-
