@@ -53,6 +53,21 @@ def test_fuzzed_weight_files_raise_only_documented_errors(tmp_path, valid_files,
     W.check_params(params, cfg, extra_ok=("tofe.",))  # if it loads, it is a consistent weight set
 
 
+
+def test_an_unknown_zip_version_is_a_corrupt_file_not_a_crash(tmp_path, valid_files):
+    """The case the fuzzing above found: one byte of the zip's central directory (the version needed to
+    extract) set to a value zipfile does not know; zipfile raises NotImplementedError, minitofe a
+    ValueError naming the file, for weights and for the outputs ``minitofe compare`` reads."""
+    from minitofe.validate.compare import read_outputs
+    raw = bytearray(valid_files["npz"])
+    central = raw.index(b"PK\x01\x02")                 # the first central-directory entry
+    raw[central + 6] = 64                                # "version needed to extract": 6.4
+    path = tmp_path / "bad.npz"
+    path.write_bytes(bytes(raw))
+    for read in (W.load_weights, read_outputs):
+        with pytest.raises(ValueError, match="bad.npz: not a readable .npz file"):
+            read(str(path))
+
 SAVER = textwrap.dedent("""
     import sys, numpy as np
     from minitofe.train.checkpoint import save_checkpoint

@@ -15,6 +15,9 @@ from .files import about, atomic_write, existing_file, float_dtype
 from .timm import TOFE_PREFIX
 
 CONFIG_KEY, META_KEY = "__config__", "__meta__"
+# What reading a damaged zip raises: zipfile's NotImplementedError too, for a version or compression
+# field it does not know (found by tests/test_hardening.py's fuzzing: one flipped byte).
+ZIP_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError)
 
 
 def write_npz_arrays(f, arrays):
@@ -58,18 +61,18 @@ def _json_entry(arrays, key):
 
 def read_npz_arrays(path):
     """path -> {name: array} of any .npz (no pickles); a missing, single-array or corrupt file raises
-    ValueError naming the path. Shared with ``minitofe.train.checkpoint``."""
+    ValueError naming the path. Shared with ``minitofe.train.checkpoint`` and ``validate.compare``."""
     with open(path, "rb") as fh:          # our own handle: np.load leaks its own when the zip is bad
         try:
             data = np.load(fh, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except ZIP_ERRORS as e:
             raise ValueError(f"{path}: not a readable .npz file ({e})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError(f"{path}: holds a single .npy array, not a minitofe .npz weight file")
+            raise ValueError(f"{path}: holds a single .npy array, not an .npz of named arrays")
         with data:
             try:
                 return {k: data[k] for k in data.files}
-            except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+            except ZIP_ERRORS as e:
                 raise ValueError(f"{path}: corrupt .npz file ({type(e).__name__}: {e})") from None
 
 

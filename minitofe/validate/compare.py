@@ -16,11 +16,11 @@ float tensor they give, or the bundle itself, is float32, else float64.
 """
 import os
 import re
-import zipfile
 
 import numpy as np
 
 from .bundle import Bundle, read_bundle
+from ..io.npz import read_npz_arrays
 from ..io.weights import existing_file
 
 TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
@@ -40,11 +40,7 @@ def read_outputs(path):
         except TypeError as e:                   # bfloat16 and the like: NumPy has no such dtype
             raise TypeError(f"{path}: a tensor NumPy cannot read ({e}); save float32 or float64") from None
     elif ext == ".npz":
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                out = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-            raise ValueError(f"{path}: not a readable .npz file without pickles ({e})") from None
+        out = read_npz_arrays(path)
     else:
         raise ValueError(f"{path}: outputs to compare must be a .safetensors or .npz file, got {ext!r}")
     if not out:
