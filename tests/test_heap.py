@@ -1,4 +1,4 @@
-"""The trainer has glibc keep freed memory for reuse (``minitofe.train.heap``), in a process of its own
+"""The trainer has glibc keep freed memory for reuse (``minitofe.heap``), in a process of its own
 here, as it changes that process's ``malloc`` for good."""
 import platform
 import subprocess
@@ -10,8 +10,16 @@ SCRIPT = """
 import resource, sys
 import numpy as np
 if sys.argv[1] == "keep":
-    from minitofe.train.heap import keep_freed_memory
+    from minitofe.heap import keep_freed_memory
     assert keep_freed_memory() and keep_freed_memory()           # idempotent
+elif sys.argv[1] == "fast":                                      # what a fast predict opens
+    from minitofe import kernels
+    with kernels.thread_scope(True, like=np.zeros(1, np.float32)):
+        pass
+elif sys.argv[1] == "reference":
+    from minitofe import kernels
+    with kernels.thread_scope(False, like=np.zeros(1, np.float32)):
+        pass
 def faults(n):
     a = np.ones(n, np.float32)
     del a
@@ -34,3 +42,10 @@ def test_freed_arrays_are_reused_without_fresh_pages():
     system by default (hundreds of page faults), none once the freed memory is kept."""
     assert _faults("keep") == 0
     assert _faults("plain") > 100
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_the_fast_inference_path_keeps_freed_memory_and_the_reference_leaves_malloc_alone():
+    pytest.importorskip("numba")
+    assert _faults("fast") == 0
+    assert _faults("reference") > 100

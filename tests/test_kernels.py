@@ -21,7 +21,7 @@ from minitofe.tofe.params import init_tofe_params                        # noqa:
 
 REFERENCES = {"gather_tokens": tokens, "scatter_tokens": tokens, "pack_rows": ragged, "unpack_rows": ragged,
               "layernorm_forward": layers, "layernorm_backward": layers, "gelu_forward": layers,
-              "gelu_backward": layers, "masked_softmax_forward": attention,
+              "gelu_backward": layers, "linear_forward": layers, "masked_softmax_forward": attention,
               "masked_softmax_backward": attention, "block_forward": block, "block_backward": block,
               "run_blocks": block, "ragged_block_forward": ragged}
 K = kernels.fast_kernels()
@@ -202,6 +202,35 @@ def test_layernorm_and_gelu_equal_the_reference(data, dtype, M, C):
     g_ref, cache_ref = layers.gelu_forward(x)
     _close(g, g_ref, dtype)
     _close(K.gelu_backward(dy, cache_ref), layers.gelu_backward(dy, cache_ref), dtype)
+
+
+@EXAMPLES
+@given(st.data(), dtypes, st.lists(st.integers(0, 5), min_size=0, max_size=2), st.integers(1, 9),
+       st.integers(1, 9), st.booleans())
+def test_linear_equals_the_reference_and_keeps_its_cache(data, dtype, lead, C, K_out, bias):
+    """One BLAS product over the flattened rows (any leading shape, empty ones too), the bias fused."""
+    x = data.draw(arrays(tuple(lead) + (C,), dtype))
+    w = data.draw(arrays((K_out, C), dtype))
+    b = data.draw(arrays((K_out,), dtype)) if bias else None
+    y, cache = K.linear_forward(x, w, b)
+    y_ref, cache_ref = layers.linear_forward(x, w, b)
+    assert y.shape == y_ref.shape and y.dtype == y_ref.dtype
+    _close(y, y_ref, dtype)
+    assert cache[0] is x and cache[1] is w and cache[2] == cache_ref[2]          # the reference backward's
+    dy = data.draw(arrays(y.shape, dtype))
+    for got, want in zip(layers.linear_backward(dy, cache), layers.linear_backward(dy, cache_ref)):
+        assert (got is None and want is None) or np.array_equal(got, want)
+
+
+def test_linear_runs_inside_the_sized_blas_scope_and_outside_it():
+    from minitofe.kernels.threads import sized_blas
+    rng = np.random.default_rng(0)
+    x, w, b = (rng.standard_normal(s).astype(np.float32) for s in ((4, 197, 64), (32, 64), (32,)))
+    want, _ = layers.linear_forward(x, w, b)
+    with sized_blas():
+        got, _ = K.linear_forward(x, w, b)
+    _close(got, want, np.float32)
+    _close(K.linear_forward(x, w, b)[0], want, np.float32)
 
 
 @EXAMPLES

@@ -132,7 +132,7 @@ def train_model():
 def _train(contender, quick):
     from ..nn.layers import cross_entropy_backward, cross_entropy_forward
     from ..nn.vit import vit_backward, vit_forward
-    from ..train.heap import keep_freed_memory
+    from ..heap import keep_freed_memory
     from ..train.optim import adamw_init, adamw_step
     cfg = get_config(train_model())
     B = 4 if quick else 32

@@ -37,7 +37,8 @@ from ..backend import is_host
 REGISTRY = {
     "gather_tokens": "tokens", "scatter_tokens": "tokens", "pack_rows": "tokens", "unpack_rows": "tokens",
     "layernorm_forward": "layers", "layernorm_backward": "layers", "gelu_forward": "layers",
-    "gelu_backward": "layers", "masked_softmax_forward": "softmax", "masked_softmax_backward": "softmax",
+    "gelu_backward": "layers", "linear_forward": "layers", "masked_softmax_forward": "softmax",
+    "masked_softmax_backward": "softmax",
     "block_forward": "block", "block_backward": "block", "run_blocks": "block",
     "ragged_block_forward": "block",
 }
@@ -101,11 +102,14 @@ def ops(fast, like=()):
 
 def thread_scope(fast, like=()):
     """A context for one whole call on the fast path (a ToFe forward, its reference NumPy parts included):
-    the BLAS's threads sized to the cores other processes leave free (``threads.sized_blas``); nothing
-    when ``use_fast`` is false."""
+    the BLAS's threads sized to the cores other processes leave free (``threads.sized_blas``), and the
+    process's ``malloc`` keeping freed memory for the next call (``minitofe.heap``, glibc only; the
+    process keeps its peak memory); nothing when ``use_fast`` is false."""
     if not use_fast(fast, like):
         return contextlib.nullcontext()
     from .threads import sized_blas
+    from ..heap import keep_freed_memory
+    keep_freed_memory()
     return sized_blas()
 
 

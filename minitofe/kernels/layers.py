@@ -1,5 +1,5 @@
 """Fused Numba kernels for the element-wise and row-wise layers: LayerNorm and exact GELU (the masked
-softmax over keys is ``kernels.softmax``).
+softmax over keys is ``kernels.softmax``), and the linear layer the selector and the approximator run on.
 
 The public functions have the names, signatures and caches of their references in ``minitofe.nn.layers``
 (a fast forward's cache works with the reference backward and the other
@@ -14,7 +14,7 @@ processes held the cores, more than the work at batch 1. The backward kernels ke
 import numpy as np
 
 from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, exp, jit, pjit, prange
-from .threads import ROW_COST, for_rows
+from .threads import ROW_COST, for_rows, gemm_threads, use_threads
 from ..config import LN_EPS
 
 
@@ -176,3 +176,19 @@ def gelu_backward(dy, cache):
     dx = _rows(dy).copy()
     gelu_backward_(dx, _rows(x), _c(x, INV_SQRT2), _c(x, INV_SQRT_2PI))
     return dx.reshape(dy.shape)
+
+
+# ---------------------------------------------------------------- linear layer
+def linear_forward(x, w, b=None):
+    """Same as ``nn.layers.linear_forward``: x (..., in) -> y (..., out), cache (x, w, has_bias).
+
+    One BLAS product over all rows, on as many threads as its size is worth (``threads.gemm_threads``),
+    and the bias added in the same pass over ``y`` on the calling thread: NumPy's ``x @ w.T`` on a
+    (B, N, C) array runs one product per image, and ``y += b`` is a second pass."""
+    x2 = _rows(x)
+    y = np.empty((x2.shape[0], w.shape[0]), dtype=np.result_type(x, w))
+    use_threads(gemm_threads(x2.shape[0], w.shape[0], x2.shape[1]))
+    np.matmul(x2, w.T, out=y)
+    if b is not None:
+        for_rows(y.shape[0], ROW_COST * y.shape[1], lambda i, j: add_bias_(y[i:j], b))
+    return y.reshape(x.shape[:-1] + (w.shape[0],)), (x, w, b is not None)

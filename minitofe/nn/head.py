@@ -20,11 +20,13 @@ from .layers import layernorm_backward, layernorm_forward, linear_backward, line
 from ..backend import get_xp
 
 
-def final_norm_forward(x, params, cfg):
-    """x: (B, N, C) after the last block -> features (B, N, C): timm's ``forward_features`` output."""
+def final_norm_forward(x, params, cfg, ops=None):
+    """x: (B, N, C) after the last block -> features (B, N, C): timm's ``forward_features`` output.
+    ``ops``: the namespace whose ``layernorm_forward`` runs it (``tofe.ops``; None: this package's)."""
     if not cfg.use_norm:
         return x, None
-    return layernorm_forward(x, params["norm.weight"], params["norm.bias"], cfg.norm_eps)
+    norm = layernorm_forward if ops is None else ops.layernorm_forward
+    return norm(x, params["norm.weight"], params["norm.bias"], cfg.norm_eps)
 
 
 def final_norm_backward(dfeatures, cache):
@@ -106,10 +108,10 @@ def head_output(cache):
     return tuple(c_fh[2]), c_fh[3]
 
 
-def head_forward(x, params, cfg, pre_logits=False):
+def head_forward(x, params, cfg, pre_logits=False, ops=None):
     """x: (B, N, C) after the last block -> logits (B, num_classes) (or pooled features (B, C), see
-    ``forward_head``): the final norm, then ``forward_head``."""
-    features, c_norm = final_norm_forward(x, params, cfg)
+    ``forward_head``): the final norm (on ``ops``, see ``final_norm_forward``), then ``forward_head``."""
+    features, c_norm = final_norm_forward(x, params, cfg, ops)
     out, c_fh = forward_head(features, params, cfg, pre_logits)
     return out, (c_norm, c_fh)
 

@@ -44,7 +44,7 @@ def vit_forward(params, images, cfg, check=True, ops=None, pre_logits=False):
     functions the blocks run on (None: this package's reference; the caller's choice, e.g. the Numba
     twins, which run only timm's default block); ``vit_backward`` then uses the matching backward."""
     x, c_embed, c_blocks, ops = _trunk_forward(params, images, cfg, check, ops)
-    out, c_head = head_forward(x, params, cfg, pre_logits)
+    out, c_head = head_forward(x, params, cfg, pre_logits, ops)
     return out, (c_embed, c_blocks, c_head, ops)
 
 
@@ -52,7 +52,7 @@ def vit_forward_features(params, images, cfg, check=True, ops=None):
     """-> features (B, N, C): every token after the final norm (timm's ``forward_features``), and the
     cache for ``vit_features_backward``. Pool them with ``nn.head.forward_head``."""
     x, c_embed, c_blocks, ops = _trunk_forward(params, images, cfg, check, ops)
-    features, c_norm = final_norm_forward(x, params, cfg)
+    features, c_norm = final_norm_forward(x, params, cfg, ops)
     return features, (c_embed, c_blocks, ("features", c_norm, features.shape, features.dtype), ops)
 
 

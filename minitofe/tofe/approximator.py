@@ -8,17 +8,17 @@ Parameters live under ``prefix`` (e.g. ``"tofe.approx.0."``): ``norm``, ``fc1`` 
 (C/r -> C). Works on any leading shape: (B, N, C) in training, gathered (M, C) rows in inference.
 """
 from .ops import resolve
-from ..nn.layers import gelu_backward, layernorm_backward, linear_backward, linear_forward
+from ..nn.layers import gelu_backward, layernorm_backward, linear_backward
 
 
 def approximator_forward(x, params, prefix, ops=None):
-    """x: (..., C) -> y (..., C), cache. ``ops``: the namespace LayerNorm and GELU run on (``tofe.ops``;
-    None: this package's reference)."""
+    """x: (..., C) -> y (..., C), cache. ``ops``: the namespace LayerNorm, GELU and the linear layers run
+    on (``tofe.ops``; None: this package's reference)."""
     ops = resolve(ops)
     n, c_ln = ops.layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
-    h, c_fc1 = linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])  # (..., C/r)
+    h, c_fc1 = ops.linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])  # (..., C/r)
     a, c_g = ops.gelu_forward(h)
-    d, c_fc2 = linear_forward(a, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])  # (..., C)
+    d, c_fc2 = ops.linear_forward(a, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])  # (..., C)
     return x + d, (prefix, c_ln, c_fc1, c_g, c_fc2)
 
 

@@ -82,7 +82,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         info["keep_prob"].append(to_numpy(scores))
         info["stage_outputs"].append(x)
         alive = kept if alive is not None else None
-    logits, _ = head_forward(x, params, cfg)                                           # head
+    logits, _ = head_forward(x, params, cfg, ops=ops)                                  # head
     kept_counts = np.stack([k.sum(axis=1) for k in info["kept"]], axis=1)              # (B, S)
     macs = realised_macs(cfg, tcfg, stages, kept_counts, candidates)
     info.update(kept_counts=kept_counts, macs=macs, macs_ratio=macs / dense_macs(cfg))
@@ -129,7 +129,7 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
 
 def _dense_inference(x, params, cfg, info, ops):
     """Method ``dense``: every block on every token."""
-    logits, _ = head_forward(ops.run_blocks(x, params, cfg, 0, cfg.depth), params, cfg)
+    logits, _ = head_forward(ops.run_blocks(x, params, cfg, 0, cfg.depth), params, cfg, ops=ops)
     macs = np.full(x.shape[0], dense_macs(cfg), dtype=np.float64)
     info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((x.shape[0], 0), int))
     return logits, info

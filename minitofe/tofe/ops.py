@@ -9,14 +9,14 @@ from .ragged import pack_rows, ragged_block_forward, unpack_rows
 from .tokens import gather_tokens, scatter_tokens
 from ..nn.attention import masked_softmax_backward, masked_softmax_forward
 from ..nn.block import block_backward, block_forward, run_blocks
-from ..nn.layers import gelu_backward, gelu_forward, layernorm_backward, layernorm_forward
+from ..nn.layers import gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_forward
 
 REFERENCE = SimpleNamespace(
     fast=False, block_forward=block_forward, block_backward=block_backward, run_blocks=run_blocks,
     gather_tokens=gather_tokens, scatter_tokens=scatter_tokens, pack_rows=pack_rows,
     unpack_rows=unpack_rows, ragged_block_forward=ragged_block_forward,
     layernorm_forward=layernorm_forward, layernorm_backward=layernorm_backward,
-    gelu_forward=gelu_forward, gelu_backward=gelu_backward,
+    gelu_forward=gelu_forward, gelu_backward=gelu_backward, linear_forward=linear_forward,
     masked_softmax_forward=masked_softmax_forward, masked_softmax_backward=masked_softmax_backward)
 
 

@@ -15,14 +15,14 @@ tokens gathered, plain mean) compute the same context.
 Parameters live under ``prefix`` (e.g. ``"tofe.selector.0."``): ``norm``, ``fc1``, ``fc2``, ``fc3``.
 """
 from .ops import resolve
-from ..nn.layers import gelu_backward, layernorm_backward, linear_backward, linear_forward, softmax_forward
+from ..nn.layers import gelu_backward, layernorm_backward, linear_backward, softmax_forward
 from ..backend import get_xp
 
 
 def selector_forward(x, params, prefix, num_prefix, patch_weight=None, ops=None):
     """x: (B, N, C); num_prefix: T, the number of prefix tokens (0 <= T < N); patch_weight: None or
     (B, P) constant weights of the patches in the global mean -> logits (B, N, 2), cache. ``ops``: the
-    namespace LayerNorm and GELU run on (``tofe.ops``; None: this package's reference)."""
+    namespace LayerNorm, GELU and the linear layers run on (``tofe.ops``; None: this package's reference)."""
     xp, ops = get_xp(x), resolve(ops)
     if x.ndim != 3:
         raise ValueError(f"selector: x must be (B, N, C), got shape {tuple(x.shape)}")
@@ -31,7 +31,7 @@ def selector_forward(x, params, prefix, num_prefix, patch_weight=None, ops=None)
         raise ValueError(f"selector: need 0 <= num_prefix < N = {N} (at least one patch token), "
                          f"got num_prefix={num_prefix}")
     n, c_ln = ops.layernorm_forward(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"])
-    h1, c_fc1 = linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])
+    h1, c_fc1 = ops.linear_forward(n, params[prefix + "fc1.weight"], params[prefix + "fc1.bias"])
     u, c_g1 = ops.gelu_forward(h1)                                      # (B, N, C/2)
     if patch_weight is None:
         wgt = xp.full((x.shape[0], N - num_prefix, 1), 1.0 / (N - num_prefix), dtype=x.dtype)
@@ -43,9 +43,9 @@ def selector_forward(x, params, prefix, num_prefix, patch_weight=None, ops=None)
         wgt = (patch_weight / total)[..., None]                         # (B, P, 1), rows sum to 1 (or 0)
     g = (wgt * u[:, num_prefix:]).sum(axis=1, keepdims=True)            # (B, 1, C/2)
     v = xp.concatenate([u, xp.broadcast_to(g, u.shape)], axis=-1)       # (B, N, C)
-    h2, c_fc2 = linear_forward(v, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])
+    h2, c_fc2 = ops.linear_forward(v, params[prefix + "fc2.weight"], params[prefix + "fc2.bias"])
     w, c_g2 = ops.gelu_forward(h2)                                      # (B, N, C/4)
-    logits, c_fc3 = linear_forward(w, params[prefix + "fc3.weight"], params[prefix + "fc3.bias"])
+    logits, c_fc3 = ops.linear_forward(w, params[prefix + "fc3.weight"], params[prefix + "fc3.bias"])
     return logits, (prefix, num_prefix, u.shape[-1], wgt, c_ln, c_fc1, c_g1, c_fc2, c_g2, c_fc3)
 
 

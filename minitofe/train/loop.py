@@ -20,7 +20,7 @@ import numpy as np
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate
-from .heap import keep_freed_memory
+from ..heap import keep_freed_memory
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
 from .. import kernels
 from ..backend import frozen_copy, read_only
@@ -138,7 +138,7 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
     plus ``eval`` lines), ``final.npz`` (the weights with their configs and learned keep ratios).
     ``stop_at``: checkpoint and return after that many steps (of ``train_cfg.steps``): a long run is done
     in pieces, each resumed with ``resume=True``, to the same result as one uninterrupted run.
-    The process's ``malloc`` is asked to keep freed memory for the next step (``train.heap``: on glibc;
+    The process's ``malloc`` is asked to keep freed memory for the next step (``minitofe.heap``: on glibc;
     it then keeps its peak memory)."""
     keep_freed_memory()
     teacher_params = None if teacher_params is None else frozen_copy(teacher_params)
