@@ -64,7 +64,7 @@ def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one(user_layer)
     import sys
     code = ("import numpy as np, numba; from minitofe.kernels import ops\n"
             "x = np.ones((2, 3, 4), np.float32)\n"
-            "ops(True, like=x).gelu_forward(x)      # a parallel kernel starts the threads\n"
+            "k = ops(True, like=x); k.gelu_backward(x, k.gelu_forward(x)[1])  # a parallel kernel\n"
             "print(numba.threading_layer())")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
     if user_layer:

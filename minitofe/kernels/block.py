@@ -16,6 +16,7 @@ reference is what to read, this is what runs when ``fast=True``. What is differe
 The fast training cache is not the reference's: pair ``kernels.block_forward`` with
 ``kernels.block_backward`` (``nn.vit`` does).
 """
+import math
 import threading
 from typing import NamedTuple
 
@@ -59,7 +60,7 @@ class FastBlockCache(NamedTuple):
 def _buf(name, shape, dtype):
     """A reusable work buffer (per thread), grown when a bigger one is asked for."""
     pool = _local.__dict__.setdefault("pool", {})
-    need = int(np.prod(shape))
+    need = math.prod(shape)
     a = pool.get((name, np.dtype(dtype)))
     if a is None or a.size < need:
         a = pool[(name, np.dtype(dtype))] = np.empty(need, dtype=dtype)

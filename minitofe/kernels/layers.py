@@ -6,10 +6,12 @@ The public functions have the names, signatures and caches of their references i
 way round), and ``tests/test_kernels.py`` checks them against those references. Each kernel does one
 pass over memory where NumPy does three to six. The ``*_`` kernels below are the in-place pieces that
 ``kernels.block`` strings together. Those the inference forward runs (LayerNorm, residual, bias, bias +
-GELU) run on the calling thread, on whatever rows they are given: ``threads.for_rows`` splits large
-arrays over the lanes and runs small ones inline. As ``prange`` kernels, each of the ~60 calls of a
-DeiT-S forward woke Numba's thread pool: ~0.1 ms a call on a quiet machine, up to ~2 ms when other
-processes held the cores, more than the work at batch 1. The backward kernels keep ``prange``.
+GELU, and GELU with its cache for the selector and the approximator) run on the calling thread, on
+whatever rows they are given: ``threads.for_rows`` splits large arrays over the lanes and runs small ones
+inline. As ``prange`` kernels, each of the ~60 calls of a DeiT-S forward woke Numba's thread pool:
+~0.1 ms a call on a quiet machine, up to ~2 ms when other processes held the cores, more than the work
+at batch 1 (``gelu_forward`` was the last of them: 0.5 ms a call, 4.5 of a ToFe forward's ~110 ms at
+DeiT-S batch 1 on one busy thread). The backward kernels keep ``prange``.
 """
 import numpy as np
 
@@ -113,10 +115,10 @@ def layernorm_backward(dy, cache):
 
 
 # ---------------------------------------------------------------- GELU (exact erf)
-@pjit
+@jit
 def _gelu(x, inv_sqrt2, y, cdf):
     half = x.dtype.type(0.5)
-    for i in prange(x.shape[0]):
+    for i in range(x.shape[0]):
         for c in range(x.shape[1]):
             p = half + half * erf(x[i, c] * inv_sqrt2)
             cdf[i, c] = p
@@ -166,7 +168,9 @@ def gelu_forward(x):
     """Same as ``nn.layers.gelu_forward``: -> GELU(x), cache (x, cdf)."""
     x2 = _rows(x)
     y, cdf = np.empty_like(x2), np.empty_like(x2)
-    _gelu(x2, _c(x, INV_SQRT2), y, cdf)
+    inv_sqrt2 = _c(x, INV_SQRT2)
+    for_rows(x2.shape[0], 2 * ROW_COST * x2.shape[1],
+             lambda i, j: _gelu(x2[i:j], inv_sqrt2, y[i:j], cdf[i:j]))
     return y.reshape(x.shape), (x, cdf.reshape(x.shape))
 
 

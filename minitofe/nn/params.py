@@ -137,12 +137,12 @@ def check_params(params, cfg, extra_ok=()):
     problem = key_mismatch(missing, unexpected, misshaped)
     if problem:
         raise ValueError("parameters do not match the config: " + problem)
-    dtypes = {str(v.dtype) for v in params.values()}
+    dtypes = {v.dtype for v in params.values()}          # dtype objects: no string per array per call
     if len(dtypes) != 1:
         by = {}
         for k, v in params.items():
             by.setdefault(str(v.dtype), k)
-        raise TypeError(f"params mix dtypes {sorted(dtypes)} (e.g. {by}); cast them all to one float dtype")
+        raise TypeError(f"params mix dtypes {sorted(by)} (e.g. {by}); cast them all to one float dtype")
     dtype = next(iter(params.values())).dtype
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"params must be float32 or float64, got {dtype}")
