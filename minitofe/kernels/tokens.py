@@ -5,20 +5,23 @@ All four are compiled loops over rows of the (B * N, F) view of the tokens: ``_t
 r <- row ``src[r]``: gather, pack) and ``_merge_rows`` (output row m <- a given row, or ``base`` row m:
 scatter, unpack). Each output row is written once, from one source row: a plain copy's bytes.
 
-Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32), one thread, both cores busy with two
-training runs, contenders interleaved in one process, medians of 150-300 rounds of 8 calls; the figures
-move with the load. What costs is memory, not the loops. Gather: ``_take_rows`` 1.1-1.2x a copy of its
-output (the copy reads whole images, the gather skips half the rows; ``AHEAD``'s ``_prefetch`` hint
-helps a little), ``gather_tokens`` 1.2x (was 1.4x: each ``_rows`` cost 7 us in two ``np.prod`` calls, and
-``_flat_rows`` did not vectorise). Scatter: the copy's 9.7 + 9.7 MB stay in what the training runs leave
-of the 32 MB L3; the scatter's base rows, kept rows, output and the lines the hardware prefetcher pulls
-in beside the skipped rows do not, and ``_merge_rows`` is 1.6-2.0x a copy at batch 32 (1.1-1.2x at
-batch 8-16, where both fit; the prefetch hint made it slower, so the merge has none). Not the cause:
-glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here), page faults (none), two
-sources as such (two blocks of rows: 1x); per-row ``memcpy`` (1.3x for a plain copy), coalesced runs.
-Writing the output with non-temporal stores (past the caches) brought the scatter alone to 1.1-1.5x,
-but its output is read at once (the approximator's rows are written into it, then the next stage
-reads it all), and scatter + that write + the next gather took 9-11 % longer streamed: it is not used.
+Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32), one thread, on the idle machine, the
+gather against ``x[:, :K].copy()`` and the scatter against ``x.copy()`` in one process, medians of 200
+interleaved calls, five fresh processes each: gather 1.12-1.43x, scatter 1.39-1.52x; before the
+``prefetcht1`` hints below, 1.18-1.48x and 1.60-1.67x. What costs is memory, not the loops: both compile
+to the same four 64-byte loads and stores an iteration as glibc's ``memcpy``, and at batch 1 (all in the
+L2 cache) ``_merge_rows`` runs at 0.9-1.1x ``np.copyto``. At batch 32 the rows come from the L3 cache
+or memory, and a row (1.5 KB) is too short for the hardware prefetcher to reach full speed before the
+next row starts elsewhere: reading every other row cost 1.2-1.3x reading the same bytes in one run, and
+even ``np.concatenate`` of the same bytes from two arrays was 1.2-1.6x ``x.copy()``. So each kernel
+asks for the row it will copy ``AHEAD`` rows later (``_hint_row``), into the L2 cache only: prefetching
+into L1 as well took the L1's miss buffers from the copy, and made the merge slower. Not the cause:
+glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here), page faults (none), branches
+(the merge's choice of source per row: 1.0x at batch 1), per-row ``memcpy`` (1.3x for a plain copy),
+coalesced runs, two passes (one per source: 1.6-1.8x). Writing the output with non-temporal stores
+(past the caches) brought the scatter alone to 1.1-1.5x, but its output is read at once (the
+approximator's rows are written into it, then the next stage reads it all), and scatter + that write +
+the next gather took 9-11 % longer streamed: it is not used.
 One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in the
 compiled pass; Python raises the ``IndexError``.
 """
@@ -31,13 +34,16 @@ from numba.extending import intrinsic
 
 from .mathf import jit
 
-AHEAD = 3                  # rows: far enough for the hint to land, near enough to stay in the L1 cache
+AHEAD = 2                  # rows: far enough for the hint to land, near enough to stay in the L2 cache
 LINE = 64                  # bytes in a cache line
+HINT_BYTES = 4 << 20       # hint only larger sources: at batch 4 (1.2 MB) the hints cost more than they gave
 
 
 @intrinsic
 def _prefetch(typingctx, arr, row, col):
-    """Hint the CPU to load the cache line of ``arr[row, col]`` (2-D): no effect on results."""
+    """Hint the CPU to load the cache line of ``arr[row, col]`` (2-D) into its L2 cache (``prefetcht1``; into
+    L1 as well, ``prefetcht0``, the hints of a whole row took the L1's miss buffers from the copy itself,
+    and the gather and the scatter ran 10-20 % slower): no effect on results."""
     def codegen(context, builder, signature, args):
         aryty = signature.args[0]
         ary = context.make_array(aryty)(context, builder, args[0])
@@ -45,8 +51,8 @@ def _prefetch(typingctx, arr, row, col):
         i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
         fnty = ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32])
         fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0i8")
-        # read, high temporal locality, data cache
-        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        # read, locality 2 (prefetcht1: L2 and beyond), data cache
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(2), i32(1)])
         return context.get_dummy_value()
     return types.void(arr, types.intp, types.intp), codegen
 
@@ -62,8 +68,9 @@ def _hint_row(a, r):
 def _take_rows(x, src, out):
     """out[r] = x[src[r]] for x (R, F), src (K,) valid row indices, out (K, F)."""
     K, F = src.shape[0], x.shape[1]
+    hint = x.size * x.itemsize > HINT_BYTES
     for r in range(K):
-        if r + AHEAD < K:
+        if hint and r + AHEAD < K:
             _hint_row(x, src[r + AHEAD])
         s = src[r]
         for c in range(F):
@@ -73,8 +80,15 @@ def _take_rows(x, src, out):
 @jit
 def _merge_rows(base, rows, src, out):
     """out[m] = rows[src[m]] where src[m] >= 0, else base[m] (base, out (M, F), rows (K, F))."""
-    F = base.shape[1]
-    for m in range(src.shape[0]):
+    M, F = src.shape[0], base.shape[1]
+    hint = base.size * base.itemsize > HINT_BYTES
+    for m in range(M):
+        if hint and m + AHEAD < M:
+            t = src[m + AHEAD]
+            if t >= 0:
+                _hint_row(rows, t)
+            else:
+                _hint_row(base, m + AHEAD)
         s = src[m]
         if s >= 0:
             for c in range(F):
