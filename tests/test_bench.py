@@ -40,6 +40,37 @@ def test_contenders_run_in_processes_of_their_own_with_the_threads_asked_for():
             w.close()
 
 
+def test_a_turn_runs_its_warmup_calls_untimed_before_the_timed_ones(monkeypatch):
+    """``{"run", "calls", "warmup"}``: the worker makes the warm-up calls first and times only the others
+    (the gather / scatter section opens each turn so: its calls are too short to time from cold)."""
+    import json
+
+    from minitofe.bench import contenders, worker
+    made = []
+    monkeypatch.setattr(contenders, "build", lambda *a: {"op": lambda: made.append(1)})
+    replies = []
+    lines = [json.dumps({"run": "op", "calls": 2, "warmup": 3}), json.dumps({"run": "op", "calls": 4}),
+             json.dumps({"quit": True})]
+    worker.serve({"section": "tokens", "contender": "copy"}, replies.append, iter(lines))
+    assert "ready" in replies[0]
+    assert [len(r["times"]) for r in replies[1:]] == [2, 4]
+    assert len(made) == 1 + (3 + 2) + 4                              # build's warm-up, then the turns
+
+
+def test_the_token_section_warms_each_turn_up(monkeypatch):
+    from minitofe.bench import sections
+    plans = []
+
+    def fake_compare(section, contenders, plan, quick, threads):
+        plans.append(plan)
+        return {"threads": {}, "seconds": {k: {c: {"median": 1.0} for c in contenders} for k, *_ in plan}}
+    monkeypatch.setattr(sections, "compare", fake_compare)
+    monkeypatch.setattr(sections, "ratio", lambda *args: {"median": 1.0})
+    sections.bench_tokens(quick=False)
+    assert [key for key, *_ in plans[0]] == ["gather", "scatter"]
+    assert all(len(p) == 4 and p[3] == sections.TOKEN_WARMUP > 0 for p in plans[0])
+
+
 def test_bench_rejects_unknown_sections_and_thread_counts():
     import pytest
 

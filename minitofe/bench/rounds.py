@@ -101,20 +101,24 @@ def ratio(result, key, num, den):
 def compare(section, contenders, plan, quick=False, threads=None):
     """Time ``contenders`` of ``section`` in processes of their own.
 
-    plan: [(key, rounds, calls)] -> {"threads": {contender: counts}, "seconds": {key: {contender: spread
-    of all calls, with "rounds": spread of the rounds' medians}}, "per_round": {key: {contender: [the
-    rounds' medians]}}}; ``ratio(result, key, a, b)`` gives the spread of a's time over b's."""
+    plan: [(key, rounds, calls)] or [(key, rounds, calls, warmup)] -> {"threads": {contender: counts},
+    "seconds": {key: {contender: spread of all calls, with "rounds": spread of the rounds' medians}},
+    "per_round": {key: {contender: [the rounds' medians]}}}; ``ratio(result, key, a, b)`` gives the spread
+    of a's time over b's. ``warmup`` calls open every turn untimed (default none): for operations of a
+    fraction of a millisecond, whose timed calls would otherwise all fall in the cold start that follows
+    the pause between turns (the other contenders' data in the caches, the core clocked down)."""
     workers = {c: Worker(section, c, quick, threads) for c in contenders}     # they warm up side by side
     try:
         out = {"threads": {c: w.ready()["threads"] for c, w in workers.items()}, "seconds": {},
                "per_round": {}}
-        for key, rounds, calls in plan:
+        for key, rounds, calls, *warmup in plan:
+            request = {"run": key, "calls": calls, "warmup": warmup[0] if warmup else 0}
             every = {c: [] for c in contenders}
             per_round = {c: [] for c in contenders}
             for r in range(rounds):
                 for c in contenders[r % len(contenders):] + contenders[:r % len(contenders)]:
                     time.sleep(QUICK_SETTLE_S if quick else SETTLE_S)
-                    t = workers[c].ask({"run": key, "calls": calls})["times"]
+                    t = workers[c].ask(request)["times"]
                     every[c] += t
                     per_round[c].append(float(np.median(t)))
             out["seconds"][key] = {c: dict(_spread(every[c]), rounds=_spread(per_round[c]))

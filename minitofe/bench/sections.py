@@ -12,6 +12,11 @@ import numpy as np
 from .contenders import batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
 from .rounds import compare, ratio
 
+# Untimed calls that open each turn of the gather / scatter section. A call takes 0.15-1 ms, so the 20
+# timed calls of a turn were all in the cold start after the pause between turns (the other contenders'
+# data in the caches, the core clocked down), and a turn's median measured that more than the operation.
+TOKEN_WARMUP = 30
+
 
 def _rounds(B, quick):
     """(rounds, calls a turn) for one forward at batch B: more rounds where a call is short."""
@@ -64,7 +69,7 @@ def bench_tokens(quick, threads=None):
     """Gather / scatter of half of the tokens against a plain copy of as many bytes (output / base)."""
     x, idx, _ = token_case(quick)
     contenders = ["copy", "reference", "fast"]
-    turns = (2, 5) if quick else (15, 20)
+    turns = (2, 5, 1) if quick else (15, 20, TOKEN_WARMUP)
     res = compare("tokens", contenders, [("gather", *turns), ("scatter", *turns)], quick, threads)
     out = {"shape": list(x.shape), "kept": int(idx.shape[1]), "threads": res["threads"]}
     for op in ("gather", "scatter"):

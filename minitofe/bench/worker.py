@@ -4,6 +4,7 @@ The process builds one contender's calls (``bench.contenders``), runs each once 
 caches, thread pools), answers ``ready``, then times what it is asked for, one JSON line in, one out:
 
     {"run": KEY, "calls": n}   -> {"times": [seconds, ...]}      n calls of KEY, each timed alone
+                                                                 (after "warmup": k untimed ones)
     {"profile": true}          -> {"profile": {...}}             (contender "profile": bench.profile)
     {"quit": true}             -> the process exits
 
@@ -55,6 +56,8 @@ def serve(spec, reply, read):
             reply({"profile": profile_forward(bool(spec.get("quick")))})
             continue
         f, times = calls[req["run"]], []
+        for _ in range(int(req.get("warmup", 0))):
+            f()
         for _ in range(int(req.get("calls", 1))):
             t0 = time.perf_counter()
             f()
