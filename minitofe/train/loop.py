@@ -20,10 +20,10 @@ import numpy as np
 from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate
-from ..heap import keep_freed_memory
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
 from .. import kernels
 from ..backend import frozen_copy, read_only
+from ..heap import keep_freed_memory
 from ..model import save_model, update_learned_ratios
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.vit import vit_backward, vit_forward
