@@ -20,6 +20,7 @@ def test_bench_quick_json_reports_every_section(capsys):
     for r in res["tofe"]["rows"]:                       # keep ratios chosen to hit 70 / 50 / 35 % MACs
         assert min(abs(r["macs_ratio"] - t) for t in (0.70, 0.50, 0.35)) < 0.02, r
     assert res["tokens"]["gather_reference_vs_copy"]["median"] > 0 and res["train"]["reference_s"] > 0
+    assert res["tokens"]["scatter_fast_first_vs_copy"]["median"] > 0
     assert res["profile"]["sgemm_gflops"] and all(r["forward_s"] > 0 for r in res["profile"]["ops"])
     for mode in ("default", "fast", "no_fast"):
         assert res["startup"][mode]["wall_s"] > 0 and res["startup"][mode]["peak_rss_mib"] > 10
@@ -69,6 +70,18 @@ def test_the_token_section_warms_each_turn_up(monkeypatch):
     sections.bench_tokens(quick=False)
     assert [key for key, *_ in plans[0]] == ["gather", "scatter"]
     assert all(len(p) == 4 and p[3] == sections.TOKEN_WARMUP > 0 for p in plans[0])
+
+
+def test_the_token_diagnostic_moves_exactly_the_copys_bytes():
+    """``fast_first`` (the fast kernels on the rows the plain copy reads) gathers what the copy copies
+    and scatters back what was there, so its ratio to the copy is the loop's cost alone."""
+    import numpy as np
+    from minitofe.bench.contenders import BUILDERS, token_case
+    x, idx, _ = token_case(quick=True)
+    copy, first, fast = (BUILDERS["tokens"](c, True) for c in ("copy", "fast_first", "fast"))
+    np.testing.assert_array_equal(first["gather"](), copy["gather"]())
+    np.testing.assert_array_equal(first["scatter"](), x)
+    assert not np.array_equal(fast["gather"](), copy["gather"]())     # the timed fast rows are others
 
 
 def test_bench_rejects_unknown_sections_and_thread_counts():

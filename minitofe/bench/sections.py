@@ -12,10 +12,12 @@ import numpy as np
 from .contenders import batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
 from .rounds import compare, ratio
 
-# Untimed calls that open each turn of the gather / scatter section. A call takes 0.15-1 ms, so the 20
-# timed calls of a turn were all in the cold start after the pause between turns (the other contenders'
-# data in the caches, the core clocked down), and a turn's median measured that more than the operation.
+# Untimed calls that open each turn of the gather / scatter section, and the timed calls of a turn. A call
+# takes 0.1-1 ms: 20 timed calls were all in the cold start after the pause between turns (the other
+# contenders' data in the caches, the core clocked down), and a turn's median measured that more than the
+# operation. 200 calls (a turn of 20-200 ms) measure the steady state the forward sees.
 TOKEN_WARMUP = 30
+TOKEN_CALLS = 200
 
 
 def _rounds(B, quick):
@@ -68,10 +70,12 @@ def bench_tofe(quick, threads=None):
 
 
 def bench_tokens(quick, threads=None):
-    """Gather / scatter of half of the tokens against a plain copy of as many bytes (output / base)."""
+    """Gather / scatter of half of the tokens against a plain copy of as many bytes (output / base), and
+    ``fast_first``: the fast kernels on the first half of every image's tokens, the rows the copy reads,
+    which parts the fast path's ratio into what its loop costs and what the scattered rows cost."""
     x, idx, _ = token_case(quick)
-    contenders = ["copy", "reference", "fast"]
-    turns = (2, 5, 1) if quick else (15, 20, TOKEN_WARMUP)
+    contenders = ["copy", "reference", "fast", "fast_first"]
+    turns = (2, 5, 1) if quick else (15, TOKEN_CALLS, TOKEN_WARMUP)
     res = compare("tokens", contenders, [("gather", *turns), ("scatter", *turns)], quick, threads)
     out = {"shape": list(x.shape), "kept": int(idx.shape[1]), "threads": res["threads"]}
     for op in ("gather", "scatter"):

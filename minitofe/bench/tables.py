@@ -51,7 +51,8 @@ def _tokens(t):
     for op in ("gather", "scatter"):
         lines.append(f"  {op:<8} copy {t[f'{op}_copy_ms']:.3f} ms   "
                      f"reference {_ratio(t.get(f'{op}_reference_vs_copy'))}"
-                     f"   fast {_ratio(t.get(f'{op}_fast_vs_copy'))}")
+                     f"   fast {_ratio(t.get(f'{op}_fast_vs_copy'))}"
+                     f"   fast on the copy's rows {_ratio(t.get(f'{op}_fast_first_vs_copy'))}")
     return lines
 
 

@@ -5,23 +5,32 @@ All four are compiled loops over rows of the (B * N, F) view of the tokens: ``_t
 r <- row ``src[r]``: gather, pack) and ``_merge_rows`` (output row m <- a given row, or ``base`` row m:
 scatter, unpack). Each output row is written once, from one source row: a plain copy's bytes.
 
-Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32), one thread, on the idle machine, the
-gather against ``x[:, :K].copy()`` and the scatter against ``x.copy()`` in one process, medians of 200
-interleaved calls, five fresh processes each: gather 1.12-1.43x, scatter 1.39-1.52x; before the
-``prefetcht1`` hints below, 1.18-1.48x and 1.60-1.67x. What costs is memory, not the loops: both compile
-to the same four 64-byte loads and stores an iteration as glibc's ``memcpy``, and at batch 1 (all in the
-L2 cache) ``_merge_rows`` runs at 0.9-1.1x ``np.copyto``. At batch 32 the rows come from the L3 cache
-or memory, and a row (1.5 KB) is too short for the hardware prefetcher to reach full speed before the
-next row starts elsewhere: reading every other row cost 1.2-1.3x reading the same bytes in one run, and
-even ``np.concatenate`` of the same bytes from two arrays was 1.2-1.6x ``x.copy()``. So each kernel
-asks for the row it will copy ``AHEAD`` rows later (``_hint_row``), into the L2 cache only: prefetching
-into L1 as well took the L1's miss buffers from the copy, and made the merge slower. Not the cause:
-glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here), page faults (none), branches
-(the merge's choice of source per row: 1.0x at batch 1), per-row ``memcpy`` (1.3x for a plain copy),
-coalesced runs, two passes (one per source: 1.6-1.8x). Writing the output with non-temporal stores
-(past the caches) brought the scatter alone to 1.1-1.5x, but its output is read at once (the
-approximator's rows are written into it, then the next stage reads it all), and scatter + that write +
-the next gather took 9-11 % longer streamed: it is not used.
+Measured at DeiT-S sizes (batch 32, 99 of 197 tokens, float32, a 4.9 MB gather from 9.7 MB), one thread,
+the idle machine, each variant alone in a fresh process (300 calls after 30 untimed; five interleaved
+rounds), against ``x[:, :K].copy()`` (the gather) and ``x.copy()`` (the scatter):
+
+- on the copy's own rows (the first K of every image: the same bytes), ``_take_rows`` runs at 0.99-1.03x
+  the copy. The loop is a copy's loop: it compiles to the same four 64-byte loads and stores an
+  iteration as glibc's ``memcpy``.
+- on the scattered rows it runs at 1.23-1.27x, whatever the prefetching (none, every row, only where a
+  run of rows begins, 1-8 rows ahead, 2-24 lines of a row: 1.19-1.31x). The rows' pattern is the cost:
+  glibc's ``memcpy`` called per row, from C, is 1.33x (1.05x on the copy's rows), ``np.take`` 1.41x. A
+  row (1.5 KB) is too short for the hardware prefetcher to reach full speed before the next row starts
+  elsewhere. ``gather_tokens`` adds 0.05x for its index pass and its calls.
+- the scatter's merge is 1.28x (1.13x on the copy's rows), 1.49x without the hints below.
+
+So each kernel asks, ``AHEAD`` rows early, for a row it will copy (``_hint_row``), into the L2 cache
+only: prefetching into L1 as well took the L1's miss buffers from the copy. The gather asks only where a
+run of consecutive rows begins (inside a run the hardware prefetcher is streaming already, and hints
+there cost 0.15x: 1.16x on the copy's rows); the merge asks for every row (asking only at a run's start:
+1.32x). Not the cause either: glibc's copy (ordinary stores; its non-temporal threshold is 240 MB here),
+page faults (none), branches (the merge's choice of source per row: 1.0x at batch 1), where the output
+lies from its source (11 offsets modulo 4 KiB), coalesced runs, two passes (one per source: 1.6-1.8x),
+``rep movsb`` (1.4x per row, 1.9x per image). Writing the output with non-temporal stores (past the
+caches) brought the scatter alone to 1.1-1.5x, but its output is read at once (the approximator's rows
+are written into it, then the next stage reads it all), and scatter + that write + the next gather took
+9-11 % longer streamed: not used.
+The bench reports ``fast_first`` (these kernels on the copy's rows) beside ``fast``, to show the split.
 One core: waking a second thread costs as much as a gather at batch 8. Indices are checked in the
 compiled pass; Python raises the ``IndexError``.
 """
@@ -70,8 +79,9 @@ def _take_rows(x, src, out):
     K, F = src.shape[0], x.shape[1]
     hint = x.size * x.itemsize > HINT_BYTES
     for r in range(K):
-        if hint and r + AHEAD < K:
-            _hint_row(x, src[r + AHEAD])
+        a = r + AHEAD
+        if hint and a < K and src[a] != src[a - 1] + 1:     # only where a run of rows begins
+            _hint_row(x, src[a])
         s = src[r]
         for c in range(F):
             out[r, c] = x[s, c]
