@@ -7,7 +7,8 @@ Sections:
 
     dense      DeiT-S forward, batch 1 / 8 / 32: minitofe reference, minitofe fast, timm
     tofe       ToFe top-k at 70 / 50 / 35 % of the dense MACs (``macs.tofe_macs``) against dense, fast path
-    tokens     gather and scatter of 50 % of DeiT-S's tokens (batch 32) against a plain copy of as many bytes
+    tokens     gather and scatter of 50 % of DeiT-S's tokens (batch 32) against a plain copy of as many bytes;
+               also the fast kernels on the copy's own rows (what the loop costs, apart from the pattern)
     train      one training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch
     profile    NumPy's sgemm GFLOP/s, and the fast forward's time by kind of operation (``bench.profile``)
     startup    ``minitofe predict`` of one image in a fresh process: wall time, peak memory
@@ -16,7 +17,7 @@ Sections:
 shrinks every size (a smoke test); ``threads`` sets every thread count of the contenders' processes
 (NumPy's BLAS, Numba, OpenMP, torch); ``in_process`` adds the old one-process dense figures, labelled.
 From the shell ``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections a,b]
-[--in-process]`` (``minitofe bench`` takes ``--json`` and ``--quick``).
+[--in-process]``, or ``minitofe bench`` with the same options.
 """
 import argparse
 import json as _json
