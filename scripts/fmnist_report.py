@@ -10,8 +10,10 @@ Writes to ``RUN_DIR/report/``:
                    backbone, and the dense control fine-tuned by the same recipe (what more training
                    alone gives);
 - ``curves.png``   top-1 against MACs (budgets 0.3 ... 1.0), one curve per method (seed-0 model trained at
-                   50 %), with the training-free baselines and the dense backbone;
-- ``keep_ratios.png``  learned keep ratio per stage (tofe, at each budget, mean over seeds);
+                   50 %), with the training-free baselines and the dense backbone; beside it the same,
+                   zoomed on the fine-tuned methods;
+- ``keep_ratios.png``  tofe's keep ratio per stage at each budget: as run on the test set (mean, std
+                   over seeds) and as learned in training;
 - ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set, and (JSON,
                    ``freeze_paths``) the test top-1 of the seed-0 tofe models with their trained
                    approximator, the identity and an oracle freeze path.
@@ -123,19 +125,17 @@ def remedy_table(cache, run_dir):
     return "\n".join(lines) + "\n" if len(lines) > 5 else ""
 
 
-def curves(cache, models, out_png):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def _curve_points(cache, models):
+    """{label: [(MACs %, top-1 %), ...]} over ``X.CURVE_BUDGETS``: each learned method's seed-0 model
+    trained at 50 %, and the training-free baselines on the backbone (budgets a method cannot reach are
+    skipped and said)."""
     series = {}
     for (method, budget), runs in models.items():
-        if budget == 0.5 and method != "dense":
-            path = dict(runs).get(0)
-            if path is not None:
-                series[method] = (path, method)
+        if budget == 0.5 and method != "dense" and 0 in dict(runs):
+            series[method] = (dict(runs)[0], method)
     for method in X.TRAINING_FREE:
         series[f"{method} (training-free)"] = (X.BACKBONE_NPZ, method)
+    points = {}
     for label, (path, method) in sorted(series.items()):
         pts = []
         for b in X.CURVE_BUDGETS:
@@ -145,39 +145,70 @@ def curves(cache, models, out_png):
                 print(f"skip {label} at {b}: {str(e).splitlines()[-1]}")
                 continue
             pts.append((100 * r["macs_ratio"], 100 * r["top1"]))
-        ax.plot(*zip(*pts), marker="o", label=label)
-    dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
-    ax.axhline(100 * dense["top1"], color="k", ls="--", lw=1, label="dense backbone")
+        points[label] = pts
+    return points
+
+
+def curves(cache, models, out_png):
+    """Top-1 against MACs: every curve on the left; on the right the same, zoomed on the fine-tuned
+    methods (from 40 % MACs on), where their differences are (a few tenths of a point)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    points = _curve_points(cache, models)
+    refs = [(100 * _eval(cache, X.BACKBONE_NPZ, "dense", None)["top1"], "k", "--", "dense backbone")]
     for _, path in models.get(("dense", 1.0), []):
-        tuned = _eval(cache, path, "dense", None)
-        ax.axhline(100 * tuned["top1"], color="grey", ls=":", lw=1, label="dense, fine-tuned like the rest")
-    ax.set_xlabel("MACs (% of dense)")
-    ax.set_ylabel("top-1 on the test set (%)")
-    ax.set_title("Fashion-MNIST, ViT patch 4 (50 tokens): accuracy against MACs")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+        refs.append((100 * _eval(cache, path, "dense", None)["top1"], "grey", ":",
+                     "dense, fine-tuned like the rest"))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8))
+    colors = dict(zip(points, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2))
+    for ax in axes:
+        for label, pts in points.items():
+            free = "training-free" in label
+            ax.plot(*zip(*pts), marker="s" if free else "o", ls="--" if free else "-", color=colors[label],
+                    label=label)
+        for y, color, ls, label in refs:
+            ax.axhline(y, color=color, ls=ls, lw=1, label=label)
+        ax.set_xlabel("MACs (% of dense)")
+        ax.grid(alpha=0.3)
+    tuned = [y for label, pts in points.items() if "training-free" not in label for x, y in pts if x >= 38]
+    low = min(tuned + [y for y, *_ in refs])
+    axes[1].set_xlim(37, 103)
+    axes[1].set_ylim(math.floor(low - 0.5), math.ceil(max(tuned + [y for y, *_ in refs]) + 0.5))
+    axes[0].set_ylabel("top-1 on the test set (%)")
+    axes[0].set_title("every method")
+    axes[1].set_title("zoomed: the fine-tuned methods from 40 % MACs")
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Fashion-MNIST, ViT patch 4 (50 tokens): accuracy against MACs "
+                 "(seed-0 models trained at 50 %)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
     plt.close(fig)
 
 
-def keep_ratio_plot(models, out_png):
+def keep_ratio_plot(cache, models, out_png):
+    """tofe's keep ratio per stage at each budget: bars, as run on the test set (the learned ratios scaled
+    to the budget), mean and std over seeds; crosses, the running means the selector learned in training."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import minitofe
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
     width = 0.8 / max(1, len(X.BUDGETS))
     for i, budget in enumerate(X.BUDGETS):
-        runs = models.get(("tofe", budget), [])
+        runs = sorted(models.get(("tofe", budget), []))
         if not runs:
             continue
-        ratios = np.array([minitofe.load_model(p).learned_keep_ratios for _, p in runs])
-        stages = np.arange(ratios.shape[1])
-        ax.bar(stages + i * width, ratios.mean(0), width, yerr=ratios.std(0) if len(runs) > 1 else None,
-               label=f"tofe, {100 * budget:.0f} % MACs ({len(runs)} seeds)")
-    ax.set_xticks(np.arange(3) + width / 2, [f"stage {s + 1}" for s in range(3)])
-    ax.set_ylabel("learned keep ratio")
+        run = np.array([_eval(cache, p, "tofe", budget)["keep_ratios"] for _, p in runs])
+        learned = np.array([minitofe.load_model(p).learned_keep_ratios for _, p in runs])
+        stages = np.arange(run.shape[1]) + i * width
+        seeds = f"{len(runs)} seed" + ("s" if len(runs) > 1 else "")
+        ax.bar(stages, run.mean(0), width, yerr=run.std(0, ddof=1) if len(runs) > 1 else None,
+               label=f"{100 * budget:.0f} % MACs, as run ({seeds})")
+        ax.plot(stages, learned.mean(0), "kx", label="learned in training" if i == 0 else None)
+    ax.set_xticks(np.arange(3) + width * (len(X.BUDGETS) - 1) / 2, [f"stage {s + 1}" for s in range(3)])
+    ax.set_ylabel("keep ratio")
+    ax.set_title("tofe: fraction of patches each stage keeps")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out_png, dpi=120)
@@ -204,7 +235,8 @@ def approximation_errors(models, out_json, out_png):
     idle = minitofe.add_tofe(minitofe.load_model(X.BACKBONE_NPZ), minitofe.ToFeConfig(method="idle"))
     result["idle (training-free)"] = stage_errors(idle, images, teacher.params,
                                                   keep_ratios=budget_ratios(idle, "idle", 0.5), fast=True)
-    out_json.write_text(json.dumps({**result, "freeze_paths": freeze_paths(models, images, labels)}, indent=1))
+    paths = freeze_paths(models, images, labels)
+    out_json.write_text(json.dumps({**result, "freeze_paths": paths}, indent=1))
     fig, ax = plt.subplots(figsize=(6, 3.5))
     for label, rows in result.items():
         ax.plot([r["stage"] + 1 for r in rows], [r["frozen"] for r in rows], marker="o",
@@ -250,8 +282,8 @@ def report(run_dir, methods):
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
         (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir))
         curves(cache, models, out / "curves.png")
+        keep_ratio_plot(cache, models, out / "keep_ratios.png")
     finally:
         cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
-    keep_ratio_plot(models, out / "keep_ratios.png")
     approximation_errors(models, out / "stage_errors.json", out / "stage_errors.png")
     print((out / "table.md").read_text())
