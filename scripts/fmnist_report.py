@@ -171,10 +171,10 @@ def curves(cache, models, out_png):
             ax.axhline(y, color=color, ls=ls, lw=1, label=label)
         ax.set_xlabel("MACs (% of dense)")
         ax.grid(alpha=0.3)
-    tuned = [y for label, pts in points.items() if "training-free" not in label for x, y in pts if x >= 38]
-    low = min(tuned + [y for y, *_ in refs])
+    shown = [y for label, pts in points.items() if "training-free" not in label for x, y in pts if x >= 38]
+    shown += [y for y, *_ in refs]
     axes[1].set_xlim(37, 103)
-    axes[1].set_ylim(math.floor(low - 0.5), math.ceil(max(tuned + [y for y, *_ in refs]) + 0.5))
+    axes[1].set_ylim(math.floor(min(shown) - 0.5), math.ceil(max(shown) + 0.5))
     axes[0].set_ylabel("top-1 on the test set (%)")
     axes[0].set_title("every method")
     axes[1].set_title("zoomed: the fine-tuned methods from 40 % MACs")
