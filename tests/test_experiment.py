@@ -124,3 +124,24 @@ def test_the_remedies_are_reported_beside_their_decision_on_val(tmp_path, monkey
     assert "| tofe-early | 35 % | 89.34 / 88.20 | yes | 88.50 | 35.0 |" in text
     assert "tofe-late" not in text
     assert R.remedy_table(cache, tmp_path / "nowhere") == ""
+
+
+def test_every_remedys_flags_reach_the_trainer_over_the_shared_ones(tmp_path, monkeypatch):
+    """A remedy's flags come after ``COMMON`` in the train command, so a shared flag it repeats (``--lam``)
+    takes the remedy's value; every remedy parses as ``minitofe train`` arguments."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    from minitofe.cli import build_parser
+    monkeypatch.setattr(X, "load_choice", lambda run_dir: {"tofe": {"grid": "bb1"}})
+    jobs = X.remedy_jobs(tmp_path)
+    assert {name for _, name, _ in jobs} == {f"tofe-{r}_{round(100 * b)}_s0" for r in X.REMEDIES
+                                             for b in X.BUDGETS}
+    for phase, name, flags in jobs:
+        args = build_parser().parse_args(X.train_cmd(tmp_path, phase, name, flags)[3:])
+        remedy = X.REMEDIES[name.split("_")[0].removeprefix("tofe-")]
+        if "--lam" in remedy:
+            shared = float(X.COMMON[X.COMMON.index("--lam") + 1])
+            assert args.lam == float(remedy[remedy.index("--lam") + 1]) != shared
+        if "--stages" in remedy:
+            assert list(args.stages) == [int(s) for s in remedy[remedy.index("--stages") + 1:]]
+        assert args.target == float(name.split("_")[1]) / 100
