@@ -14,6 +14,7 @@ Writes to ``RUN_DIR/report/``:
                    zoomed on the fine-tuned methods;
 - ``keep_ratios.png``  tofe's keep ratio per stage at each budget: as run on the test set (mean, std
                    over seeds) and as learned in training;
+- ``table.md`` also: the remedies beside their decision on val, and the compute each phase took;
 - ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set, and (JSON,
                    ``freeze_paths``) the test top-1 of the seed-0 tofe models with their trained
                    approximator, the identity and an oracle freeze path.
@@ -104,6 +105,41 @@ def table(cache, models, dense):
     return "\n".join(lines) + "\n"
 
 
+def training_log(run_dir, phase, name):
+    """A job's ``log.jsonl``: its step lines, one per step (a step redone after a resume counts once, at
+    its last try), and its validation evaluations in order."""
+    path = X.job_dir(run_dir, phase, name) / "log.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return {r["step"]: r for r in rows if "seconds" in r}, [r["eval"] for r in rows if "eval" in r]
+
+
+def trained_macs(run_dir, phase, name):
+    """The realised MACs ratio of a job's last validation evaluation in training (its ratios as learned,
+    before ``--budget`` rescales them), or None."""
+    evals = training_log(run_dir, phase, name)[1]
+    return evals[-1]["macs_ratio"] if evals else None
+
+
+def _pct(value):
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def compute_table(run_dir, phases=("search", "final", "remedy")):
+    """Per phase: finished jobs, the median minutes of training steps per job, their sum as run (from
+    each job's ``log.jsonl``; evaluations and the teacher cache not included), and the median job's time
+    for every job, two at a time on 2 cores (what a run that shares the machine with nothing else costs)."""
+    lines = ["", "Compute: training steps only, from each job's `log.jsonl` (one thread per job):", "",
+             "| phase | jobs | minutes per job (median) | hours as run (one core each) "
+             "| hours at the median, two jobs at a time on 2 cores |", "|---|---|---|---|---|"]
+    for phase in phases:
+        minutes = [sum(r["seconds"] for r in training_log(run_dir, phase, d.name)[0].values()) / 60
+                   for d in sorted((run_dir / phase).glob("*")) if X.is_done(run_dir, phase, d.name)]
+        if minutes:
+            lines.append(f"| {phase} | {len(minutes)} | {statistics.median(minutes):.1f} | "
+                         f"{sum(minutes) / 60:.2f} | {statistics.median(minutes) * len(minutes) / 120:.2f} |")
+    return "\n".join(lines) + "\n" if len(lines) > 5 else ""
+
+
 def remedy_table(cache, run_dir):
     """The remedies (tofe variants, seed 0) on the test set, each beside the decision made on the
     validation split before (``remedy.json``: kept where it beat tofe's own seed-0 run there)."""
@@ -112,7 +148,7 @@ def remedy_table(cache, run_dir):
     lines = ["", "Remedies (seed 0), decided on the validation split against tofe's seed-0 run, then "
                  "evaluated on the test set:", "",
              "| remedy | MACs target | val top-1: remedy / tofe (%) | kept on val? | test top-1 (%) "
-             "| realised MACs (%) |", "|---|---|---|---|---|---|"]
+             "| realised MACs (%) | MACs in training: remedy / tofe (%) |", "|---|---|---|---|---|---|---|"]
     for phase, name, _ in X.remedy_jobs(run_dir):
         label, pct, _ = name.rsplit("_", 2)
         mine, base = scores.get(name), scores.get(f"tofe_{pct}_s0")
@@ -121,7 +157,8 @@ def remedy_table(cache, run_dir):
         res = _eval(cache, X.job_dir(run_dir, phase, name) / "final.npz", "tofe", int(pct) / 100)
         lines.append(f"| {label} | {pct} % | {100 * mine['val_top1']:.2f} / {100 * base['val_top1']:.2f} | "
                      f"{'yes' if mine['val_top1'] > base['val_top1'] else 'no'} | {100 * res['top1']:.2f} | "
-                     f"{100 * res['macs_ratio']:.1f} |")
+                     f"{100 * res['macs_ratio']:.1f} | {_pct(trained_macs(run_dir, phase, name))} / "
+                     f"{_pct(trained_macs(run_dir, 'final', f'tofe_{pct}_s0'))} |")
     return "\n".join(lines) + "\n" if len(lines) > 5 else ""
 
 
@@ -280,7 +317,8 @@ def report(run_dir, methods):
     models = final_models(run_dir, methods)
     try:
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
-        (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir))
+        (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir)
+                                         + compute_table(run_dir))
         curves(cache, models, out / "curves.png")
         keep_ratio_plot(cache, models, out / "keep_ratios.png")
     finally:

@@ -119,9 +119,13 @@ def test_the_remedies_are_reported_beside_their_decision_on_val(tmp_path, monkey
     ev = lambda top1, macs: {"top1": top1, "n": 100, "macs_ratio": macs, "keep_ratios": [0.4, 0.3, 0.2]}
     cache = {f"{tmp_path / 'remedy' / n / 'final.npz'}|tofe|{b}|test": ev(t, b)
              for n, b, t in (("tofe-early_50_s0", 0.5, 0.89), ("tofe-early_35_s0", 0.35, 0.885))}
+    for job, macs in (("remedy/tofe-early_35_s0", (0.5, 0.372)), ("final/tofe_35_s0", (0.6, 0.409))):
+        (tmp_path / job).mkdir(parents=True)            # the last val evaluation in training counts
+        evals = [{"step": 9, "eval": {"macs_ratio": m}} for m in macs]
+        (tmp_path / job / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
     text = R.remedy_table(cache, tmp_path)
-    assert "| tofe-early | 50 % | 89.74 / 90.26 | no | 89.00 | 50.0 |" in text
-    assert "| tofe-early | 35 % | 89.34 / 88.20 | yes | 88.50 | 35.0 |" in text
+    assert "| tofe-early | 50 % | 89.74 / 90.26 | no | 89.00 | 50.0 | – / – |" in text
+    assert "| tofe-early | 35 % | 89.34 / 88.20 | yes | 88.50 | 35.0 | 37.2 / 40.9 |" in text
     assert "tofe-late" not in text
     assert R.remedy_table(cache, tmp_path / "nowhere") == ""
 
@@ -145,3 +149,26 @@ def test_every_remedys_flags_reach_the_trainer_over_the_shared_ones(tmp_path, mo
         if "--stages" in remedy:
             assert list(args.stages) == [int(s) for s in remedy[remedy.index("--stages") + 1:]]
         assert args.target == float(name.split("_")[1]) / 100
+
+
+def test_the_compute_table_sums_each_phases_steps_once(tmp_path, monkeypatch):
+    """Minutes of training steps per finished job from its ``log.jsonl``: a step redone after a resume
+    counts once (its last try), evaluation lines are no steps, and an unfinished job is left out."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_report as R
+    logs = {"final/a_50_s0": [(0, 60.0), (1, 60.0), (1, 90.0), (2, 30.0)],      # resumed at step 1
+            "final/b_50_s0": [(0, 120.0), (1, 120.0)], "final/c_50_s0": [(0, 600.0)],
+            "final/d_35_s0": [(0, 600.0)],
+            "search/a_50_bb1": [(0, 30.0)]}
+    for job, steps in logs.items():
+        (tmp_path / job).mkdir(parents=True)
+        lines = [{"step": k, "seconds": sec, "cls": 1.0} for k, sec in steps] + [{"step": 2, "eval": {}}]
+        (tmp_path / job / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        if job != "final/c_50_s0":
+            (tmp_path / job / "final.npz").write_bytes(b"")
+    text = R.compute_table(tmp_path)
+    assert "| final | 3 | 4.0 | 0.28 | 0.10 |" in text  # 3, 4 and 10 min: 17 as run; median x 3 / 2 cores
+
+    assert "| search | 1 | 0.5 | 0.01 | 0.00 |" in text
+    assert "remedy" not in text.split("|---|")[-1]
+    assert R.compute_table(tmp_path / "nowhere") == ""
