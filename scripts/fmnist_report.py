@@ -125,18 +125,25 @@ def _pct(value):
 
 
 def compute_table(run_dir, phases=("search", "final", "remedy")):
-    """Per phase: finished jobs, the median minutes of training steps per job, their sum as run (from
-    each job's ``log.jsonl``; evaluations and the teacher cache not included), and the median job's time
-    for every job, two at a time on 2 cores (what a run that shares the machine with nothing else costs)."""
-    lines = ["", "Compute: training steps only, from each job's `log.jsonl` (one thread per job):", "",
-             "| phase | jobs | minutes per job (median) | hours as run (one core each) "
-             "| hours at the median, two jobs at a time on 2 cores |", "|---|---|---|---|---|"]
+    """Per phase, over its finished jobs: the minutes of training steps per job (median) and their sum as
+    run, from each job's ``log.jsonl``; the wall minutes per job (median) from ``times.json``, start to
+    exit with the teacher cache and the evaluations (a job stopped and resumed has only its last part
+    there, hence the median); and that median for every job, two at a time on 2 cores."""
+    times_path = run_dir / "times.json"
+    times = json.loads(times_path.read_text()) if times_path.exists() else {}
+    lines = ["", "Compute (one thread per job, two jobs at a time on 2 cores):", "",
+             "| phase | jobs | training steps: minutes per job (median) | steps: hours as run (sum) "
+             "| wall minutes per job (median) | hours on 2 cores at that median |",
+             "|---|---|---|---|---|---|"]
     for phase in phases:
-        minutes = [sum(r["seconds"] for r in training_log(run_dir, phase, d.name)[0].values()) / 60
-                   for d in sorted((run_dir / phase).glob("*")) if X.is_done(run_dir, phase, d.name)]
-        if minutes:
-            lines.append(f"| {phase} | {len(minutes)} | {statistics.median(minutes):.1f} | "
-                         f"{sum(minutes) / 60:.2f} | {statistics.median(minutes) * len(minutes) / 120:.2f} |")
+        done = [d.name for d in sorted((run_dir / phase).glob("*")) if X.is_done(run_dir, phase, d.name)]
+        if not done:
+            continue
+        steps = [sum(r["seconds"] for r in training_log(run_dir, phase, n)[0].values()) / 60 for n in done]
+        walls = [times[f"{phase}/{n}"] / 60 for n in done if f"{phase}/{n}" in times]
+        wall = statistics.median(walls) if walls else None
+        lines.append(f"| {phase} | {len(done)} | {statistics.median(steps):.1f} | {sum(steps) / 60:.2f} | "
+                     + ("– | – |" if wall is None else f"{wall:.1f} | {wall * len(done) / 120:.2f} |"))
     return "\n".join(lines) + "\n" if len(lines) > 5 else ""
 
 

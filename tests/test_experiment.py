@@ -152,23 +152,24 @@ def test_every_remedys_flags_reach_the_trainer_over_the_shared_ones(tmp_path, mo
 
 
 def test_the_compute_table_sums_each_phases_steps_once(tmp_path, monkeypatch):
-    """Minutes of training steps per finished job from its ``log.jsonl``: a step redone after a resume
-    counts once (its last try), evaluation lines are no steps, and an unfinished job is left out."""
+    """Minutes of training steps per finished job from its ``log.jsonl`` (a step redone after a resume
+    counts once, at its last try; evaluation lines are no steps) and the median wall time from
+    ``times.json``; an unfinished job is left out."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_report as R
     logs = {"final/a_50_s0": [(0, 60.0), (1, 60.0), (1, 90.0), (2, 30.0)],      # resumed at step 1
             "final/b_50_s0": [(0, 120.0), (1, 120.0)], "final/c_50_s0": [(0, 600.0)],
-            "final/d_35_s0": [(0, 600.0)],
-            "search/a_50_bb1": [(0, 30.0)]}
+            "final/d_35_s0": [(0, 600.0)], "search/a_50_bb1": [(0, 30.0)]}
     for job, steps in logs.items():
         (tmp_path / job).mkdir(parents=True)
         lines = [{"step": k, "seconds": sec, "cls": 1.0} for k, sec in steps] + [{"step": 2, "eval": {}}]
         (tmp_path / job / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
         if job != "final/c_50_s0":
             (tmp_path / job / "final.npz").write_bytes(b"")
+    (tmp_path / "times.json").write_text(json.dumps({"final/a_50_s0": 300.0, "final/b_50_s0": 420.0,
+                                                     "final/d_35_s0": 900.0, "final/c_50_s0": 60.0}))
     text = R.compute_table(tmp_path)
-    assert "| final | 3 | 4.0 | 0.28 | 0.10 |" in text  # 3, 4 and 10 min: 17 as run; median x 3 / 2 cores
-
-    assert "| search | 1 | 0.5 | 0.01 | 0.00 |" in text
+    assert "| final | 3 | 4.0 | 0.28 | 7.0 | 0.17 |" in text  # steps 3, 4, 10 min; wall 5, 7, 15: 7 x 3 / 2
+    assert "| search | 1 | 0.5 | 0.01 | – | – |" in text          # no wall time recorded for it
     assert "remedy" not in text.split("|---|")[-1]
     assert R.compute_table(tmp_path / "nowhere") == ""
