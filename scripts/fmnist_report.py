@@ -55,7 +55,8 @@ def _row(lines, rows, method, budget, res):
     m, s = mean_std([100 * r["top1"] for r in res])
     rows[(method, budget)] = (m, s, len(res))
     ratios = np.mean([r["keep_ratios"] for r in res], axis=0)
-    lines.append(f"| {method} | {100 * budget:.0f} % | {len(res)} | {m:.2f} ± {s:.2f} | "
+    spread = f" ± {s:.2f}" if len(res) > 1 else ""                    # one seed: no spread to give
+    lines.append(f"| {method} | {100 * budget:.0f} % | {len(res)} | {m:.2f}{spread} | "
                  f"{100 * statistics.mean(r['macs_ratio'] for r in res):.1f} | "
                  f"{' / '.join(f'{v:.2f}' for v in ratios)} |")
 
