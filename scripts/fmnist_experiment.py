@@ -21,7 +21,7 @@ their last checkpoint):
    partial experiment already has one complete row per method.
 4. ``remedy`` — tofe with each of ``REMEDIES`` (a change aimed at where ToFe falls short), seed 0, at 50 %
    and 35 % MACs with tofe's recipe, scored on the validation split against tofe's seed-0 final runs
-   (``RUN_DIR/remedy.json``).
+   (``RUN_DIR/remedy.json``); a remedy kept there (above tofe) then gets seeds 1 and 2 at that budget.
 5. ``report`` — only now the test set: every final model at its budget, the seed-0 models and the
    training-free baselines at budgets 0.3 ... 1.0 (the curves), the learned keep ratios per stage, the
    per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs).
@@ -163,6 +163,26 @@ def score_remedies(run_dir):
     return scores
 
 
+def remedy_kept(scores, name):
+    """Was remedy job ``name`` (``tofe-R_PCT_s0``) kept on val: above tofe's seed-0 final at that budget?"""
+    mine, base = scores.get(name), scores.get(f"tofe_{name.rsplit('_', 2)[1]}_s0")
+    return mine is not None and base is not None and mine["val_top1"] > base["val_top1"]
+
+
+def kept_remedy_seed_jobs(run_dir):
+    """A remedy kept on val (``remedy.json``) gets tofe's other seeds at that budget, so that its test
+    figure has a seed spread as tofe's has."""
+    path = run_dir / "remedy.json"
+    scores = json.loads(path.read_text()) if path.exists() else {}
+    jobs = []
+    for phase, name, flags in remedy_jobs(run_dir):
+        if remedy_kept(scores, name):
+            i, stem = flags.index("--seed"), name.rsplit("_", 1)[0]
+            jobs += [(phase, f"{stem}_s{seed}", [*flags[:i], "--seed", str(seed), *flags[i + 2:]])
+                     for seed in SEEDS if seed != 0]
+    return jobs
+
+
 def job_dir(run_dir, phase, name):
     return run_dir / phase / name
 
@@ -275,7 +295,7 @@ def backbone(torch_python, epochs, run_dir):
 def status(run_dir, methods):
     print(f"backbone: {'done' if BACKBONE.is_file() else 'missing'} ({BACKBONE.name})")
     for phase, jobs in (("search", search_jobs(methods)), ("final", final_jobs(methods, run_dir)),
-                        ("remedy", remedy_jobs(run_dir))):
+                        ("remedy", remedy_jobs(run_dir) + kept_remedy_seed_jobs(run_dir))):
         done = [n for _, n, _ in jobs if is_done(run_dir, phase, n)]
         started = [n for _, n, _ in jobs if not is_done(run_dir, phase, n)
                    and (job_dir(run_dir, phase, n) / "checkpoint.npz").is_file()]
@@ -319,6 +339,7 @@ def main(argv=None):
     if args.phase in ("remedy", "all") and "tofe" in methods:
         run_jobs(remedy_jobs(run_dir), run_dir, args.jobs)
         score_remedies(run_dir)
+        run_jobs(kept_remedy_seed_jobs(run_dir), run_dir, args.jobs)
     return 0
 
 

@@ -150,13 +150,15 @@ def compute_table(run_dir, phases=("search", "final", "remedy")):
 
 def remedy_table(cache, run_dir):
     """The remedies (tofe variants, seed 0) on the test set, each beside the decision made on the
-    validation split before (``remedy.json``: kept where it beat tofe's own seed-0 run there)."""
+    validation split before (``remedy.json``: kept where it beat tofe's own seed-0 run there); a kept
+    remedy whose seeds 1 and 2 are done, over its seeds against tofe's at the same budget."""
     path = run_dir / "remedy.json"
     scores = json.loads(path.read_text()) if path.exists() else {}
     lines = ["", "Remedies (seed 0), decided on the validation split against tofe's seed-0 run, then "
                  "evaluated on the test set:", "",
              "| remedy | MACs target | val top-1: remedy / tofe (%) | kept on val? | test top-1 (%) "
              "| realised MACs (%) | MACs in training: remedy / tofe (%) |", "|---|---|---|---|---|---|---|"]
+    over_seeds = []
     for phase, name, _ in X.remedy_jobs(run_dir):
         label, pct, _ = name.rsplit("_", 2)
         mine, base = scores.get(name), scores.get(f"tofe_{pct}_s0")
@@ -164,10 +166,33 @@ def remedy_table(cache, run_dir):
             continue
         res = _eval(cache, X.job_dir(run_dir, phase, name) / "final.npz", "tofe", int(pct) / 100)
         lines.append(f"| {label} | {pct} % | {100 * mine['val_top1']:.2f} / {100 * base['val_top1']:.2f} | "
-                     f"{'yes' if mine['val_top1'] > base['val_top1'] else 'no'} | {100 * res['top1']:.2f} | "
+                     f"{'yes' if X.remedy_kept(scores, name) else 'no'} | {100 * res['top1']:.2f} | "
                      f"{100 * res['macs_ratio']:.1f} | {_pct(trained_macs(run_dir, phase, name))} / "
                      f"{_pct(trained_macs(run_dir, 'final', f'tofe_{pct}_s0'))} |")
+        if X.remedy_kept(scores, name):
+            over_seeds.append(_seeds_line(cache, run_dir, label, int(pct)))
+    over_seeds = [line for line in over_seeds if line]
+    if over_seeds:
+        lines += ["", "Kept remedies over seeds (test set), against tofe at the same MACs:", *over_seeds]
     return "\n".join(lines) + "\n" if len(lines) > 5 else ""
+
+
+def _seeds_line(cache, run_dir, label, pct):
+    """'label at pct %: mean ± std over seeds vs tofe's ... apart?' once every seed of the remedy and of
+    tofe's final runs at that budget is done, else None."""
+    def top1(phase, stem):
+        names = [f"{stem}_{pct}_s{seed}" for seed in X.SEEDS]
+        if not all(X.is_done(run_dir, phase, n) for n in names):
+            return None
+        return [100 * _eval(cache, X.job_dir(run_dir, phase, n) / "final.npz", "tofe", pct / 100)["top1"]
+                for n in names]
+    mine, tofe = top1("remedy", label), top1("final", "tofe")
+    if mine is None or tofe is None:
+        return None
+    (m, s), (mt, st) = mean_std(mine), mean_std(tofe)
+    spread, say = verdict(m, s, len(mine), mt, st, len(tofe))
+    return (f"- {pct} %, {label}: {m:.2f} ± {s:.2f} vs tofe {mt:.2f} ± {st:.2f} ({len(mine)} seeds each; "
+            f"diff {m - mt:+.2f}, spread {spread:.2f}): apart? {say}")
 
 
 def _curve_points(cache, models):

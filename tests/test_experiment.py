@@ -112,7 +112,8 @@ def test_the_remedies_are_reported_beside_their_decision_on_val(tmp_path, monkey
     jobs = [("remedy", "tofe-early_50_s0", []), ("remedy", "tofe-early_35_s0", []),
             ("remedy", "tofe-late_50_s0", [])]
     monkeypatch.setattr(X, "remedy_jobs", lambda run_dir: jobs)
-    monkeypatch.setattr(X, "is_done", lambda run_dir, phase, name: True)
+    seeded = []                                      # the jobs past seed 0 that are done (added below)
+    monkeypatch.setattr(X, "is_done", lambda run_dir, phase, name: name.endswith("_s0") or name in seeded)
     (tmp_path / "remedy.json").write_text(json.dumps({
         "tofe-early_50_s0": {"val_top1": 0.8974}, "tofe_50_s0": {"val_top1": 0.9026},
         "tofe-early_35_s0": {"val_top1": 0.8934}, "tofe_35_s0": {"val_top1": 0.882}}))
@@ -124,6 +125,16 @@ def test_the_remedies_are_reported_beside_their_decision_on_val(tmp_path, monkey
         evals = [{"step": 9, "eval": {"macs_ratio": m}} for m in macs]
         (tmp_path / job / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in evals))
     text = R.remedy_table(cache, tmp_path)
+    assert "over seeds" not in text                           # the kept remedy's seeds 1, 2 not done yet
+    runs = (("remedy", "tofe-early", (0.885, 0.89, 0.895)), ("final", "tofe", (0.88, 0.88, 0.88)))
+    for phase, stem, tops in runs:
+        for seed, t in enumerate(tops):
+            seeded.append(f"{stem}_35_s{seed}")
+            cache[f"{tmp_path / phase / f'{stem}_35_s{seed}' / 'final.npz'}|tofe|0.35|test"] = ev(t, 0.35)
+    text = R.remedy_table(cache, tmp_path)
+    assert "- 35 %, tofe-early: 89.00 ± 0.50 vs tofe 88.00 ± 0.00 (3 seeds each; diff +1.00, spread " \
+           "0.50): apart? yes" in text
+    assert "50 %, tofe-early:" not in text                    # not kept on val: seed 0 only
     assert "| tofe-early | 50 % | 89.74 / 90.26 | no | 89.00 | 50.0 | – / – |" in text
     assert "| tofe-early | 35 % | 89.34 / 88.20 | yes | 88.50 | 35.0 | 37.2 / 40.9 |" in text
     assert "tofe-late" not in text
@@ -173,3 +184,21 @@ def test_the_compute_table_sums_each_phases_steps_once(tmp_path, monkeypatch):
     assert "| search | 1 | 0.5 | 0.01 | – | – |" in text          # no wall time recorded for it
     assert "remedy" not in text.split("|---|")[-1]
     assert R.compute_table(tmp_path / "nowhere") == ""
+
+
+def test_a_remedy_kept_on_val_gets_tofes_other_seeds_at_that_budget(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    from minitofe.cli import build_parser
+    monkeypatch.setattr(X, "load_choice", lambda run_dir: {"tofe": {"grid": "bb1"}})
+    monkeypatch.setattr(X, "REMEDIES", {"early": ["--stages", "1", "2", "3"], "late": ["--lam", "9"]})
+    assert X.kept_remedy_seed_jobs(tmp_path) == []                       # nothing scored on val yet
+    (tmp_path / "remedy.json").write_text(json.dumps({
+        "tofe-early_35_s0": {"val_top1": 0.89}, "tofe_35_s0": {"val_top1": 0.88},      # kept
+        "tofe-early_50_s0": {"val_top1": 0.90}, "tofe_50_s0": {"val_top1": 0.90},      # a tie: not kept
+        "tofe-late_35_s0": {"val_top1": 0.87}}))
+    jobs = X.kept_remedy_seed_jobs(tmp_path)
+    assert [name for _, name, _ in jobs] == [f"tofe-early_35_s{seed}" for seed in X.SEEDS if seed]
+    for phase, name, flags in jobs:
+        args = build_parser().parse_args(X.train_cmd(tmp_path, phase, name, flags)[3:])
+        assert (args.seed, args.target, tuple(args.stages)) == (int(name[-1]), 0.35, (1, 2, 3))
