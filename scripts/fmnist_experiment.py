@@ -51,7 +51,7 @@ CURVE_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # learned methods -> the seeds of their final runs. "dense" is the control: the backbone fine-tuned with the
 # same recipe and number of steps (cross-entropy only), no reduction, so that a gain from more training of
 # the backbone is not read as a gain of the method.
-METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "tofe-uniform": (0,), "evit": (0,),
+METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "evit": SEEDS, "tofe-uniform": (0,),
            "dense": (0,)}
 
 
