@@ -187,6 +187,8 @@ def test_the_compute_table_sums_each_phases_steps_once(tmp_path, monkeypatch):
 
 
 def test_a_remedy_kept_on_val_gets_tofes_other_seeds_at_that_budget(tmp_path, monkeypatch):
+    """Only a remedy above tofe's seed-0 run on val (a tie is not above) gets seeds 1 and 2, at its own
+    budget and with its own flags."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
     from minitofe.cli import build_parser
