@@ -246,7 +246,9 @@ def eval_json(weights, method, budget, split, limit=None):
 
 
 def choose(run_dir, methods):
-    """Score every finished search job on the validation split at 50 % MACs; keep the best per method."""
+    """Score every finished search job of ``methods`` on the validation split at 50 % MACs; keep the best
+    per method. The choice (``choice.json``) is written for every method whose search is scored, not only
+    ``methods``: a run with ``--only`` must not drop the other methods' recipes."""
     path = run_dir / "search.json"
     scores = json.loads(path.read_text()) if path.exists() else {}
     for phase, name, _ in search_jobs(methods):
@@ -259,7 +261,7 @@ def choose(run_dir, methods):
         print(f"search {name}: val top-1 {100 * res['top1']:.2f} % at {100 * res['macs_ratio']:.1f} % MACs")
     path.write_text(json.dumps(scores, indent=1, sort_keys=True))
     chosen = {}
-    for m in methods:
+    for m in METHODS:
         cands = {g: scores.get(search_name(m, g)) for g in GRID}
         if all(cands.values()):
             best = max(cands, key=lambda g: cands[g]["val_top1"])

@@ -204,3 +204,18 @@ def test_a_remedy_kept_on_val_gets_tofes_other_seeds_at_that_budget(tmp_path, mo
     for phase, name, flags in jobs:
         args = build_parser().parse_args(X.train_cmd(tmp_path, phase, name, flags)[3:])
         assert (args.seed, args.target, tuple(args.stages)) == (int(name[-1]), 0.35, (1, 2, 3))
+
+
+def test_a_run_with_only_one_method_keeps_the_other_methods_recipes(tmp_path, monkeypatch):
+    """``choose`` (run by ``run --only M``) writes the choice of every method whose search is scored: the
+    other methods' recipes, and with them their final runs and the remedies, stay in ``choice.json``."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    scores = {X.search_name(m, g): {"val_top1": 0.5 + 0.1 * (g == "bb1") * (m != "evit"), "macs_ratio": 0.5}
+              for m in X.METHODS for g in X.GRID}
+    (tmp_path / "search.json").write_text(json.dumps(scores))
+    chosen = X.choose(tmp_path, ["evit"])
+    assert set(chosen) == set(X.METHODS) == set(X.load_choice(tmp_path))
+    assert chosen["tofe"]["grid"] == "bb1" and chosen["evit"]["grid"] == "bb0.1"
+    assert X.remedy_jobs(tmp_path)
+    assert len(X.final_jobs(["tofe"], tmp_path)) == len(X.SEEDS) * len(X.BUDGETS)
