@@ -149,8 +149,7 @@ def remedy_jobs(run_dir):
 def score_remedies(run_dir):
     """Each finished remedy and tofe's seed-0 final run at the same budget, on the validation split
     (``remedy.json``): the remedy's decision is made here, before any test-set number is looked at."""
-    path = run_dir / "remedy.json"
-    scores = json.loads(path.read_text()) if path.exists() else {}
+    scores = load_remedy_scores(run_dir)
     for phase, name, _ in remedy_jobs(run_dir):
         pct = name.split("_")[1]
         for ph, job in ((phase, name), ("final", f"tofe_{pct}_s0")):
@@ -160,8 +159,14 @@ def score_remedies(run_dir):
             scores[job] = {"val_top1": res["top1"], "macs_ratio": res["macs_ratio"]}
             print(f"remedy {job}: val top-1 {100 * res['top1']:.2f} % "
                   f"at {100 * res['macs_ratio']:.1f} % MACs")
-    path.write_text(json.dumps(scores, indent=1, sort_keys=True))
+    (run_dir / "remedy.json").write_text(json.dumps(scores, indent=1, sort_keys=True))
     return scores
+
+
+def load_remedy_scores(run_dir):
+    """``remedy.json``: job name -> its val top-1 and MACs ratio ({} before any is scored)."""
+    path = run_dir / "remedy.json"
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def remedy_kept(scores, name):
@@ -173,8 +178,7 @@ def remedy_kept(scores, name):
 def kept_remedy_seed_jobs(run_dir):
     """A remedy kept on val (``remedy.json``) gets tofe's other seeds at that budget, so that its test
     figure has a seed spread as tofe's has."""
-    path = run_dir / "remedy.json"
-    scores = json.loads(path.read_text()) if path.exists() else {}
+    scores = load_remedy_scores(run_dir)
     jobs = []
     for phase, name, flags in remedy_jobs(run_dir):
         if remedy_kept(scores, name):

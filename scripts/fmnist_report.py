@@ -152,8 +152,7 @@ def remedy_table(cache, run_dir):
     """The remedies (tofe variants, seed 0) on the test set, each beside the decision made on the
     validation split before (``remedy.json``: kept where it beat tofe's own seed-0 run there); a kept
     remedy whose seeds 1 and 2 are done, over its seeds against tofe's at the same budget."""
-    path = run_dir / "remedy.json"
-    scores = json.loads(path.read_text()) if path.exists() else {}
+    scores = X.load_remedy_scores(run_dir)
     lines = ["", "Remedies (seed 0), decided on the validation split against tofe's seed-0 run, then "
                  "evaluated on the test set:", "",
              "| remedy | MACs target | val top-1: remedy / tofe (%) | kept on val? | test top-1 (%) "
@@ -165,11 +164,12 @@ def remedy_table(cache, run_dir):
         if mine is None or base is None or not X.is_done(run_dir, phase, name):
             continue
         res = _eval(cache, X.job_dir(run_dir, phase, name) / "final.npz", "tofe", int(pct) / 100)
+        kept = X.remedy_kept(scores, name)
         lines.append(f"| {label} | {pct} % | {100 * mine['val_top1']:.2f} / {100 * base['val_top1']:.2f} | "
-                     f"{'yes' if X.remedy_kept(scores, name) else 'no'} | {100 * res['top1']:.2f} | "
+                     f"{'yes' if kept else 'no'} | {100 * res['top1']:.2f} | "
                      f"{100 * res['macs_ratio']:.1f} | {_pct(trained_macs(run_dir, phase, name))} / "
                      f"{_pct(trained_macs(run_dir, 'final', f'tofe_{pct}_s0'))} |")
-        if X.remedy_kept(scores, name):
+        if kept:
             over_seeds.append(_seeds_line(cache, run_dir, label, int(pct)))
     over_seeds = [line for line in over_seeds if line]
     if over_seeds:
