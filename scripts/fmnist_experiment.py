@@ -4,16 +4,21 @@
     python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|remedy|all] [--only M ...]
                                             [--seeds 0 ...]
     python scripts/fmnist_experiment.py report              # test-set evaluations, table, pictures
+    python scripts/fmnist_experiment.py records [--against RUN_DIR]   # every run's record (results/fmnist/)
 
 Phases, each resumable (run it again after a stop: finished jobs are skipped, unfinished ones resume from
 their last checkpoint):
 
 1. ``backbone`` — ``scripts/train_backbone_timm.py`` (needs torch + timm: ``--torch-python``), then the
    ``.npz`` twin of the backbone (``minitofe convert``).
-2. ``search`` — for every learned method, the same small grid (``GRID``) at the 50 % MACs target, one
-   seed, ``SEARCH_EPOCHS`` epochs of the 55 000-image training split; each candidate is scored on the
-   5 000-image validation split at exactly 50 % MACs (``minitofe eval --split val --budget 0.5``). The
-   best candidate of each method is its recipe for the final runs (``RUN_DIR/search.json``).
+2. ``search`` — for every learned method, the same small grid (``GRID``) at the 50 % MACs target, seeds
+   ``SEARCH_SEEDS``, ``SEARCH_EPOCHS`` epochs of the 55 000-image training split; each candidate is scored
+   on the 5 000-image validation split at exactly 50 % MACs (``minitofe eval --split val --budget 0.5``,
+   ``RUN_DIR/search.json``). The rule, fixed before any run and the same for every method
+   (``pick_recipe``): the default recipe ``DEFAULT_GRID`` stands unless another candidate's mean val
+   top-1 beats it by more than the two candidates' seed spreads added (sample std over the search seeds),
+   the test the table's verdicts use. One seed cannot tell a 0.4-point difference from its own noise: a
+   rerun on another machine chose the other recipe and moved EViT by 0.7 points (``RUN_DIR/choice.json``).
 3. ``final`` — every method at 50 % and 35 % MACs with its chosen recipe (and ``dense``, the backbone
    fine-tuned by the same recipe: the control for what more training alone gives), ``FINAL_EPOCHS``
    epochs, seeds
@@ -27,12 +32,18 @@ their last checkpoint):
    per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs).
 
 Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time;
-its wall time goes to ``RUN_DIR/times.json`` and its log to ``RUN_DIR/<phase>/<name>/``.
+its wall time goes to ``RUN_DIR/times.json`` and its log to ``RUN_DIR/<phase>/<name>/``. Each run's record
+(method, budget, seed, flags, the recipe and the val scores that chose it, commit, NumPy / Numba versions,
+the BLAS library with its core type, wall minutes, val and test top-1) goes to
+``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the repository: a regeneration on
+another machine is compared with it run by run (``records`` prints them side by side).
 """
 import argparse
 import json
 import os
 import pathlib
+import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -44,6 +55,7 @@ BACKBONE_NPZ = REPO / "weights" / f"{MODEL}.npz"
 TRAIN_IMAGES = 55_000
 BATCH = 64
 SEARCH_EPOCHS = 1
+SEARCH_SEEDS = (0, 1)
 FINAL_EPOCHS = 3
 SEEDS = (0, 1, 2)
 BUDGETS = (0.5, 0.35)
@@ -51,7 +63,7 @@ CURVE_BUDGETS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # learned methods -> the seeds of their final runs. "dense" is the control: the backbone fine-tuned with the
 # same recipe and number of steps (cross-entropy only), no reduction, so that a gain from more training of
 # the backbone is not read as a gain of the method.
-METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "evit": SEEDS, "tofe-uniform": (0,),
+METHODS = {"tofe": SEEDS, "tofe-identity": SEEDS, "dynamicvit": SEEDS, "evit": SEEDS, "tofe-uniform": SEEDS,
            "dense": (0,)}
 
 
@@ -73,6 +85,10 @@ COMMON = ["--lr", "1e-3", "--lam", "20", "--teacher-cache", "--eval-every", "400
           "--eval-images", "5000", "--checkpoint-every", "50", "--no-progress"]
 # the hyper-parameter grid every learned method gets (name -> extra flags)
 GRID = {"bb0.1": ["--backbone-lr-scale", "0.1"], "bb1": ["--backbone-lr-scale", "1.0"]}
+# the recipe that stands unless another beats it beyond the search's own seed spread (``pick_recipe``):
+# the backbone fine-tuned at the full learning rate, as the new modules are
+DEFAULT_GRID = "bb1"
+RECORDS = REPO / "results" / "fmnist"
 # remedies tried for tofe on val (name -> extra flags), each against tofe's seed-0 final run at the same
 # budget. With the stages at blocks 3, 6, 9 of 12, the three dense blocks and the ToFe modules cost 29 %
 # of the dense MACs before a single patch is kept, so 35 % leaves a keep ratio of ~0.09 per stage; a
@@ -115,13 +131,13 @@ def method_flags(method, budget):
 # ---- jobs: (phase, name, flags); a job is done when RUN_DIR/phase/name/final.npz exists ----
 
 def search_jobs(methods):
-    return [("search", search_name(m, g), [*method_flags(m, search_budget(m)), *GRID[g], "--seed", "0",
-                                           "--steps", str(steps(SEARCH_EPOCHS))])
-            for m in methods for g in GRID]
+    return [("search", search_name(m, g, seed), [*method_flags(m, search_budget(m)), *GRID[g],
+                                                 "--seed", str(seed), "--steps", str(steps(SEARCH_EPOCHS))])
+            for seed in SEARCH_SEEDS for m in methods for g in GRID]
 
 
-def search_name(method, grid):
-    return f"{method}_{round(100 * search_budget(method))}_{grid}"
+def search_name(method, grid, seed):
+    return f"{method}_{round(100 * search_budget(method))}_{grid}_s{seed}"
 
 
 def final_jobs(methods, run_dir, seeds=None):
@@ -188,6 +204,53 @@ def kept_remedy_seed_jobs(run_dir):
     return jobs
 
 
+# ---- per-run records, kept in the repository ----
+
+def record_path(run_dir, phase, name):
+    return RECORDS / pathlib.Path(run_dir).name / phase / f"{name}.json"
+
+
+def write_record(run_dir, phase, name, **fields):
+    """Merge ``fields`` into the run's record (``record_path``); the record is plain JSON, one per run."""
+    path = record_path(run_dir, phase, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rec = json.loads(path.read_text()) if path.is_file() else {"phase": phase, "name": name}
+    rec.update(fields)
+    path.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    return rec
+
+
+def environment(env=None):
+    """What the run's arithmetic depends on: the commit, the Python / NumPy / Numba versions, and the BLAS
+    library with its core type as threadpoolctl reports it in ``env`` (a child process, so that an
+    ``OPENBLAS_CORETYPE`` set for the jobs is what is read)."""
+    probe = ("import json, numpy, threadpoolctl\n"
+             "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
+             "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
+             " for i in threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']\n"
+             "print(json.dumps({'numpy': numpy.__version__, 'numba': nb, 'blas': blas}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                           capture_output=True, text=True)
+    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
+
+
+def job_fields(run_dir, phase, name, flags):
+    """A job's record before it runs: what it is and how it was asked for."""
+    method = flags[flags.index("--method") + 1]
+    budget = float(flags[flags.index("--target") + 1]) if "--target" in flags else 1.0
+    fields = {"method": method, "budget": budget, "seed": int(flags[flags.index("--seed") + 1]),
+              "flags": flags, "common_flags": COMMON, "batch": BATCH}
+    if phase == "final":
+        chosen = load_choice(run_dir).get(method)
+        if chosen:
+            fields["recipe"] = chosen
+    return fields
+
+
 def job_dir(run_dir, phase, name):
     return run_dir / phase / name
 
@@ -216,6 +279,8 @@ def run_jobs(jobs, run_dir, n_parallel):
             phase, name, flags = queue.pop(0)
             cmd = train_cmd(run_dir, phase, name, flags)
             job_dir(run_dir, phase, name).mkdir(parents=True, exist_ok=True)
+            write_record(run_dir, phase, name, **job_fields(run_dir, phase, name, flags), **environment(env),
+                         status="running")
             log = open(job_dir(run_dir, phase, name) / "stdout.log", "a")
             print(f"[{time.strftime('%H:%M:%S')}] start {phase}/{name}: {' '.join(cmd)}", flush=True)
             running[(phase, name)] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -230,8 +295,18 @@ def run_jobs(jobs, run_dir, n_parallel):
             times["/".join(key)] = times.get("/".join(key), 0.0) + time.time() - t0
             times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
             state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+            write_record(run_dir, *key, status=state, wall_minutes=round(times["/".join(key)] / 60, 2),
+                         last_eval=last_eval(job_dir(run_dir, *key)))
             print(f"[{time.strftime('%H:%M:%S')}] {state} {'/'.join(key)} "
                   f"({times['/'.join(key)] / 60:.1f} min in all)", flush=True)
+
+
+def last_eval(out):
+    """The last validation evaluation in a job's ``log.jsonl`` (the trainer's own, on ``--eval-images``)."""
+    path = out / "log.jsonl"
+    evals = [json.loads(line)["eval"] for line in path.read_text().splitlines()
+             if '"eval"' in line] if path.is_file() else []
+    return evals[-1] if evals else None
 
 
 # ---- the search's choice, made on the validation split ----
@@ -250,9 +325,9 @@ def eval_json(weights, method, budget, split, limit=None):
 
 
 def choose(run_dir, methods):
-    """Score every finished search job of ``methods`` on the validation split at 50 % MACs; keep the best
-    per method. The choice (``choice.json``) is written for every method whose search is scored, not only
-    ``methods``: a run with ``--only`` must not drop the other methods' recipes."""
+    """Score every finished search job of ``methods`` on the validation split at 50 % MACs and pick each
+    method's recipe by ``pick_recipe``. The choice (``choice.json``) is written for every method whose
+    search is scored, not only ``methods``: a run with ``--only`` must not drop the other methods' recipes."""
     path = run_dir / "search.json"
     scores = json.loads(path.read_text()) if path.exists() else {}
     for phase, name, _ in search_jobs(methods):
@@ -262,16 +337,39 @@ def choose(run_dir, methods):
         res = eval_json(job_dir(run_dir, phase, name) / "final.npz", method,
                         None if method == "dense" else search_budget(method), "val")
         scores[name] = {"val_top1": res["top1"], "macs_ratio": res["macs_ratio"]}
+        write_record(run_dir, phase, name, val_top1=res["top1"], val_macs_ratio=res["macs_ratio"])
         print(f"search {name}: val top-1 {100 * res['top1']:.2f} % at {100 * res['macs_ratio']:.1f} % MACs")
     path.write_text(json.dumps(scores, indent=1, sort_keys=True))
     chosen = {}
     for m in METHODS:
-        cands = {g: scores.get(search_name(m, g)) for g in GRID}
-        if all(cands.values()):
-            best = max(cands, key=lambda g: cands[g]["val_top1"])
-            chosen[m] = {"grid": best, "flags": GRID[best], **cands[best]}
+        cands = {g: [scores.get(search_name(m, g, seed)) for seed in SEARCH_SEEDS] for g in GRID}
+        if all(all(runs) for runs in cands.values()):
+            val = {g: [r["val_top1"] for r in runs] for g, runs in cands.items()}
+            best, why = pick_recipe(val)
+            chosen[m] = {"grid": best, "flags": GRID[best], "why": why, "val_top1": val}
     (run_dir / "choice.json").write_text(json.dumps(chosen, indent=1, sort_keys=True))
     return chosen
+
+
+def pick_recipe(val):
+    """The search's rule, the same for every method and fixed before any run: ``DEFAULT_GRID`` stands
+    unless another candidate's mean val top-1 beats it by more than the two candidates' seed spreads
+    added (sample std over the search seeds); among those that do, the highest mean wins. ``val`` maps
+    each candidate to its val top-1 per search seed. Returns (the candidate, the reason in words)."""
+    def mean_std(xs):
+        return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    m0, s0 = mean_std(val[DEFAULT_GRID])
+    beats = {}
+    for g, xs in val.items():
+        m, s = mean_std(xs)
+        if g != DEFAULT_GRID and m - m0 > s + s0:
+            beats[g] = m
+    if not beats:
+        return DEFAULT_GRID, f"default {DEFAULT_GRID} kept: no candidate beats its mean {100 * m0:.2f} " \
+                             f"beyond the spread"
+    best = max(beats, key=beats.get)
+    return best, f"{best} {100 * beats[best]:.2f} beats default {DEFAULT_GRID} {100 * m0:.2f} beyond " \
+                 f"the spread"
 
 
 def load_choice(run_dir):
@@ -299,6 +397,30 @@ def backbone(torch_python, epochs, run_dir):
                         "--model", MODEL], cwd=REPO, check=True)
 
 
+def records(run_dir, against=None):
+    """Print every run's record of ``run_dir`` (val and test top-1, recipe, BLAS core type, commit), with a
+    second experiment's record of the same run beside it when ``against`` names its run folder."""
+    def load(name):
+        root = RECORDS / name
+        return {str(f.relative_to(root).with_suffix("")): json.loads(f.read_text())
+                for f in sorted(root.glob("*/*.json"))}
+
+    def fmt(rec):
+        if rec is None:
+            return "– | – | – | –"
+        top = [("–" if rec.get(k) is None else f"{100 * rec[k]:.2f}") for k in ("val_top1", "test_top1")]
+        core = next((b.get("architecture") for b in rec.get("blas", [])), None)
+        return f"{top[0]} | {top[1]} | {rec.get('recipe', {}).get('grid', '–')} | {core} {rec.get('commit', '')[:8]}"
+
+    mine, other = load(pathlib.Path(run_dir).name), (load(pathlib.Path(against).name) if against else {})
+    head = "| run | val | test | recipe | BLAS core, commit |"
+    if against:
+        head += " val | test | recipe | BLAS core, commit (" + pathlib.Path(against).name + ") |"
+    print(head)
+    for run in sorted(set(mine) | set(other)):
+        print(f"| {run} | {fmt(mine.get(run))} |" + (f" {fmt(other.get(run))} |" if against else ""))
+
+
 def status(run_dir, methods):
     print(f"backbone: {'done' if BACKBONE.is_file() else 'missing'} ({BACKBONE.name})")
     for phase, jobs in (("search", search_jobs(methods)), ("final", final_jobs(methods, run_dir)),
@@ -312,13 +434,14 @@ def status(run_dir, methods):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["status", "run", "report"])
+    p.add_argument("what", choices=["status", "run", "report", "records"])
     p.add_argument("--phase", choices=["backbone", "search", "final", "remedy", "all"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
     p.add_argument("--only", nargs="+", choices=list(METHODS), help="methods to run (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), choices=SEEDS,
                    help="final runs of these seeds only (e.g. 0: one complete row per method first)")
     p.add_argument("--run-dir", default=str(REPO / "runs" / "experiment"))
+    p.add_argument("--against", help="records: another experiment's run folder, its records beside")
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
     p.add_argument("--backbone-epochs", type=float, default=24)
     p.add_argument("--backbone-run-dir", default=str(REPO / "runs" / "backbone"),
@@ -330,6 +453,9 @@ def main(argv=None):
     methods = args.only or list(METHODS)
     if args.what == "status":
         status(run_dir, methods)
+        return 0
+    if args.what == "records":
+        records(run_dir, args.against)
         return 0
     if args.what == "report":
         from fmnist_report import report

@@ -352,6 +352,11 @@ def report(run_dir, methods):
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
         (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir)
                                          + compute_table(run_dir))
+        for (method, budget), runs in models.items():        # each final run's record gets its test figure
+            for _, path in runs:
+                res = _eval(cache, path, method, None if method == "dense" else budget)
+                X.write_record(run_dir, "final", path.parent.name, test_top1=res["top1"],
+                               test_macs_ratio=res["macs_ratio"])
         curves(cache, models, out / "curves.png")
         keep_ratio_plot(cache, models, out / "keep_ratios.png")
     finally:

@@ -38,6 +38,7 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     backbone = tmp_path / "backbone.npz"
     minitofe.save_model(backbone, minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"),
                                                      np.random.default_rng(0), np.float32))
+    monkeypatch.setattr(X, "RECORDS", tmp_path / "records")
     for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("TRAIN_IMAGES", 121), ("BATCH", 16),
                         ("SEEDS", (0, 1)), ("BUDGETS", (0.6, 0.5)),
                         ("CURVE_BUDGETS", (0.5, 1.0)),
@@ -211,11 +212,51 @@ def test_a_run_with_only_one_method_keeps_the_other_methods_recipes(tmp_path, mo
     other methods' recipes, and with them their final runs and the remedies, stay in ``choice.json``."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
-    scores = {X.search_name(m, g): {"val_top1": 0.5 + 0.1 * (g == "bb1") * (m != "evit"), "macs_ratio": 0.5}
-              for m in X.METHODS for g in X.GRID}
+    def val(m, g, seed):          # bb1 ahead for every method but evit, where bb0.1 is (beyond the spread)
+        return 0.5 + 0.1 * (g == ("bb0.1" if m == "evit" else "bb1")) + 0.001 * seed
+    scores = {X.search_name(m, g, seed): {"val_top1": val(m, g, seed), "macs_ratio": 0.5}
+              for m in X.METHODS for g in X.GRID for seed in X.SEARCH_SEEDS}
     (tmp_path / "search.json").write_text(json.dumps(scores))
     chosen = X.choose(tmp_path, ["evit"])
     assert set(chosen) == set(X.METHODS) == set(X.load_choice(tmp_path))
     assert chosen["tofe"]["grid"] == "bb1" and chosen["evit"]["grid"] == "bb0.1"
     assert X.remedy_jobs(tmp_path)
     assert len(X.final_jobs(["tofe"], tmp_path)) == len(X.SEEDS) * len(X.BUDGETS)
+
+
+def test_the_search_keeps_the_default_recipe_unless_another_wins_beyond_its_spread(monkeypatch):
+    """The rule stated before any run: a candidate replaces ``DEFAULT_GRID`` only when its mean val top-1
+    exceeds the default's by more than the two seed spreads added; a one-seed lead of 0.44 points inside a
+    spread of 0.5 (what chose EViT's recipe differently on another machine) does not."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    assert X.DEFAULT_GRID == "bb1"
+    inside = {"bb1": [0.8880, 0.8930], "bb0.1": [0.8924, 0.8950]}       # +0.32 against spreads 0.35 + 0.18
+    assert X.pick_recipe(inside)[0] == "bb1" and "kept" in X.pick_recipe(inside)[1]
+    beyond = {"bb1": [0.8880, 0.8890], "bb0.1": [0.8930, 0.8940]}       # +0.50 against 0.07 + 0.07
+    assert X.pick_recipe(beyond)[0] == "bb0.1"
+    assert X.pick_recipe({"bb1": [0.90, 0.90], "bb0.1": [0.85, 0.86]})[0] == "bb1"   # worse: never chosen
+
+
+def test_every_run_leaves_a_record_that_a_rerun_is_compared_with(tmp_path, monkeypatch, capsys):
+    """A job's record starts with what was asked (method, budget, seed, flags, recipe) and the arithmetic
+    it ran on (commit, versions, BLAS core type), and later steps add to it without losing fields;
+    ``records --against`` prints two experiments' records of the same run side by side."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    monkeypatch.setattr(X, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(X, "load_choice", lambda run_dir: {"tofe": {"grid": "bb1", "why": "kept"}})
+    flags = X.final_jobs(["tofe"], tmp_path)[0][2]
+    env = dict(X.os.environ, OPENBLAS_CORETYPE="Haswell")
+    for run_dir, core in (("native", None), ("haswell", env)):
+        X.write_record(tmp_path / run_dir, "final", "tofe_50_s0",
+                       **X.job_fields(tmp_path / run_dir, "final", "tofe_50_s0", flags), **X.environment(core))
+        X.write_record(tmp_path / run_dir, "final", "tofe_50_s0", test_top1=0.9 if core else 0.91)
+    rec = json.loads(X.record_path(tmp_path / "haswell", "final", "tofe_50_s0").read_text())
+    assert (rec["method"], rec["budget"], rec["seed"], rec["recipe"]["grid"]) == ("tofe", 0.5, 0, "bb1")
+    assert rec["openblas_coretype"] == "Haswell" and rec["test_top1"] == 0.9 and rec["numpy"]
+    if rec["blas"] and rec["blas"][0]["internal_api"] == "openblas":
+        assert rec["blas"][0]["architecture"] == "Haswell"
+    X.records(tmp_path / "native", against=tmp_path / "haswell")
+    row = [line for line in capsys.readouterr().out.splitlines() if "final/tofe_50_s0" in line]
+    assert len(row) == 1 and "91.00" in row[0] and "90.00" in row[0]
