@@ -10,10 +10,17 @@ keep ratios and MACs, dimages and every gradient; for every inference method (``
 dropped records, the scores, the stage outputs and the MACs. Everything runs on the NumPy reference
 (``fast=False``) with fixed seeds and pre-drawn Gumbel noise.
 
+The file also records the arithmetic that made it (``ARITHMETIC_KEY``: NumPy version and SIMD loops, the
+BLAS library with its version and core type, Numba; ``minitofe.testing.provenance``). Where the running
+machine has the same, the values must be bit-identical; elsewhere floats must be within 1e-12 of each
+pinned array's magnitude (BLAS kernels add in other orders) and masks, indices and counts exact.
+
     python scripts/make_pinned.py            # (re)write the fixture -- only when behaviour is MEANT to change
-    python scripts/make_pinned.py --check    # recompute, compare bit for bit, write nothing
+    python scripts/make_pinned.py --check    # recompute and compare (bit for bit where the arithmetic
+                                             # is the one recorded), write nothing
 """
 import argparse
+import json
 import pathlib
 import sys
 
@@ -22,12 +29,14 @@ import numpy as np
 from minitofe import kernels
 from minitofe.config import ViTConfig
 from minitofe.nn.params import init_params
+from minitofe.testing.provenance import arithmetic, differences
 from minitofe.tofe.config import METHODS, ToFeConfig
 from minitofe.tofe.inference import tofe_inference
 from minitofe.tofe.params import init_tofe_params
 from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "pinned" / "methods.npz"
+ARITHMETIC_KEY = "__arithmetic__"
 TRAIN_METHODS = ("tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative", "dynamicvit", "evit")
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2,
                 init_values=0.5)
@@ -114,19 +123,32 @@ def compute():
     return store
 
 
+def load():
+    """-> (the pinned values, the arithmetic that made them)."""
+    with np.load(OUT, allow_pickle=False) as f:
+        values = {k: f[k] for k in f.files if k != ARITHMETIC_KEY}
+        made_on = json.loads(str(f[ARITHMETIC_KEY])) if ARITHMETIC_KEY in f.files else None
+    return values, made_on
+
+
+def mode(made_on):
+    """'exact' where this machine's arithmetic is the one that made the file, else 'bounded'."""
+    return "exact" if made_on == arithmetic() else "bounded"
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="compare with the saved file, write nothing")
     args = ap.parse_args(argv)
     store = compute()
     if args.check:
-        with np.load(OUT, allow_pickle=False) as saved:
-            bad = sorted(set(saved.files) ^ set(store))
-            bad += [k for k in saved.files if k in store and not np.array_equal(saved[k], store[k])]
-        print(f"{len(store)} values, {len(bad)} differ" + (f": {bad[:10]}" if bad else ""))
+        saved, made_on = load()
+        how = mode(made_on)
+        bad = differences(saved, store, exact=how == "exact")
+        print(f"{len(store)} values compared ({how}), {len(bad)} differ" + (f": {bad[:10]}" if bad else ""))
         return 1 if bad else 0
     OUT.parent.mkdir(exist_ok=True)
-    np.savez_compressed(OUT, **store)
+    np.savez_compressed(OUT, **store, **{ARITHMETIC_KEY: np.array(json.dumps(arithmetic(), sort_keys=True))})
     print(f"wrote {OUT.name}: {len(store)} values, {OUT.stat().st_size / 1024:.0f} KiB")
     return 0
 
