@@ -1,4 +1,5 @@
-"""Suite-wide: the run's header and summary name how the pinned values are compared on this machine (tests/test_pinned.py)."""
+"""Suite-wide: the run's header and summary name how the pinned values are compared on this machine
+(``tests/test_pinned.py``)."""
 import importlib.util
 import pathlib
 
@@ -11,11 +12,12 @@ def pinned_mode_line():
     spec.loader.exec_module(make_pinned)
     made_on = make_pinned.load()[1]
     how = make_pinned.mode(made_on)
-    blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in (made_on or {}).get("blas", []))
+    blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}"
+                     for b in (made_on or {}).get("blas", []))
     if how == "exact":
         return f"pinned values: compared bit for bit (this machine's arithmetic is the recorded one: {blas})"
-    return (f"pinned values: compared within 1e-12 of each array's magnitude (recorded on {blas or 'unknown'}; "
-            f"this machine differs)")
+    return (f"pinned values: compared within 1e-12 of each array's magnitude (recorded on "
+            f"{blas or 'unknown'}; this machine differs)")
 
 
 def pytest_report_header(config):

@@ -80,7 +80,8 @@ def test_a_change_of_one_part_in_a_billion_fails_in_either_mode(saved, exact):
     moved[key][i] += 1e-9 * np.abs(saved[key]).max()
     assert differences(saved, moved, exact) == [(key, differences(saved, moved, exact)[0][1])]
     ints = next(k for k, v in saved.items() if v.dtype.kind == "i" and v.size > 1)
-    shifted = dict(saved, **{ints: saved[ints] + (np.arange(saved[ints].size) == 0).reshape(saved[ints].shape)})
+    one = (np.arange(saved[ints].size) == 0).reshape(saved[ints].shape)
+    shifted = dict(saved, **{ints: saved[ints] + one})
     assert [k for k, _ in differences(saved, shifted, exact)] == [ints]
     assert differences(saved, saved, exact) == []
 

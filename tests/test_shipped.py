@@ -72,3 +72,35 @@ def test_load_shipped_takes_files_by_name_and_says_what_it_loaded(tmp_path, monk
     model, text = minitofe.load_shipped(method="tofe")
     assert text.startswith("fine-tuned tofe") and model.learned_keep_ratios == (0.5, 0.3, 0.2)
     assert minitofe.load_shipped(method=None)[0].tofe.method == "tofe"          # as shipped
+
+
+def _fake_distribution(monkeypatch, package_dir, site_dir):
+    """``importlib.metadata.distribution('minitofe')`` as pip records a wheel install in ``site_dir``:
+    the package (found at ``package_dir``) and the weights under ``share/minitofe/weights`` of that scheme."""
+    from importlib import metadata
+
+    class Dist:
+        files = [metadata.PackagePath("minitofe/__init__.py"),
+                 metadata.PackagePath("../../share/minitofe/weights/" + shipped.TOFE_FILE)]
+
+        def locate_file(self, f):
+            return (package_dir.parent if f.as_posix().startswith("minitofe/") else site_dir) / f
+    monkeypatch.setattr(metadata, "distribution", lambda name: Dist())
+
+
+def test_the_weights_installed_with_the_running_package_come_before_an_older_prefixs(tmp_path, monkeypatch):
+    """A ``--user`` install over an interpreter whose prefix holds an older minitofe's weights: the files
+    pip installed with the package that is running are searched before the prefix's."""
+    import sys
+    monkeypatch.delenv(shipped.ENV, raising=False)
+    old = _put(tmp_path / "prefix", shipped.TOFE_FILE)
+    new = _put(tmp_path / "user", shipped.TOFE_FILE)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    running = pathlib.Path(shipped.__file__).resolve().parents[1]
+    _fake_distribution(monkeypatch, running, tmp_path / "user" / "lib" / "site-packages")
+    dirs = shipped.weights_dirs()
+    assert shipped.installed_with_running_package() == new.parent
+    assert dirs.index(new.parent) < dirs.index(old.parent)
+    # a distribution whose package is not the one running (another copy earlier on sys.path) is not trusted
+    _fake_distribution(monkeypatch, tmp_path / "elsewhere" / "minitofe", tmp_path / "user" / "lib" / "x")
+    assert shipped.installed_with_running_package() is None

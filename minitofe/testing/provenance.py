@@ -63,5 +63,6 @@ def differences(saved, now, exact):
             scale = float(np.max(np.abs(np.nan_to_num(a)), initial=0.0))
             err = float(np.max(np.abs(np.nan_to_num(a) - np.nan_to_num(b)), initial=0.0))
             if err > FLOAT_BOUND[a.dtype] * scale:
-                bad.append((key, f"max |diff| {err:.3g} > {FLOAT_BOUND[a.dtype]:g} x max |pinned| {scale:.3g}"))
+                bound = FLOAT_BOUND[a.dtype]
+                bad.append((key, f"max |diff| {err:.3g} > {bound:g} x max |pinned| {scale:.3g}"))
     return bad
