@@ -45,7 +45,7 @@ def _panel(rgb, grid, patch, states, scale):
             sl = (slice(r * patch, (r + 1) * patch), slice(c * patch, (c + 1) * patch))
             out[sl] = (1 - ALPHA[name]) * out[sl] + ALPHA[name] * np.array(COLORS[name])
     img = Image.fromarray(out.round().astype(np.uint8)).resize(
-        (rgb.shape[1] * scale, rgb.shape[0] * scale), Image.NEAREST)
+        (rgb.shape[1] * scale, rgb.shape[0] * scale), Image.Resampling.NEAREST)
     draw, step, width = ImageDraw.Draw(img), patch * scale, max(1, scale // 4)
     for name in ("reused", "dropped"):
         if states.get(name) is None:
@@ -112,7 +112,7 @@ def render_token_maps(images, info, cfg, titles=None, scale=8):
         y = top + b * row_h
         if titles is not None:
             draw.text((pad, y + 2), _fit(draw, str(titles[b]), font, W), fill="black", font=font)
-        canvas.paste(Image.fromarray(rgb).resize((W, H), Image.NEAREST), (pad, y + line))
+        canvas.paste(Image.fromarray(rgb).resize((W, H), Image.Resampling.NEAREST), (pad, y + line))
         for s in range(S):
             x = pad + (s + 1) * (W + pad)
             draw.text((x, y + 2), _fit(draw, _stage_caption(info, s, b), font, W), fill="black", font=font)

@@ -26,6 +26,6 @@ def pytest_report_header(config):
 
 def pytest_terminal_summary(terminalreporter):
     """Also at the end, where ``-q`` (the README's command) still shows it, when the pinned tests ran."""
-    if any("test_pinned.py" in r.nodeid for key in ("passed", "failed")
+    if any(r.nodeid.split("::")[0].endswith("test_pinned.py") for key in ("passed", "failed")
            for r in terminalreporter.stats.get(key, [])):
         terminalreporter.write_line(pinned_mode_line())

@@ -69,7 +69,8 @@ def load_image_folder(root, img_size, mean, std, grey=False, crop_pct=1.0, inter
         from PIL import Image
     except ImportError:
         raise ImportError("load_image_folder needs Pillow: pip install Pillow") from None
-    resamples = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+    resamples = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
+                 "bicubic": Image.Resampling.BICUBIC}
     if interpolation not in resamples:
         raise ValueError(f"interpolation must be one of {sorted(resamples)}, got {interpolation!r}")
     C, mode = (1, "L") if grey else (3, "RGB")
@@ -114,7 +115,8 @@ def load_images(paths, img_size, mean, std, grey=False, crop_pct=1.0):
             raise ValueError(f"{p}: is a folder, not an image file")
     C = 1 if grey else 3
     mean, std = _check_transform(img_size, crop_pct, mean, std, C, "L" if grey else "RGB")
-    x = np.stack([_load_one_image(p, img_size, crop_pct, "L" if grey else "RGB", Image.BICUBIC)
+    x = np.stack([_load_one_image(p, img_size, crop_pct, "L" if grey else "RGB",
+                                  Image.Resampling.BICUBIC)
                   for p in paths])
     x = (x - mean) / std                                                # (n, H, W, C)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), dtype=np.float32)

@@ -16,6 +16,12 @@ def sample_images():
     return sorted(folder.glob("*.png"))
 
 
+def sample_labels(paths):
+    """The true Fashion-MNIST class index of each bundled sample image (its file name starts with it:
+    ``3_dress_t10k_13.png`` is class 3, a test image's own label)."""
+    return [int(pathlib.Path(p).name.split("_")[0]) for p in paths]
+
+
 def normalisation(cfg):
     """-> (mean, std) for a model of config ``cfg``: Fashion-MNIST's for grey images, else ImageNet's."""
     if cfg.in_chans == 1:
