@@ -2,9 +2,17 @@
 speed is measured by the benchmark itself, not by tests)."""
 import json
 
+import pytest
+
+from minitofe import kernels
 from minitofe.cli import main
 
+# the bench's "fast" contenders are the Numba kernels; without them its token section cannot run
+needs_fast = pytest.mark.skipif(not kernels.available(),
+                                reason="the bench's fast contenders need Numba (not installed, or MINITOFE_NO_NUMBA)")
 
+
+@needs_fast
 def test_bench_quick_json_reports_every_section(capsys):
     assert main(["bench", "--quick", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)            # exactly one JSON object on stdout
@@ -26,6 +34,7 @@ def test_bench_quick_json_reports_every_section(capsys):
         assert res["startup"][mode]["wall_s"] > 0 and res["startup"][mode]["peak_rss_mib"] > 10
 
 
+@needs_fast
 def test_contenders_run_in_processes_of_their_own_with_the_threads_asked_for():
     """``--threads N`` reaches every contender's process (BLAS and Numba report N), and each contender
     has a process of its own (distinct pids)."""
@@ -72,6 +81,7 @@ def test_the_token_section_warms_each_turn_up(monkeypatch):
     assert all(len(p) == 4 and p[3] == sections.TOKEN_WARMUP > 0 for p in plans[0])
 
 
+@needs_fast
 def test_the_token_diagnostic_moves_exactly_the_copys_bytes():
     """``fast_first`` (the fast kernels on the rows the plain copy reads) gathers what the copy copies
     and scatters back what was there, so its ratio to the copy is the loop's cost alone."""

@@ -1,7 +1,11 @@
-"""The CLI sizes BLAS threads per call: one thread for small calls unless the user chose a count."""
+"""The CLI sizes BLAS threads per call: one thread for small calls unless the user chose a count.
+
+Each test starts from a known count of two threads (``threadpool_limits``), not from this machine's
+default: on one core, or under ``OPENBLAS_NUM_THREADS=1``, the default is already one thread, and "limited
+to one, then restored" could not be told from "left alone"."""
 import numpy as np
 import pytest
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from minitofe.cli.common import BLAS_ENV, BLAS_THREADS_MIN_IMAGES, blas_threads_for
 
@@ -12,22 +16,25 @@ def _blas_threads():
 
 
 @pytest.fixture
-def no_env(monkeypatch):
+def two_threads(monkeypatch):
     for v in BLAS_ENV:
         monkeypatch.delenv(v, raising=False)
+    _blas_threads()
+    with threadpool_limits(2, user_api="blas"):
+        if _blas_threads() != {2}:
+            pytest.skip(f"this BLAS cannot be set to two threads (it reports {_blas_threads()})")
+        yield
 
 
-def test_small_calls_use_one_blas_thread_and_the_limit_is_undone(no_env):
-    before = _blas_threads()
+def test_small_calls_use_one_blas_thread_and_the_limit_is_undone(two_threads):
     with blas_threads_for(BLAS_THREADS_MIN_IMAGES - 1):
         assert _blas_threads() == {1}
-    assert _blas_threads() == before
+    assert _blas_threads() == {2}
 
 
-def test_large_calls_and_a_user_choice_are_left_alone(no_env, monkeypatch):
-    before = _blas_threads()
+def test_large_calls_and_a_user_choice_are_left_alone(two_threads, monkeypatch):
     with blas_threads_for(BLAS_THREADS_MIN_IMAGES):
-        assert _blas_threads() == before
+        assert _blas_threads() == {2}
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     with blas_threads_for(1):
-        assert _blas_threads() == before
+        assert _blas_threads() == {2}

@@ -74,8 +74,9 @@ SAVER = textwrap.dedent("""
     path = sys.argv[1]
     params = {"w": np.zeros((512, 512), np.float32)}
     opt = {"step": 0, "m": {"w": np.zeros((512, 512), np.float32)}, "v": {"w": np.zeros((512, 512), np.float32)}}
+    save_checkpoint(path, params, opt, {"step": 0})
+    print("ready", flush=True)                   # a whole checkpoint is there: every kill has one to keep
     i = 0
-    print("ready", flush=True)
     while True:
         i += 1
         params["w"][:] = i
@@ -84,6 +85,8 @@ SAVER = textwrap.dedent("""
 
 
 def test_killed_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
+    """Killed at three moments after its first checkpoint (the saver says "ready" once one is written, so
+    a slow machine cannot be killed before there is a checkpoint to keep)."""
     path = tmp_path / "ckpt.npz"
     for delay in (0.3, 0.55, 0.8):
         proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
@@ -99,6 +102,8 @@ def test_killed_during_a_save_leaves_the_previous_checkpoint_intact(tmp_path):
 
 
 def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
+    """Ctrl-C once training has logged a step (its SIGINT handler is in place by then, however long the
+    start took on this machine): a checkpoint, exit code 0."""
     model = minitofe.new_model(CFG, minitofe.ToFeConfig(stages=(0,), keep_ratios=(0.5,)),
                                np.random.default_rng(0), np.float32)
     minitofe.save_model(str(tmp_path / "init.npz"), model)
@@ -116,7 +121,11 @@ def test_ctrl_c_checkpoints_and_resume_finishes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)
+    log, deadline = tmp_path / "run" / "log.jsonl", time.monotonic() + 120
+    while not (log.exists() and log.read_text().strip()) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.communicate()[1]            # it must still be training
+    assert log.exists(), "training logged no step within 120 s"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err

@@ -1,10 +1,18 @@
 """The trainer has glibc keep freed memory for reuse (``minitofe.heap``), in a process of its own
-here, as it changes that process's ``malloc`` for good."""
+here, as it changes that process's ``malloc`` for good.
+
+Page-fault counts are machine-dependent: NumPy asks for transparent huge pages on large arrays, so a fresh
+80 MB array costs ~20 000 faults with 4 KiB pages and a few dozen with 2 MiB ones. So the tests hold
+"none" (memory kept) against "some" (fresh pages), measured in a plain process on this machine first: where
+that plain process already gets no fresh pages (glibc tuned by ``GLIBC_TUNABLES`` / ``MALLOC_*``), the
+comparison means nothing and the tests skip, saying so."""
 import platform
 import subprocess
 import sys
 
 import pytest
+
+from minitofe import kernels
 
 SCRIPT = """
 import resource, sys
@@ -36,16 +44,25 @@ def _faults(mode):
     return int(done.stdout.split()[-1])
 
 
+def _plain_process_gets_fresh_pages():
+    if _faults("plain") == 0:
+        pytest.skip("a plain process here already reuses freed memory (malloc tuned by GLIBC_TUNABLES / "
+                    "MALLOC_*?): nothing to tell keeping from not keeping")
+
+
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_freed_arrays_are_reused_without_fresh_pages():
     """An array freed and made again at the same size (4 MB to 80 MB): fresh, zeroed pages from the
-    system by default (hundreds of page faults), none once the freed memory is kept."""
+    system by default (page faults: how many depends on the page size), none once the freed memory is
+    kept."""
+    _plain_process_gets_fresh_pages()
     assert _faults("keep") == 0
-    assert _faults("plain") > 100
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+@pytest.mark.skipif(not kernels.available(), reason="the fast path needs Numba (not installed, or "
+                    "MINITOFE_NO_NUMBA is set)")
 def test_the_fast_inference_path_keeps_freed_memory_and_the_reference_leaves_malloc_alone():
-    pytest.importorskip("numba")
+    _plain_process_gets_fresh_pages()
     assert _faults("fast") == 0
-    assert _faults("reference") > 100
+    assert _faults("reference") > 0

@@ -7,9 +7,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-pytest.importorskip("numba")
-
 import minitofe.kernels as kernels                                       # noqa: E402
+
+if not kernels.available():         # Numba not installed, or MINITOFE_NO_NUMBA set: no fast kernels to test
+    pytest.skip("the fast kernels need Numba (not installed, or MINITOFE_NO_NUMBA is set)", allow_module_level=True)
+
 from minitofe.config import ViTConfig                                    # noqa: E402
 from minitofe.testing.fakedevice import to_device                        # noqa: E402
 from minitofe.nn import attention, block, layers                         # noqa: E402
@@ -67,6 +69,11 @@ def test_numba_runs_on_the_workqueue_layer_unless_the_user_chose_one(user_layer)
             "k = ops(True, like=x); k.gelu_backward(x, k.gelu_forward(x)[1])  # a parallel kernel\n"
             "print(numba.threading_layer())")
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_THREADING_LAYER"}
+    if user_layer == "omp":
+        try:                                            # Numba's OpenMP layer needs an OpenMP runtime
+            from numba.np.ufunc import omppool          # noqa: F401
+        except ImportError as e:
+            pytest.skip(f"Numba's OpenMP threading layer cannot load here ({e})")
     if user_layer:
         env["NUMBA_THREADING_LAYER"] = user_layer
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)

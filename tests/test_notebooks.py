@@ -45,6 +45,8 @@ def test_notebook_runs(path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
     nb = _read(path)
+    if any("matplotlib" in c.source for c in nb.cells if c.cell_type == "code"):
+        pytest.importorskip("matplotlib")             # the notebooks that draw (the ``notebooks`` extra)
     monkeypatch.setenv("MPLBACKEND", "Agg")           # the kernel inherits this process's environment
     # OpenBLAS's default of one thread per core slows the small matmuls here 10-20x on a busy machine
     # (threads spin waiting for each other); one thread keeps each notebook well under a minute.

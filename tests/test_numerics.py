@@ -42,6 +42,10 @@ def test_gumbel_extreme_noise_and_tiny_tau():
 
 
 def test_same_seed_gives_bitwise_identical_weights(tmp_path):
+    """Two trainings in one process, on the default (fast where Numba is installed) path: bit for bit, as
+    they make the same calls on the same arrays with the same kernels; this tiny model stays below every
+    size at which the fast path would split work over threads (``kernels.threads``), so the machine's load
+    changes nothing. A claim for one machine: another CPU's BLAS kernel may round differently."""
     cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=3, num_heads=2,
                     mlp_ratio=2.0)
     tcfg = minitofe.ToFeConfig(stages=(1, 2), keep_ratios=(0.5, 0.5))

@@ -36,6 +36,10 @@ def _tcfg(tmp_path, name, **kw):
 
 @pytest.mark.parametrize("method", ["tofe", "dense"])
 def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, method):
+    """Bit for bit within one machine (here one process): the checkpoint holds every float of the state
+    exactly (weights, optimizer moments, step; the batch order and the Gumbel noise are drawn afresh from
+    the seed and the epoch / step), and the resumed steps make the same calls on the same arrays with the
+    same BLAS kernel. Across machines the bits are not compared (another CPU's kernel rounds differently)."""
     data = _data()
     teacher = _model().backbone_params()
     full = train(_model(method), teacher, data, data, _tcfg(tmp_path, "full"), progress=False)

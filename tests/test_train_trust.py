@@ -167,6 +167,10 @@ def _steps_logged(out):
 @pytest.mark.parametrize("data", ["folder", "fashion-mnist"])
 @pytest.mark.parametrize("dtype, fast", [("float32", "--fast"), ("float64", "--no-fast")])
 def test_kill_9_at_a_random_point_then_resume_is_bit_identical(tmp_path, data, dtype, fast):
+    """An uninterrupted run and a killed-then-resumed one, three processes on this machine: bit for bit,
+    because they share the NumPy, BLAS kernel and Numba, and the thread counts are pinned to one
+    (``_cli``) so that no reduction is split differently. A claim for one machine: another CPU's kernels
+    round differently (``minitofe.testing.provenance``), so the bits are never compared across machines."""
     if data == "folder":
         init, source = tmp_path / "init.npz", ["--data", _image_folder(tmp_path / "data")]
         minitofe.save_model(init, _model("dense", np.float32))
