@@ -119,3 +119,12 @@ def test_fresh_process_peak_memory_is_the_commands_own():
     assert ballast.sum() > 0
     assert idle < 150, idle
     assert busy >= 200, busy
+
+
+def test_without_numba_the_token_section_compares_the_reference_with_a_copy(capsys, monkeypatch):
+    """The fast gather / scatter are Numba's: without them the section runs without its fast rows (it
+    stopped with an AttributeError from the worker)."""
+    monkeypatch.setenv("MINITOFE_NO_NUMBA", "1")
+    assert main(["bench", "--quick", "--json", "--sections", "tokens"]) == 0
+    tokens = json.loads(capsys.readouterr().out)["tokens"]
+    assert tokens["gather_reference_vs_copy"]["median"] > 0 and "gather_fast_ms" not in tokens

@@ -95,7 +95,8 @@ def test_the_mode_is_exact_only_on_the_recorded_arithmetic(pinned):
     assert FLOAT_BOUND[np.dtype(np.float64)] <= 1e-12
 
 
-@pytest.mark.skipif(fast_kernels() is None, reason="Numba is not installed")
+@pytest.mark.skipif(fast_kernels() is None,
+                    reason="the fast kernels need Numba (not installed, or MINITOFE_NO_NUMBA set)")
 @pytest.mark.parametrize("case", [c[0] for c in make_pinned.TRAIN_CASES])
 def test_fast_path_matches_the_pinned_values(saved, case):
     out, dimages, grads = make_pinned.train_case(case, hard=True, fast=True)
