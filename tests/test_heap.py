@@ -45,9 +45,12 @@ def _faults(mode):
 
 
 def _plain_process_gets_fresh_pages():
-    if _faults("plain") == 0:
+    """-> the page faults of a plain process (skips where there are none to tell keeping from not)."""
+    plain = _faults("plain")
+    if plain == 0:
         pytest.skip("a plain process here already reuses freed memory (malloc tuned by GLIBC_TUNABLES / "
                     "MALLOC_*?): nothing to tell keeping from not keeping")
+    return plain
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -63,6 +66,7 @@ def test_freed_arrays_are_reused_without_fresh_pages():
 @pytest.mark.skipif(not kernels.available(), reason="the fast path needs Numba (not installed, or "
                     "MINITOFE_NO_NUMBA is set)")
 def test_the_fast_inference_path_keeps_freed_memory_and_the_reference_leaves_malloc_alone():
-    _plain_process_gets_fresh_pages()
-    assert _faults("fast") == 0
-    assert _faults("reference") > 0
+    plain = _plain_process_gets_fresh_pages()
+    # a handful of faults may remain (Numba 0.59 with NumPy 1.24: 3 of ~1900): the arrays' pages are kept
+    assert _faults("fast") * 20 < plain
+    assert _faults("reference") * 2 > plain
