@@ -37,8 +37,8 @@ def conversion_note(paths, cfg):
         return None
     kind = "grey" if cfg.in_chans == 1 else "RGB"
     listed = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
-    which = "the image" if len(paths) == 1 else f"{len(odd)} of {len(paths)} images"
-    return (f"note: {which} ({listed}) {'was' if len(odd) == 1 else 'were'} resized to "
+    which = listed if len(paths) == 1 else f"{len(odd)} of {len(paths)} images ({listed})"
+    return (f"note: {which} {'was' if len(odd) == 1 else 'were'} resized to "
             f"{cfg.img_size}x{cfg.img_size} {kind} for this {cfg.num_classes}-class model")
 
 

@@ -14,6 +14,8 @@ def start_modules(base, tcfg, o, dtype):
     come from or None). ``base``: the ``--init`` model; ``o``: the run's options."""
     from ..tofe.params import init_tofe_params
     theirs = {k: v for k, v in base.params.items() if k.startswith("tofe.")}
+    if not (tcfg.trainable or tcfg.method == "dense"):
+        return {}, None, None                    # idle, evit-drop: the trainer refuses them, saying why
     if theirs and not o["fresh_modules"]:
         check_modules_fit(base, tcfg, theirs, o["init"])
         line = (f"ToFe modules: continuing from the trained {base.tofe.method} modules of {o['init']}"
