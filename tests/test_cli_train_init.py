@@ -110,8 +110,9 @@ def test_fresh_modules_start_as_before_and_another_teacher_is_named(files, capsy
      r"its ToFe modules are for stages starting at blocks \[1, 2, 3\], these options ask for \[1, 2\]: pass "
      r"--stages 1 2 3 to continue them, or --fresh-modules"),
     (["--approx-reduction", "2"], r"ToFe module tofe.approx.0.fc1.bias is \(2,\) in the file, these options "
-                                  r"need \(4,\) \(the file's modules were made with --approx-reduction 4.*"
-                                  r"pass --fresh-modules"),
+                                  r"need \(4,\) \(the file's modules were made with --approx-reduction 4, "
+                                  r"these options ask for 2\): pass --approx-reduction 4 to continue them, or "
+                                  r"--fresh-modules"),
 ])
 def test_modules_that_do_not_fit_are_refused_naming_what_differs(files, capsys, started, extra, message):
     code, _, err = run(capsys, args_for(files, *extra))

@@ -26,7 +26,7 @@ def add_train(sub):
     opt("--init", "initial weights (backbone .safetensors / .npz, or a ToFe model .npz whose trained modules "
                   "are continued); its backbone is the frozen teacher unless --teacher is given")
     opt("--teacher", "weights whose backbone is the frozen dense teacher, e.g. the dense backbone a ToFe "
-                     "--init file was fine-tuned from (None: the --init file's backbone)")
+                     "--init file was fine-tuned from; None: the --init file's backbone")
     opt("--fresh-modules", "new ToFe modules even when the --init file has trained ones that fit",
         action=argparse.BooleanOptionalAction)
     opt("--model", "preset a timm-layout --init file must match (.npz files carry their config)")

@@ -49,11 +49,12 @@ def check_modules_fit(base, tcfg, theirs, init):
     for key in sorted(set(want) | set(theirs)):
         have = tuple(theirs[key].shape) if key in theirs else None
         if have != want.get(key):
-            hint = (f" (the file's modules were made with --approx-reduction {base.tofe.approx_reduction}, "
-                    f"these options ask for {tcfg.approx_reduction})"
-                    if base.tofe.approx_reduction != tcfg.approx_reduction else "")
+            r = base.tofe.approx_reduction
+            hint = (f" (the file's modules were made with --approx-reduction {r}, these options ask for "
+                    f"{tcfg.approx_reduction}): pass --approx-reduction {r} to continue them, or"
+                    if r != tcfg.approx_reduction else ": pass")
             raise ValueError(f"{init}: ToFe module {key} is {have or 'missing'} in the file, these options "
-                             f"need {want.get(key) or 'no such key'}{hint}: pass {FRESH}")
+                             f"need {want.get(key) or 'no such key'}{hint} {FRESH}")
 
 
 def start_teacher(base, o, dtype):
