@@ -86,8 +86,9 @@ def load_shipped(method="tofe", rng=None, dtype=None, random_fallback=True):
     if tofe_path is not None:
         model = load_model(tofe_path, dtype=dtype)
         if method in (None, model.tofe.method):
+            ratios = ", ".join(f"{r:.3f}" for r in model.learned_keep_ratios or ())   # for a person to read
             return model, (f"fine-tuned {model.tofe.method} weights {tofe_path} (learned keep ratios "
-                           f"{model.learned_keep_ratios})")
+                           f"({ratios}))")
     tofe = ToFeConfig(method="idle" if method is None else method)
     if backbone_path is not None:
         timm_layout = backbone_path.suffix != ".npz"

@@ -122,7 +122,7 @@ def uniform_ratios(budget):
 def method_flags(method, budget):
     if method == "dense":
         return ["--method", "dense"]
-    flags = ["--method", method, "--target", str(budget)]
+    flags = ["--method", method, "--budget", str(budget)]
     if method == "tofe-uniform":
         flags += ["--keep-ratios", *(f"{r:.6f}" for r in uniform_ratios(budget))]
     return flags
@@ -241,7 +241,8 @@ def environment(env=None):
 def job_fields(run_dir, phase, name, flags):
     """A job's record before it runs: what it is and how it was asked for."""
     method = flags[flags.index("--method") + 1]
-    budget = float(flags[flags.index("--target") + 1]) if "--target" in flags else 1.0
+    flag = next((f for f in ("--budget", "--target") if f in flags), None)     # --target: its old name
+    budget = float(flags[flags.index(flag) + 1]) if flag else 1.0
     fields = {"method": method, "budget": budget, "seed": int(flags[flags.index("--seed") + 1]),
               "flags": flags, "common_flags": COMMON, "batch": BATCH}
     if phase == "final":

@@ -130,12 +130,29 @@ def test_every_option_of_every_subcommand_has_help_and_shows_its_default():
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     missing = []
     for name, parser in sub.choices.items():
+        shown = {a.dest for a in parser._actions if a.help != argparse.SUPPRESS}
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
             flag, text = (action.option_strings or [action.dest])[0], action.help or ""
+            if text == argparse.SUPPRESS and action.dest in shown:
+                continue                     # a hidden old name of a shown option (train --target)
             if not text or text == argparse.SUPPRESS:
                 missing.append(f"{name} {flag}: no help")
             elif action.default not in (None, False) and "default" not in text.lower():
                 missing.append(f"{name} {flag}: default {action.default!r} not shown")
     assert len(sub.choices) >= 9 and not missing, missing
+
+
+@pytest.mark.parametrize("name", ["demo", "predict", "viz", "eval", "bench"])
+def test_model_commands_and_bench_describe_what_they_do_read_and_print(name):
+    """``minitofe COMMAND --help`` says what the command does, what it reads by default and what it prints
+    (argparse shows a parser's ``description``, never its ``help``, there)."""
+    import argparse
+    from minitofe.cli import build_parser
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join((sub.choices[name].description or "").split())
+    assert len(text) > 200 and "Prints" in text, text
+    assert "default" in text or name == "bench"
+    if name == "bench":
+        assert "6 minutes on 2 cores" in text and "--quick" in text and "--sections" in text

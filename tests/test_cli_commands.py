@@ -2,6 +2,7 @@
 image files through Pillow, tiny IDX data sets); exit codes and messages on bad input."""
 import gzip
 import json
+import re
 import struct
 
 import numpy as np
@@ -154,3 +155,124 @@ def test_unreadable_image(tmp_path, capsys, weights):
     bad.write_bytes(b"not an image")
     code, _, err = run(capsys, "predict", bad, "--weights", weights)
     assert code == 2 and "bad.png: unreadable image" in err
+
+
+@pytest.fixture
+def fm_root(tmp_path):
+    """Fake Fashion-MNIST IDX files: 8 training and 4 test images."""
+    rng = np.random.default_rng(3)
+    root = tmp_path / "fm"
+    root.mkdir()
+    for split, n in (("train", 8), ("t10k", 4)):
+        pixels = rng.integers(0, 255, (n, 28, 28)).astype(np.uint8)
+        _idx(root / f"{split}-images-idx3-ubyte.gz", pixels, 0x803)
+        _idx(root / f"{split}-labels-idx1-ubyte.gz", rng.integers(0, 10, n).astype(np.uint8), 0x801)
+    return root
+
+
+def budget_argv(command, weights, images, tmp_path, fm_root):
+    """The shortest run of each command that takes --budget, on the test's weights."""
+    w = ["--weights", weights]
+    return {"predict": ["predict", images[0], *w], "viz": ["viz", images[0], *w, "--out", tmp_path / "v.png"],
+            "eval": ["eval", *w, "--data-root", fm_root, "--no-progress"],
+            "demo": ["demo", *w, "--out", tmp_path / "d.png"]}[command]
+
+
+@pytest.mark.parametrize("command", ["predict", "viz", "eval", "demo"])
+@pytest.mark.parametrize("budget", ["1.5", "-0.2", "0"])
+def test_a_budget_outside_0_1_is_refused_naming_the_value_and_the_range(tmp_path, capsys, weights, images,
+                                                                       fm_root, command, budget):
+    """More than the dense MACs cannot be asked of a reduction (1.5 used to run at 101 %)."""
+    argv = budget_argv(command, weights, images, tmp_path, fm_root)
+    code, out, err = run(capsys, *argv, "--budget", budget)
+    assert code == 2 and not out
+    want = f"--budget {float(budget)}: the budget must be a fraction of the dense MACs in (0, 1]"
+    assert err.startswith(f"minitofe: error: {want}"), err
+
+
+def test_a_budget_below_the_floor_is_refused_naming_the_floor(capsys, weights, images):
+    """The dense block before the first stage, the selectors and approximators, and one kept token per stage
+    cost MACs that no keep ratio takes away."""
+    from minitofe.tofe.budget import topk_macs
+    from minitofe.tofe.macs import dense_macs
+    model = minitofe.load_model(weights)
+    floor = topk_macs(CFG, model.tofe, [1 / CFG.num_patches] * 3) / dense_macs(CFG)
+    code, _, err = run(capsys, "predict", images[0], "--weights", weights, "--budget", "0.05")
+    assert code == 2 and err.startswith("minitofe: error: --budget 0.05: ") and f"{floor:.3f}" in err
+    assert "the 1 dense block before the first stage" in err
+    code, _, err = run(capsys, "predict", images[0], "--weights", weights, "--budget", f"{floor + 0.01:.3f}")
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("command", ["predict", "viz", "eval", "demo"])
+def test_a_realised_budget_off_the_asked_one_gets_a_note(tmp_path, capsys, weights, images, fm_root,
+                                                         command):
+    """The dense method keeps every token: asked 50 %, it realises 100 %, and says so; topk at 50 % meets
+    the budget (within a point) and says nothing."""
+    argv = budget_argv(command, weights, images, tmp_path, fm_root)
+    if command == "demo":                          # demo runs the weights' own method: a dense file
+        model = minitofe.load_model(weights)
+        minitofe.save_model(tmp_path / "dense.npz", minitofe.Model(model.backbone_params(), CFG,
+                                                                   minitofe.ToFeConfig(method="dense")))
+        argv[argv.index(weights)] = tmp_path / "dense.npz"
+    else:
+        argv += ["--method", "dense"]
+    code, out, err = run(capsys, *argv, "--budget", "0.5")
+    note = "note: asked for a budget of 50.0 % of the dense MACs, realised 100.0 % (the dense method"
+    assert code == 0 and note in out, err
+    if command != "demo":
+        code, out, err = run(capsys, *argv[:-2], "--budget", "0.5")
+        assert code == 0 and "note: asked for a budget" not in out, err
+    if command in ("predict", "eval"):
+        code, out, _ = run(capsys, *argv, "--budget", "0.5", "--json")
+        assert json.loads(out)["note"].startswith(note)
+
+
+def test_threshold_inference_says_what_it_realised(capsys):
+    """The shipped model's threshold rule keeps a per-image count: at --budget 0.5 this image costs 61 %."""
+    from minitofe.data.inputs import sample_images
+    image = sample_images()[0]
+    code, out, err = run(capsys, "predict", image, "--inference", "threshold", "--budget", "0.5", "--json")
+    assert code == 0, err
+    res = json.loads(out)
+    realised = res["predictions"][0]["macs_ratio"]
+    assert abs(realised - 0.5) > 0.01 and res["budget"] == 0.5
+    assert f"asked for a budget of 50.0 % of the dense MACs, realised {100 * realised:.1f} %" in res["note"]
+    code, out, _ = run(capsys, "predict", image, "--inference", "threshold", "--budget", "0.5")
+    assert f"realised {100 * realised:.1f} % (threshold inference keeps a count of tokens per image" in out
+
+
+def test_a_dense_run_says_which_backbone_it_is(tmp_path, capsys, weights, images, fm_root):
+    """A ToFe model's dense run is its own (fine-tuned) backbone with the modules off, not the dense file
+    it was fine-tuned from; a dense file is itself."""
+    model = minitofe.load_model(weights)
+    model.learned_keep_ratios = (0.6, 0.3, 0.1)
+    minitofe.save_model(tmp_path / "tuned.npz", model)
+    minitofe.save_model(tmp_path / "dense.npz", minitofe.Model(model.backbone_params(), CFG,
+                                                               minitofe.ToFeConfig(method="dense")))
+    tuned = f"the fine-tuned backbone of {tmp_path / 'tuned.npz'} (its tofe modules off)"
+    for name, want in (("tuned.npz", tuned), ("dense.npz", f"{tmp_path / 'dense.npz'} (a dense backbone)")):
+        w = ["--weights", tmp_path / name, "--method", "dense"]
+        code, out, err = run(capsys, "eval", *w, "--data-root", fm_root, "--json")
+        assert code == 0 and json.loads(out)["backbone"] == want, err
+        code, out, _ = run(capsys, "eval", *w, "--data-root", fm_root, "--no-progress")
+        assert f"dense run: {want}" in out.splitlines()
+        code, out, _ = run(capsys, "predict", images[0], *w, "--json")
+        assert json.loads(out)["backbone"] == want
+        code, out, _ = run(capsys, "predict", images[0], *w)
+        assert f"dense run: {want}" in out.splitlines()
+
+
+def test_counts_of_one_are_singular_and_ratios_have_3_decimals(tmp_path, capsys, weights, images, fm_root):
+    code, out, _ = run(capsys, "viz", images[1], "--weights", weights, "--out", tmp_path / "v.png")
+    assert code == 0 and "(1 image, method tofe" in out
+    code, out, _ = run(capsys, "eval", "--weights", weights, "--data-root", fm_root, "--limit", "1",
+                       "--no-progress")
+    assert code == 0 and " on 1 image, " in out
+    code, out, _ = run(capsys, "predict", images[1], "--weights", weights)
+    assert "note: img1.png (40x30 RGB) was resized to 28x28 grey for this 10-class model" in out
+    code, out, _ = run(capsys, "predict", *images[:2], "--weights", weights)
+    assert "note: 1 of 2 images (img1.png (40x30 RGB)) was resized" in out
+    code, out, _ = run(capsys, "predict", images[0])                          # the shipped ToFe model
+    weights_line = out.splitlines()[0]
+    assert code == 0 and re.search(r"learned keep ratios \((\d\.\d{3}, ){2}\d\.\d{3}\)\)$", weights_line)

@@ -160,7 +160,7 @@ def test_every_remedys_flags_reach_the_trainer_over_the_shared_ones(tmp_path, mo
             assert args.lam == float(remedy[remedy.index("--lam") + 1]) != shared
         if "--stages" in remedy:
             assert list(args.stages) == [int(s) for s in remedy[remedy.index("--stages") + 1:]]
-        assert args.target == float(name.split("_")[1]) / 100
+        assert args.budget == float(name.split("_")[1]) / 100
 
 
 def test_the_compute_table_sums_each_phases_steps_once(tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_a_remedy_kept_on_val_gets_tofes_other_seeds_at_that_budget(tmp_path, mo
     assert [name for _, name, _ in jobs] == [f"tofe-early_35_s{seed}" for seed in X.SEEDS if seed]
     for phase, name, flags in jobs:
         args = build_parser().parse_args(X.train_cmd(tmp_path, phase, name, flags)[3:])
-        assert (args.seed, args.target, tuple(args.stages)) == (int(name[-1]), 0.35, (1, 2, 3))
+        assert (args.seed, args.budget, tuple(args.stages)) == (int(name[-1]), 0.35, (1, 2, 3))
 
 
 def test_a_run_with_only_one_method_keeps_the_other_methods_recipes(tmp_path, monkeypatch):
@@ -260,3 +260,15 @@ def test_every_run_leaves_a_record_that_a_rerun_is_compared_with(tmp_path, monke
     X.records(tmp_path / "native", against=tmp_path / "haswell")
     row = [line for line in capsys.readouterr().out.splitlines() if "final/tofe_50_s0" in line]
     assert len(row) == 1 and "91.00" in row[0] and "90.00" in row[0]
+
+
+def test_a_jobs_budget_is_read_from_budget_or_its_old_name_target(tmp_path, monkeypatch):
+    """Train commands say ``--budget``; flags written before the rename say ``--target``: a job's record
+    reads either (the dense control, with neither, is at 1.0)."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    assert X.method_flags("tofe", 0.35)[2:4] == ["--budget", "0.35"]
+    for flag in ("--budget", "--target"):
+        fields = X.job_fields(tmp_path, "search", "tofe_35_s1", ["--method", "tofe", flag, "0.35", "--seed", "1"])
+        assert fields["budget"] == 0.35
+    assert X.job_fields(tmp_path, "search", "dense_s0", ["--method", "dense", "--seed", "0"])["budget"] == 1.0

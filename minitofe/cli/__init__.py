@@ -30,10 +30,10 @@ from ..validate.cli import add_compare, add_golden, run_compare, run_golden
 
 
 def add_bench(sub):
-    from ..bench import add_arguments
+    from ..bench import DESCRIPTION, add_arguments
     p = sub.add_parser("bench", help="speed: reference vs fast vs timm, ToFe vs dense, gather/scatter, "
                                      "training step, start-up (each contender in a process of its own, "
-                                     "interleaved rounds, medians and ratios)")
+                                     "interleaved rounds, medians and ratios)", description=DESCRIPTION)
     add_arguments(p)
     p.set_defaults(bench_error=p.error)
 

@@ -13,32 +13,91 @@ import time
 
 
 def load_for_inference(weights=None, random_fallback=False, model=None, heads=None):
-    """-> (model, source text). ``weights``: a path, or None for the shipped ones (with
-    ``random_fallback``, random weights when none are found, said in the source text). ``model`` /
-    ``heads``: the preset name or head count a timm file (.safetensors / .pth) needs."""
+    """-> (model, source text, the weights' name: the path given, the shipped file's name, or None for
+    random weights). ``weights``: a path, or None for the shipped ones (with ``random_fallback``, random
+    weights when none are found, said in the source text). ``model`` / ``heads``: the preset name or head
+    count a timm file (.safetensors / .pth) needs."""
     import minitofe
     if weights:
         loaded = minitofe.load_model(weights, model=model, num_heads=heads)
         if not loaded.cfg.num_classes:
             raise ValueError(f"{weights}: a backbone without classifier head (num_classes=0); this command "
                              f"classifies images (features in Python: minitofe.nn.vit.vit_forward_features)")
-        return loaded, str(weights)
+        return loaded, str(weights), str(weights)
     try:
-        return minitofe.load_shipped(method=None, random_fallback=random_fallback)
+        loaded, source = minitofe.load_shipped(method=None, random_fallback=random_fallback)
     except ValueError as e:
         raise ValueError(f"{e}; pass --weights FILE") from None
+    return loaded, source, shipped_name()
+
+
+def shipped_name():
+    """The name of the file ``load_shipped(method=None)`` loads (the ToFe model when shipped, else the
+    backbone), or None when there is neither."""
+    from ..io.shipped import BACKBONE_FILE, TOFE_FILE, find_shipped
+    path = find_shipped(TOFE_FILE) or find_shipped(BACKBONE_FILE)
+    return path.name if path is not None else None
+
+
+def backbone_text(model, name, method):
+    """Which backbone a run of ``method`` uses: a ToFe model's own (fine-tuned) backbone, for the dense
+    method with its modules off, is not the dense backbone file it was fine-tuned from."""
+    name = name or "random weights"
+    if not any(k.startswith("tofe.") for k in model.params):
+        return f"{name} (a dense backbone)"
+    tuned = "fine-tuned " if model.learned_keep_ratios is not None else ""
+    off = f" (its {model.tofe.method} modules off)" if method == "dense" else ""
+    return f"the {tuned}backbone of {name}{off}"
 
 
 def budget_ratios(model, method, budget):
     """Keep ratios for ``method`` at ``budget`` x dense MACs (None when no budget is asked for): the
     learned profile scaled, for methods that learn their ratios and have recorded them; the config's
-    otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally)."""
+    otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally). A budget outside (0, 1], or
+    below the cheapest setting of the method on this model, is refused."""
     from ..tofe.budget import ratios_for_budget
-    tcfg = model.tofe.replace(method=method)
-    if budget is None or method == "dense":
+    if budget is None:
         return None
+    if not 0.0 < budget <= 1.0:
+        raise ValueError(f"--budget {budget}: the budget must be a fraction of the dense MACs in (0, 1] "
+                         f"(1: as many MACs as the dense model), got {budget}")
+    if method == "dense":
+        return None
+    tcfg = model.tofe.replace(method=method)
     base = model.learned_keep_ratios if (tcfg.learned_ratios and model.learned_keep_ratios) else None
-    return ratios_for_budget(model.cfg, tcfg, budget, base)
+    try:
+        return ratios_for_budget(model.cfg, tcfg, budget, base)
+    except ValueError as e:          # below the floor: the blocks before the first stage run dense, and
+        first = tcfg.resolved_stages(model.cfg.depth)[0]       # the method's own modules cost MACs too
+        raise ValueError(f"--budget {budget}: {e}; that floor is the {plural(first, 'dense block')} before "
+                         f"the first stage, the {method} selection's own MACs and one token kept per "
+                         f"stage") from None
+
+
+def budget_note(budget, realised, method, inference=None):
+    """A note when the realised MACs (a fraction of dense, averaged over the images) are more than one
+    point off the asked ``budget``, saying why; None when no budget was asked or it was met."""
+    if budget is None or abs(realised - budget) <= 0.01:
+        return None
+    if method == "dense":
+        why = "the dense method keeps every token; --budget applies to the reduction methods"
+    elif inference == "threshold":
+        why = ("threshold inference keeps a count of tokens per image; the budget sets the keep ratios of "
+               "topk, which meets it")
+    else:
+        why = "the keep ratios move in whole tokens per stage"
+    return (f"note: asked for a budget of {100 * budget:.1f} % of the dense MACs, realised "
+            f"{100 * realised:.1f} % ({why})")
+
+
+def plural(n, word):
+    """'1 image', '2 images', '0 images' (English nouns that take an s)."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def ratios_text(ratios):
+    """Keep ratios for a person to read, 3 decimals: '(0.607, 0.330, 0.133)'."""
+    return "(" + ", ".join(f"{r:.3f}" for r in ratios) + ")"
 
 
 # Below this many images per call the matmuls are too small to repay waking BLAS threads, and on a busy
@@ -90,6 +149,7 @@ def add_weights_args(p):
 
 
 def load_args(args, random_fallback=False):
+    """``load_for_inference`` with the command's --weights / --model / --heads -> (model, source, name)."""
     return load_for_inference(args.weights, random_fallback, args.model, args.heads)
 
 

@@ -6,13 +6,18 @@ import pathlib
 
 import numpy as np
 
-from .common import (add_fast_arg, add_model_args, add_weights_args, blas_threads_for, budget_ratios,
-                     first_images, load_args, pick_fast, run_model)
+from .common import (add_fast_arg, add_model_args, add_weights_args, backbone_text, blas_threads_for,
+                     budget_note, budget_ratios, first_images, load_args, pick_fast, plural, run_model)
 from ..data.inputs import class_names, normalisation, read_images, sample_images
 
 
 def add_predict(sub):
-    p = sub.add_parser("predict", help="classify image files (any format Pillow reads)")
+    p = sub.add_parser("predict", help="classify image files (any format Pillow reads)",
+                       description="Classify image files (any format Pillow reads; each is resized and "
+                                   "converted to what the model takes, said in a note) with ToFe or another "
+                                   "--method. Weights: --weights FILE, default the shipped fine-tuned ToFe "
+                                   "model. Prints one line per image: class, probability, MACs and their "
+                                   "share of the dense model's; --json: one JSON object.")
     p.add_argument("images", nargs="+", help="image files")
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -32,37 +37,43 @@ def conversion_note(paths, cfg):
         return None
     kind = "grey" if cfg.in_chans == 1 else "RGB"
     listed = ", ".join(odd[:3]) + (", ..." if len(odd) > 3 else "")
-    return (f"note: {len(odd)} of {len(paths)} images ({listed}) "
-            f"were resized to {cfg.img_size}x{cfg.img_size} {kind} for this {cfg.num_classes}-class model")
+    which = listed if len(paths) == 1 else f"{len(odd)} of {len(paths)} images ({listed})"
+    return (f"note: {which} {'was' if len(odd) == 1 else 'were'} resized to "
+            f"{cfg.img_size}x{cfg.img_size} {kind} for this {cfg.num_classes}-class model")
 
 
 def classify(args, paths):
     """The shared part of ``predict`` and ``viz``: load the weights, read ``paths``, run the model with
     the command's method / budget / inference / fast flags -> (model, source, images, logits, info, seconds,
-    class names, kernels: "fast" or "reference")."""
+    class names, kernels: "fast" or "reference", the note when the budget was not met, the backbone run)."""
     from ..kernels import use_fast
-    model, source = load_args(args)
+    model, source, name = load_args(args)
     x = read_images(paths, model)
     fast = use_fast(pick_fast(args.fast, len(x)), x)
-    logits, info, seconds, _ = run_model(model, x, args.method, args.budget, args.inference, fast)
-    return model, source, x, logits, info, seconds, class_names(model.cfg), "fast" if fast else "reference"
+    method = args.method or model.tofe.method
+    logits, info, seconds, _ = run_model(model, x, method, args.budget, args.inference, fast)
+    note = budget_note(args.budget, float(np.mean(info["macs_ratio"])), method, args.inference)
+    return (model, source, x, logits, info, seconds, class_names(model.cfg), "fast" if fast else "reference",
+            note, backbone_text(model, name, method))
 
 
 def run_predict(args):
-    model, source, _, logits, info, seconds, names, path = classify(args, args.images)
+    model, source, _, logits, info, seconds, names, path, budget, backbone = classify(args, args.images)
     probs = np.exp(logits - logits.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
     rows = [{"image": str(path), "class": names[int(k)], "index": int(k), "prob": float(probs[i, k]),
              "macs": float(info["macs"][i]), "macs_ratio": float(info["macs_ratio"][i])}
             for i, (path, k) in enumerate(zip(args.images, logits.argmax(1)))]
+    notes = [n for n in (conversion_note(args.images, model.cfg), budget) if n]
     if args.json:
-        print(json.dumps({"weights": source, "method": args.method or model.tofe.method, "seconds": seconds,
-                          "kernels": path, "note": conversion_note(args.images, model.cfg),
-                          "predictions": rows}))
+        print(json.dumps({"weights": source, "method": args.method or model.tofe.method, "backbone": backbone,
+                          "budget": args.budget, "seconds": seconds, "kernels": path,
+                          "note": "; ".join(notes) or None, "predictions": rows}))
         return 0
     print(f"weights: {source}")
-    note = conversion_note(args.images, model.cfg)
-    if note:
+    if (args.method or model.tofe.method) == "dense":
+        print(f"dense run: {backbone}")
+    for note in notes:
         print(note)
     for r in rows:
         print(f"{r['image']}: {r['class']} (p={r['prob']:.2f}), {r['macs'] / 1e6:.1f} M MACs "
@@ -71,7 +82,11 @@ def run_predict(args):
 
 
 def add_viz(sub):
-    p = sub.add_parser("viz", help="draw kept / frozen / reused patches per stage to a PNG")
+    p = sub.add_parser("viz", help="draw kept / frozen / reused patches per stage to a PNG",
+                       description="Run the model on image files (default: the 10 bundled Fashion-MNIST "
+                                   "samples) and draw, per image and stage, which patches were kept, frozen "
+                                   "and reused, to a PNG (--out). Weights: --weights FILE, default the "
+                                   "shipped fine-tuned ToFe model. Prints the file written.")
     p.add_argument("images", nargs="*", help="image files (default: the bundled samples)")
     add_model_args(p)
     p.add_argument("--out", default="minitofe_tokens.png", help="PNG to write (default: %(default)s)")
@@ -80,16 +95,24 @@ def add_viz(sub):
 def run_viz(args):
     from ..viz import save_token_maps
     paths = args.images or sample_images()
-    model, source, x, logits, info, _, names, _ = classify(args, paths)
+    model, source, x, logits, info, _, names, _, note, _ = classify(args, paths)
     titles = [f"pred {names[int(k)]}: {pathlib.Path(p).name}" for p, k in zip(paths, logits.argmax(1))]
     save_token_maps(args.out, x, info, model.cfg, titles)
-    print(f"wrote {args.out} ({len(paths)} images, method {args.method or model.tofe.method}, "
+    print(f"wrote {args.out} ({plural(len(paths), 'image')}, method {args.method or model.tofe.method}, "
           f"weights {source})")
+    if note:
+        print(note)
     return 0
 
 
 def add_demo(sub):
-    p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture")
+    p = sub.add_parser("demo", help="dense vs ToFe on the bundled sample images, with a picture",
+                       description="Classify the 10 bundled Fashion-MNIST sample images with the dense "
+                                   "backbone and with ToFe at --budget, and draw the kept / frozen / reused "
+                                   "patches to a PNG (--out). Weights: --weights FILE, default the shipped "
+                                   "fine-tuned ToFe model (random weights, said so, when none are found). "
+                                   "Prints a table of both predictions and the MACs per image, and the "
+                                   "time of each run.")
     add_weights_args(p)
     p.add_argument("--out", default="minitofe_demo.png", help="PNG to write (default: %(default)s)")
     p.add_argument("--budget", type=float, default=0.5,
@@ -101,7 +124,7 @@ def add_demo(sub):
 def run_demo(args):
     from ..data import FASHION_MNIST_CLASSES
     from ..viz import save_token_maps
-    model, source = load_args(args, random_fallback=True)
+    model, source, name = load_args(args, random_fallback=True)
     paths = sample_images()
     x = read_images(paths, model)
     fast = pick_fast(args.fast, len(x))
@@ -109,12 +132,18 @@ def run_demo(args):
     dense, _, t_dense, _ = run_model(model, x, method="dense", fast=fast)
     logits, info, t_tofe, _ = run_model(model, x, budget=args.budget, fast=fast)
     names = class_names(model.cfg)
-    print(f"minitofe demo: weights {source}; method {model.tofe.method}; {len(paths)} bundled images")
+    print(f"minitofe demo: weights {source}; method {model.tofe.method}; "
+          f"{plural(len(paths), 'bundled image')}")
+    print(f"dense: {backbone_text(model, name, 'dense')}")
     print(f"{'image':34s} {'dense':12s} {model.tofe.method:12s} MACs (M, % of dense)")
     for i, p in enumerate(paths):
         print(f"{p.name:34s} {names[int(dense[i].argmax())]:12s} {names[int(logits[i].argmax())]:12s} "
               f"{info['macs'][i] / 1e6:7.1f} ({100 * info['macs_ratio'][i]:.0f} %)")
-    print(f"time for {len(paths)} images: dense {t_dense:.3f} s, {model.tofe.method} {t_tofe:.3f} s")
+    note = budget_note(args.budget, float(np.mean(info["macs_ratio"])), model.tofe.method)
+    if note:
+        print(note)
+    print(f"time for {plural(len(paths), 'image')}: dense {t_dense:.3f} s, "
+          f"{model.tofe.method} {t_tofe:.3f} s")
     titles = [f"pred: {names[int(k)]}" for k in logits.argmax(1)]
     if model.cfg.num_classes == len(FASHION_MNIST_CLASSES):         # the samples are named <class index>_...
         true = [FASHION_MNIST_CLASSES[int(p.name.split("_")[0])] for p in paths]
@@ -125,7 +154,13 @@ def run_demo(args):
 
 
 def add_eval(sub):
-    p = sub.add_parser("eval", help="top-1, MACs, keep ratios and img/s on a data set")
+    p = sub.add_parser("eval", help="top-1, MACs, keep ratios and img/s on a data set",
+                       description="Evaluate on a data set: the Fashion-MNIST test split by default "
+                                   "(--split, --data-root), or an image folder (--data DIR, one subfolder "
+                                   "per class). Weights: --weights FILE, default the shipped fine-tuned ToFe "
+                                   "model. Prints one line: top-1, MACs per image and their share of the "
+                                   "dense model's, the keep ratios used, images per second (for --method "
+                                   "dense also which backbone ran); --json: one JSON object.")
     add_model_args(p)
     p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an image folder (one "
                                                            "subfolder per class; default: %(default)s)")
@@ -142,7 +177,7 @@ def add_eval(sub):
 
 def run_eval(args):
     from ..train import evaluate
-    model, source = load_args(args)
+    model, source, name = load_args(args)
     if args.data == "fashion-mnist":
         from ..data import load_fashion_mnist
         images, labels = load_fashion_mnist(args.split, args.data_root)
@@ -159,12 +194,18 @@ def run_eval(args):
         res = evaluate(model, images, labels, args.batch, progress=not (args.json or args.no_progress),
                        method=method,
                        keep_ratios=ratios, inference=args.inference, fast=pick_fast(args.fast, len(images)))
-    res.update(weights=source, method=method, macs_g=res["macs"] / 1e9,
+    note = budget_note(args.budget, res["macs_ratio"], method, args.inference)
+    res.update(weights=source, method=method, backbone=backbone_text(model, name, method), budget=args.budget,
+               note=note, macs_g=res["macs"] / 1e9,
                split=args.split if args.data == "fashion-mnist" else str(args.data))
     if args.json:
         print(json.dumps(res))
-    else:
-        print(f"{source} [{method}]: top-1 {100 * res['top1']:.2f} % on {res['n']} images, "
-              f"{res['macs_g']:.3f} G MACs ({100 * res['macs_ratio']:.1f} % of dense), keep ratios "
-              f"{[round(r, 3) for r in res['keep_ratios']]}, {res['img_per_s']:.1f} img/s")
+        return 0
+    print(f"{source} [{method}]: top-1 {100 * res['top1']:.2f} % on {plural(res['n'], 'image')}, "
+          f"{res['macs_g']:.3f} G MACs ({100 * res['macs_ratio']:.1f} % of dense), keep ratios "
+          f"{[round(r, 3) for r in res['keep_ratios']]}, {res['img_per_s']:.1f} img/s")
+    if method == "dense":
+        print(f"dense run: {res['backbone']}")
+    if note:
+        print(note)
     return 0

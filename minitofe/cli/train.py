@@ -7,34 +7,33 @@ import os
 
 import numpy as np
 
-from ..io.shipped import BACKBONE_MODEL
-
-
-# Every option's default. argparse's own defaults stay None so that a --config file and the options a
-# resumed run started with (--resume) can sit between these and the flags given now.
-DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", target=0.5, keep_ratios=None, steps=1000, batch=32,
-                lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                approx_reduction=4, tau=1.0, tau_end=None, stages=None,
-                data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
-                fast=True, teacher_cache=False, eval_every=200, eval_images=1000, checkpoint_every=100,
-                warmup_steps=50)
+from .train_options import DEFAULTS, options, record_options
 
 
 def add_train(sub):
     from ..tofe.config import METHODS
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
                        description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
-                                   "trainer. Options: defaults < --config file < flags; --resume reads the "
-                                   "run's own options from --out, so `minitofe train --out DIR --resume` "
-                                   "continues it.")
+                                   "trainer. An --init file with trained ToFe modules is continued from "
+                                   "(--fresh-modules: new ones); the teacher is the --init file's backbone "
+                                   "unless --teacher names another. Options: defaults < --config file < "
+                                   "flags; --resume reads the run's own options from --out, so "
+                                   "`minitofe train --out DIR --resume` continues it.")
 
     def opt(flag, text, **kw):
         p.add_argument(flag, help=f"{text} (default: {DEFAULTS[flag[2:].replace('-', '_')]})", **kw)
     p.add_argument("--config", help="JSON file of options (keys = the flag names, with underscores)")
-    opt("--init", "initial weights (backbone .safetensors / .npz); also the frozen teacher")
+    opt("--init", "initial weights (backbone .safetensors / .npz, or a ToFe model .npz whose trained modules "
+                  "are continued); its backbone is the frozen teacher unless --teacher is given")
+    opt("--teacher", "weights whose backbone is the frozen dense teacher, e.g. the dense backbone a ToFe "
+                     "--init file was fine-tuned from; None: the --init file's backbone")
+    opt("--fresh-modules", "new ToFe modules even when the --init file has trained ones that fit",
+        action=argparse.BooleanOptionalAction)
     opt("--model", "preset a timm-layout --init file must match (.npz files carry their config)")
     opt("--method", "what to train", choices=METHODS)
-    opt("--target", "MACs budget gamma, a fraction of the dense MACs", type=float)
+    opt("--budget", "MACs budget as a fraction of dense, e.g. 0.5 as in the README's tables: the target "
+                    "gamma of the budget loss", type=float)
+    p.add_argument("--target", dest="budget", type=float, help=argparse.SUPPRESS)   # --budget's old name
     opt("--keep-ratios", "fixed keep ratios, one per stage (tofe-uniform)", type=float, nargs="+")
     opt("--steps", "training steps", type=int)
     opt("--batch", "images per step", type=int)
@@ -73,75 +72,6 @@ def add_train(sub):
     opt("--warmup-steps", "linear learning-rate warm-up steps", type=int)
 
 
-OPTIONS_FILE = "options.json"       # in --out: the run's options, so --resume needs only --out
-
-
-def options(args):
-    """Defaults < the run's saved options (``--resume``) < config file < command-line flags."""
-    opts = dict(DEFAULTS)
-    if args.resume:
-        opts.update(saved_options(args.out or DEFAULTS["out"]))
-    if args.config:
-        try:
-            with open(args.config) as f:
-                from_file = json.load(f)
-        except (OSError, ValueError) as e:
-            raise ValueError(f"{args.config}: cannot read the config file ({e})") from None
-        unknown = sorted(set(from_file) - set(DEFAULTS))
-        if unknown:
-            raise ValueError(f"{args.config}: unknown option(s) {unknown}; known: {sorted(DEFAULTS)}")
-        opts.update(from_file)
-    for key in DEFAULTS:
-        if getattr(args, key, None) is not None:
-            opts[key] = getattr(args, key)
-    return opts
-
-
-def saved_options(out):
-    """The options a run in ``out`` started with (written by ``run_train``); {} for runs that predate it."""
-    import pathlib
-    path = pathlib.Path(out) / OPTIONS_FILE
-    if not path.is_file():
-        return {}
-    try:
-        saved = json.loads(path.read_text())
-    except ValueError as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); the run's options cannot be read") from None
-    return {k: v for k, v in saved.items() if k in DEFAULTS}
-
-
-def file_digest(path):
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def record_options(o, resume):
-    """A new run writes its options and the --init file's sha256 into --out; a resumed run checks that the
-    --init file (the teacher) is still the one the run started from."""
-    import pathlib
-    from ..io.weights import atomic_write
-    path = pathlib.Path(o["out"]) / OPTIONS_FILE
-    digest = file_digest(o["init"])
-    if resume and path.is_file():
-        saved = json.loads(path.read_text()).get("init_sha256")
-        if saved not in (None, digest):
-            raise ValueError(f"{o['init']}: this --init file is not the one the run in {o['out']} started "
-                             f"from (sha256 {digest[:12]}... vs {saved[:12]}...): the teacher would differ")
-    elif not resume:
-        pathlib.Path(o["out"]).mkdir(parents=True, exist_ok=True)
-        saved = dict(o, init=os.path.abspath(o["init"]), init_sha256=digest)  # --resume from any folder
-        if o["data"] != "fashion-mnist":
-            saved["data"] = os.path.abspath(o["data"])
-        if o["data_root"]:
-            saved["data_root"] = os.path.abspath(o["data_root"])
-        text = json.dumps(saved, indent=1, sort_keys=True)
-        atomic_write(str(path), lambda f: f.write(text.encode()))
-
-
 def load_data(o, cfg):
     """-> (train images, labels), (eval images, labels) or None: Fashion-MNIST's train/val splits (see
     ``minitofe.data.load_fashion_mnist``; the test set is left for final tables), or an image folder's
@@ -170,8 +100,8 @@ def load_data(o, cfg):
 
 def run_train(args):
     import minitofe
-    from ..tofe.params import init_tofe_params
-    from .common import first_images
+    from .common import first_images, plural, ratios_text
+    from .train_start import start_modules, start_teacher
     from ..train import TrainConfig, train
     o = options(args)
     if not o["init"]:
@@ -183,9 +113,10 @@ def run_train(args):
         raise ValueError(f"{checkpoint_path(o['out'])} exists: pass --resume to continue it, or choose "
                          f"another --out; nothing was overwritten")
     record_options(o, args.resume)
+    resuming = args.resume and os.path.exists(checkpoint_path(o["out"]))     # its params replace these
     dtype = np.dtype(o["dtype"])
     params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
-    tkw = dict(method=o["method"], target_ratio=o["target"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
+    tkw = dict(method=o["method"], target_ratio=o["budget"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
                label_smoothing=o["label_smoothing"], approx_reduction=o["approx_reduction"], tau=o["tau"],
                tau_end=o["tau_end"])
     if o["keep_ratios"]:
@@ -197,9 +128,14 @@ def run_train(args):
                              f"give as many --keep-ratios (the default has "
                              f"{len(minitofe.ToFeConfig().keep_ratios)})")
     tcfg = minitofe.ToFeConfig(**tkw)
-    teacher = dict(params)           # the dense teacher: train() keeps its own read-only copy of it
-    params.update(init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype))
-    model = minitofe.Model(params, base.cfg, tcfg)
+    teacher, teacher_line = start_teacher(base, o, dtype)    # train() keeps its own read-only copy of it
+    modules, ratios, modules_line = start_modules(base, tcfg, dict(o, fresh_modules=o["fresh_modules"] or
+                                                                   resuming), dtype)
+    params.update(modules)
+    model = minitofe.Model(params, base.cfg, tcfg, ratios)
+    for line in (modules_line if not resuming else None, teacher_line if tcfg.needs_teacher else None):
+        if line:
+            print(line)
     (images, labels), eval_data = load_data(o, base.cfg)
     images, labels = first_images(images, labels, o["limit"])
     cfg = TrainConfig(steps=o["steps"], batch_size=o["batch"], lr=o["lr"],
@@ -216,11 +152,14 @@ def run_train(args):
         print(f"stopped at step {args.stop_at} of {cfg.steps}; checkpoint in {o['out']}: continue with "
               f"`minitofe train --out {o['out']} --resume`")
         return 0
-    print(f"trained {tcfg.method}: learned keep ratios {model.learned_keep_ratios}; files in {o['out']}")
+    ratios = model.learned_keep_ratios
+    print(f"trained {tcfg.method}: " + (f"learned keep ratios {ratios_text(ratios)}; " if ratios else "")
+          + f"files in {o['out']}")
     last = last_eval(o["out"])
     if last is not None:
-        print(f"evaluation after step {last['step'] + 1}: top-1 {100 * last['eval']['top1']:.2f} % on "
-              f"{last['eval']['n']} images at {100 * last['eval']['macs_ratio']:.1f} % of the dense MACs")
+        res = last["eval"]
+        print(f"evaluation after step {last['step'] + 1}: top-1 {100 * res['top1']:.2f} % on "
+              f"{plural(res['n'], 'image')} at {100 * res['macs_ratio']:.1f} % of the dense MACs")
     return 0
 
 
