@@ -143,10 +143,10 @@ def _decision_mistakes(keep_prob, mode, ratio, threshold=0.5):
                  lambda: top(K))]
     return [(f"K = int(ratio * P) floors: ratio * P = {x:.4g} gives {int(np.floor(x))}; K = round(ratio * P) "
              f"= {K}", lambda: top(np.floor(x))),
-            (f"K rounds up: ratio * P = {x:.4g} gives {int(np.ceil(x))}; K = round(ratio * P) = {K}",
-             lambda: top(np.ceil(x))),
             (f"K = int(ratio * P + 0.5) rounds halves up: ratio * P = {x:.4g} gives {int(x + 0.5)}; Python's "
              f"round (and np.round) round halves to even, K = {K}", lambda: top(x + 0.5)),
+            (f"K rounds up: ratio * P = {x:.4g} gives {int(np.ceil(x))}; K = round(ratio * P) = {K}",
+             lambda: top(np.ceil(x))),
             ("ties go to the higher index; the K highest with ties to the lower index (a stable sort of "
              "-keep_prob)", lambda: top(K, keep_prob[:, ::-1])[:, ::-1]),
             ("these are the K lowest keep_prob; keep the K highest", lambda: top(K, -keep_prob)),

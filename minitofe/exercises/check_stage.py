@@ -49,8 +49,8 @@ def _approximate(rows, params, residual=True):
     return rows + d if residual else d
 
 
-def _wrong_stage(x, kept, params, blocks, cfg, *, dense=False, prefix_kept=True, shifted=True,
-                 approximator="mlp", extra_block=False):
+def _wrong_stage(x, kept, params, blocks, cfg, *, dense=False, prefix_kept=True, prefix_approximated=False,
+                 shifted=True, approximator="mlp", extra_block=False):
     """The stage computed with one plausible mistake (each keyword names one)."""
     B, N, _ = x.shape
     T = N - kept.shape[1]
@@ -66,7 +66,7 @@ def _wrong_stage(x, kept, params, blocks, cfg, *, dense=False, prefix_kept=True,
         for j in range(lo, hi):
             h, _ = block_forward(h, params, f"blocks.{j}.", cfg.num_heads)
         out[np.arange(B)[:, None], idx] = h
-    frozen = ~np.concatenate([np.ones((B, T), bool), kept], axis=1) if not prefix_kept else ~keep
+    frozen = ~np.concatenate([np.full((B, T), not prefix_approximated), kept], axis=1) if shifted else ~keep
     if approximator != "identity":
         out[frozen] = _approximate(x[frozen], params, residual=approximator == "mlp")
     return out
@@ -79,6 +79,9 @@ def _mistakes(x, kept, params, blocks, cfg):
              lambda: _wrong_stage(*args, dense=True)),
             ("the prefix (class) tokens did not go through the blocks: they are always kept, gather them "
              "with the kept patches", lambda: _wrong_stage(*args, prefix_kept=False)),
+            ("the prefix (class) tokens did not go through the blocks (they went through the approximator): "
+             "they are always kept, gather them with the kept patches",
+             lambda: _wrong_stage(*args, prefix_kept=False, prefix_approximated=True)),
             ("the frozen tokens are unchanged: they go through the approximator A(x) = x + MLP(x)",
              lambda: _wrong_stage(*args, approximator="identity")),
             ("the approximator misses its residual: A(x) = x + fc2(GELU(fc1(LN(x))))",
