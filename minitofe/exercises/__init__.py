@@ -1,6 +1,6 @@
 """Self-checking exercises for the numbered notebooks (the layer above everything else: nothing imports it).
 
-Each exercise asks a student to write one small function (5-25 lines of NumPy) of the method; the cell
+Each exercise asks a student to write one small function (3-18 lines of NumPy) of the method; the cell
 after it calls ``check_<name>(their_function)``, which compares it with minitofe's own function (values,
 gradients by central differences from ``minitofe.gradcheck``, inputs chosen where the plausible wrong
 answers differ, and a hypothesis search for the smallest random input on which the two disagree) and
