@@ -17,7 +17,8 @@ import pytest
 
 from exercise_answers import CALLS_PACKAGE, WRONG
 from minitofe.exercises import EXERCISES
-from minitofe.exercises.verdict import Wrong, call, exercise, named_mistake
+from minitofe.exercises.calls import call, exercise
+from minitofe.exercises.verdict import Wrong, named_mistake
 
 nbformat = pytest.importorskip("nbformat")
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -7,14 +7,17 @@ but minitofe (``minitofe.exercises.grading``; docs/teaching.md, "Grading").
 
 
 def add_exercises(sub):
-    p = sub.add_parser("exercises", help="the notebooks' exercises: list them, grade a class's notebooks")
-    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    p = sub.add_parser("exercises", help="the notebooks' exercises: list them, grade a class's "
+                                         "notebooks")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True,
+                               help="list: the exercises; grade: a folder of submissions")
     actions.add_parser("list", help="every exercise: notebook, functions, minutes, points")
     g = actions.add_parser("grade", help="run every student's exercise cells against the checks -> CSV",
-                           description="SUBMISSIONS holds one folder per student with their notebooks (or one "
-                                       "notebook per student). Each student's exercise cells run in a fresh "
-                                       "kernel against minitofe's checks; the CSV has one row per student, one "
-                                       "column per exercise (PASS, or FAIL and the first message), the points.")
+                           description="SUBMISSIONS holds one folder per student with their notebooks (or "
+                                       "one notebook per student). Each student's exercise cells run in a "
+                                       "fresh kernel against minitofe's checks; the CSV has one row per "
+                                       "student, one column per exercise (PASS, or FAIL and the first "
+                                       "message), the points.")
     g.add_argument("submissions", help="folder of submissions")
     g.add_argument("--out", default="grades.csv", help="CSV to write (default grades.csv)")
     g.add_argument("--timeout", type=float, default=60.0, help="seconds per cell (default 60)")

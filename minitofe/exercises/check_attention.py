@@ -12,7 +12,8 @@ import numpy as np
 from ..config import LN_EPS
 from ..nn.attention import masked_softmax_backward, masked_softmax_forward
 from ..nn.layers import layernorm_backward, layernorm_forward
-from .verdict import Wrong, call, exercise, parts, same, same_as_finite_differences, search
+from .calls import call, exercise
+from .verdict import parts, same, same_as_finite_differences, search
 
 SIZES = {"B": (1, 2), "H": (1, 2), "N": (1, 5), "seed": (0, 1000)}
 
@@ -47,6 +48,7 @@ def _softmax_mistakes(s, keep):
     N = s.shape[-1]
     eye = np.eye(N)
     key = keep[:, None, None, :]
+    m = key * (1 - eye) + eye                                          # m', the right mask
     with np.errstate(all="ignore"):
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         no_diagonal = key * e / (key * e).sum(axis=-1, keepdims=True)
@@ -54,16 +56,16 @@ def _softmax_mistakes(s, keep):
         return [
             ("softmax first, mask after, without renormalising: the kept weights of a row no longer sum "
              "to 1. Mask inside: divide by the sum over the allowed keys only",
-             (key * (1 - eye) + eye) * _softmax(s)),
+             m * _softmax(s)),
             ("the diagonal is masked too: a frozen query then has no allowed key (0/0). The diagonal is "
              "always allowed, m'_ii = 1", no_diagonal),
             ("the mask is applied to the query rows (keep[:, None, :, None]); it masks keys, the columns "
              "(keep[:, None, None, :])", query * e / (query * e).sum(axis=-1, keepdims=True)),
             ("the row maximum is taken over every key, frozen ones too: when a frozen key scores far above "
              "the kept ones, every allowed exp(s - max) underflows to 0 (0/0). Take the maximum over the "
-             "allowed keys", (key * (1 - eye) + eye) * e / ((key * (1 - eye) + eye) * e).sum(-1, keepdims=True)),
+             "allowed keys", m * e / (m * e).sum(-1, keepdims=True)),
             ("the scores are not shifted by the row maximum: np.exp overflows for large scores",
-             (key * (1 - eye) + eye) * np.exp(s) / ((key * (1 - eye) + eye) * np.exp(s)).sum(-1, keepdims=True)),
+             m * np.exp(s) / (m * np.exp(s)).sum(-1, keepdims=True)),
         ]
 
 
@@ -80,7 +82,8 @@ def far_frozen_key():
     return s, np.array([[1.0, 1.0, 0.0, 1.0]])
 
 
-@exercise("masked_softmax", replaces=(masked_softmax_forward, "minitofe.kernels.softmax.masked_softmax_forward"))
+@exercise("masked_softmax",
+          replaces=(masked_softmax_forward, "minitofe.kernels.softmax.masked_softmax_forward"))
 def check_masked_softmax(masked_softmax):
     """masked_softmax(s, keep) -> A, compared with ``masked_softmax_forward``."""
     s, keep = scores_and_mask(np.random.default_rng(0), 2, 2, 5)
@@ -133,7 +136,8 @@ def _grad_case(case):
     return s, keep, np.random.default_rng(case["seed"] + 1).standard_normal(s.shape)
 
 
-@exercise("masked_softmax_grad", replaces=(masked_softmax_backward, "minitofe.kernels.softmax.masked_softmax_backward"))
+@exercise("masked_softmax_grad",
+          replaces=(masked_softmax_backward, "minitofe.kernels.softmax.masked_softmax_backward"))
 def check_masked_softmax_grad(masked_softmax_grad):
     """masked_softmax_grad(dA, s, keep) -> (ds, dkeep), against finite differences and the package."""
     rng = np.random.default_rng(1)

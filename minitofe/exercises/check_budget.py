@@ -9,7 +9,8 @@ from ..tofe.losses import flops_loss_backward, flops_loss_forward
 from ..tofe.macs import (approximator_macs, block_macs, dense_macs, head_macs, patch_embed_macs,
                          selector_macs, tofe_macs)
 from ..tofe.scoring import topk_mask
-from .verdict import Wrong, as_array, call, exercise, fmt, parts, same, same_as_finite_differences, search
+from .calls import call, exercise
+from .verdict import as_array, fmt, parts, same, same_as_finite_differences, search
 
 
 def macs_of_one_stage(n, grid, C, mlp_ratio, num_blocks, r):
@@ -95,7 +96,8 @@ def _budget_agrees(budget_loss, kept, target, lam, finite_differences):
         factor(dense, "R is MACs / dense MACs: divide dMACs/dkept by the dense MACs"),
         factor(0.5, "the factor 2 of the square is missing"),
         ("each image's gradient uses its own deviation R_b - target; every image's R enters through the "
-         "batch mean, so each gets 2 lam (mean R - target) / B", (2 * lam * dev / B)[:, None] * dmacs / dense)])
+         "batch mean, so each gets 2 lam (mean R - target) / B",
+         (2 * lam * dev / B)[:, None] * dmacs / dense)])
     if finite_differences:
         loss_fn = lambda: float(budget_reference(kept, SMALL, STAGES, target, lam)[0])
         same_as_finite_differences("dkept", dkept, loss_fn, kept, rtol=1e-4)

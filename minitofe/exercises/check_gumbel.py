@@ -3,7 +3,8 @@ gradient (docs/method.md "Token selector", Decision / Training; ``minitofe.tofe.
 import numpy as np
 
 from ..tofe.gumbel import gumbel_noise, gumbel_softmax_backward, gumbel_softmax_forward
-from .verdict import as_array, call, exercise, same, same_as_finite_differences, search
+from .calls import call, exercise
+from .verdict import as_array, same, same_as_finite_differences, search
 
 SIZES = {"B": (1, 2), "N": (1, 4), "tau": (0, 2), "seed": (0, 1000)}
 TAUS = (0.5, 1.0, 2.0)

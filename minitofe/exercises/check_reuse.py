@@ -10,7 +10,8 @@ import numpy as np
 from ..config import ViTConfig
 from ..model import new_model, predict
 from ..tofe.config import ToFeConfig
-from .verdict import as_array, call, exercise, same, search
+from .calls import call, exercise
+from .verdict import as_array, same, search
 
 
 def reused_by_predict(kept):
@@ -40,7 +41,8 @@ def _reuse_mistakes(kept):
     ever_kept = np.logical_or.accumulate(np.concatenate([np.zeros_like(k[:1]), k[:-1]]), axis=0)
     return [("a token counts as reused only when frozen at the stage just before; frozen at ANY earlier "
              "stage counts", k & ~before & (np.arange(len(k)) > 0)[:, None, None]),
-            ("reused means kept now and FROZEN at an earlier stage, not kept at an earlier one", k & ever_kept),
+            ("reused means kept now and FROZEN at an earlier stage, not kept at an earlier one",
+             k & ever_kept),
             ("these are the tokens frozen now after being kept before; reused means kept now, frozen before",
              ~k & ever_kept),
             ("every kept token counts as reused; only those frozen at an earlier stage do", k)]

@@ -13,7 +13,8 @@ from ..nn.layers import gelu_backward, gelu_forward, layernorm_backward, layerno
 from ..tofe.params import selector_shapes
 from ..tofe.selector import selector_backward, selector_forward
 from .check_tokens import random_params
-from .verdict import Wrong, call, exercise, parts, same, same_as_finite_differences, search
+from .calls import call, exercise
+from .verdict import Wrong, parts, same, same_as_finite_differences, search
 
 SELECTOR = "tofe.selector.0."
 
@@ -35,7 +36,8 @@ def _logits(x, params, T, mean_from=None, order=("u", "g"), gelu2=True, context=
     n, _ = layernorm_forward(x, p("norm.weight"), p("norm.bias"))
     u, _ = gelu_forward(linear_forward(n, p("fc1.weight"), p("fc1.bias"))[0])
     source = {"u": u, "n": linear_forward(n, p("fc1.weight"), p("fc1.bias"))[0]}[context]
-    g = np.broadcast_to(source[:, T if mean_from is None else mean_from:].mean(axis=1, keepdims=True), u.shape)
+    first = T if mean_from is None else mean_from
+    g = np.broadcast_to(source[:, first:].mean(axis=1, keepdims=True), u.shape)
     v = np.concatenate([u, g] if order == ("u", "g") else [g, u], axis=-1)
     h2 = linear_forward(v, p("fc2.weight"), p("fc2.bias"))[0]
     w = gelu_forward(h2)[0] if gelu2 else h2
@@ -50,7 +52,8 @@ def _selector_agrees(selector_logits, x, params, T):
                  lambda: _logits(x, params, T, mean_from=0)),
                 ("v = [g, u]: the token's own u comes first, then g",
                  lambda: _logits(x, params, T, order=("g", "u"))),
-                ("the GELU after fc2 is missing: w = GELU(v W2^T + b2)", lambda: _logits(x, params, T, gelu2=False)),
+                ("the GELU after fc2 is missing: w = GELU(v W2^T + b2)",
+                 lambda: _logits(x, params, T, gelu2=False)),
                 ("g averages fc1's output before the GELU; it averages u = GELU(...)",
                  lambda: _logits(x, params, T, context="n"))]
     same("logits", got, want, mistakes=mistakes)
@@ -120,6 +123,7 @@ def check_selector_grad(selector_grad):
     and ``selector_backward``."""
     _grad_agrees(selector_grad, *_grad_case({"B": 2, "T": 1, "P": 3, "c4": 2, "seed": 0}), True)
     sizes = {"B": (1, 2), "T": (0, 2), "P": (1, 4), "c4": (1, 2), "seed": (0, 1000)}
-    tried = search(sizes, lambda c: _grad_agrees(selector_grad, *_grad_case(c), False), _describe, examples=30)
+    tried = search(sizes, lambda c: _grad_agrees(selector_grad, *_grad_case(c), False), _describe,
+                   examples=30)
     return (f"dx and every grads entry equal finite differences on a fixed case and selector_backward on "
             f"{tried}")

@@ -20,7 +20,8 @@ from ..tofe.inference import run_stage
 from ..tofe.ops import REFERENCE
 from ..tofe.params import approximator_shapes
 from .check_tokens import random_params
-from .verdict import call, exercise, same, search
+from .calls import call, exercise
+from .verdict import same, search
 
 APPROX = "tofe.approx.1."
 TCFG = ToFeConfig(stages=(1, 2, 3), method="tofe")
@@ -101,10 +102,12 @@ def _stage_agrees(stage_forward, x, kept, params, blocks, cfg):
         b, j = idx[0], idx[1]
         what = "a prefix token" if j < T else ("kept" if kept[b, j - T] else "frozen")
         return f" (token {j} of image {b} is {what})"
-    same("x_out", got, want, rtol=1e-7, atol=1e-9, explain=explain, mistakes=_mistakes(x, kept, params, blocks, cfg))
+    same("x_out", got, want, rtol=1e-7, atol=1e-9, explain=explain,
+         mistakes=_mistakes(x, kept, params, blocks, cfg))
 
 
-@exercise("stage_forward", replaces=(run_stage, approximator_forward, run_blocks, "minitofe.tofe.inference.tofe_inference",
+@exercise("stage_forward", replaces=(run_stage, approximator_forward, run_blocks,
+                                     "minitofe.tofe.inference.tofe_inference",
                                      "minitofe.kernels.block.run_blocks"))
 def check_stage_forward(stage_forward):
     """stage_forward(x, kept, params, blocks, num_heads, approx_prefix) -> x_out (B, N, C), against

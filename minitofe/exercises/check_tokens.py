@@ -6,8 +6,8 @@ from ..nn.layers import gelu_backward, gelu_forward, layernorm_backward, layerno
 from ..tofe.approximator import approximator_backward, approximator_forward
 from ..tofe.params import approximator_shapes
 from ..tofe.tokens import gather_tokens, indices_to_mask, mask_to_indices, scatter_tokens
-from .verdict import (Wrong, as_array, call, call_in_place, exercise, parts, same, same_as_finite_differences,
-                      search)
+from .calls import call, call_in_place, exercise
+from .verdict import Wrong, as_array, parts, same, same_as_finite_differences, search
 
 APPROX = "tofe.approx.0."
 
