@@ -491,3 +491,38 @@ WRONG["selector_grad"] = [
                        "du[:, num_prefix:] += dv[..., half:].sum(axis=1, keepdims=True) / x.shape[1]"),
      "divided by N"),
 ]
+
+# A wrong axis, for the exercises where it keeps the shape (elsewhere the shape check says it).
+WRONG["masked_softmax"].append(("""
+def masked_softmax(s, keep):
+    allowed = (keep[:, None, None, :] > 0) | np.eye(s.shape[-1], dtype=bool)
+    z = np.where(allowed, s, -np.inf)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-2, keepdims=True)
+""", "normalised over the query axis"))
+WRONG["layernorm_grad"].append(("""
+def layernorm_grad(dy, x, w, eps=LN_EPS):
+    lead = tuple(range(x.ndim - 1))
+    mu = x.mean(lead, keepdims=True)
+    rstd = 1 / np.sqrt(((x - mu) ** 2).mean(lead, keepdims=True) + eps)
+    xhat, g = (x - mu) * rstd, dy * w
+    dx = rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
+    return dx, (dy * xhat).sum(lead), dy.sum(lead)
+""", "taken over the wrong axis"))
+WRONG["straight_through_grad"].append(("""
+def straight_through_grad(dm, logits, noise, tau):
+    z = (logits + noise) / tau
+    y = np.exp(z - z.max(-1, keepdims=True))
+    y = y / y.sum(-1, keepdims=True)
+    return y * (dm - (y * dm).sum()) / tau
+""", "is taken over every axis"))
+WRONG["distill_loss"].append(("""
+def distill_loss(student_logits, teacher_logits, T):
+    def lsm(z):
+        z = z - z.max(axis=0, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=0, keepdims=True))
+    ls, lt = lsm(student_logits / T), lsm(teacher_logits / T)
+    pt = np.exp(lt)
+    B = len(ls)
+    return T * T * (pt * (lt - ls)).sum() / B, T * (np.exp(ls) - pt) / B
+""", "the softmax runs over the images"))

@@ -34,6 +34,11 @@ def run_exercises(args):
         return 0
     if not args.timeout > 0:
         raise ValueError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    try:
+        import ipykernel, nbclient, nbformat  # noqa: F401  (the grader runs notebooks' cells in kernels)
+    except ImportError as err:
+        raise ImportError(f"minitofe exercises grade needs nbformat, nbclient and ipykernel ({err}): "
+                          f"pip install 'minitofe[notebooks]'") from None
     from ..exercises.grading import grade_folder, points, write_csv
     total = sum(e.points for e in EXERCISES)
 

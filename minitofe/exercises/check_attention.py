@@ -53,6 +53,8 @@ def _softmax_mistakes(s, keep):
         e = np.exp(s - s.max(axis=-1, keepdims=True))
         no_diagonal = key * e / (key * e).sum(axis=-1, keepdims=True)
         query = keep[:, None, :, None] * (1 - eye) + eye
+        z = np.where(m > 0, s, -np.inf)
+        allowed_e = np.exp(z - z.max(axis=-1, keepdims=True))            # the safe numerators
         return [
             ("softmax first, mask after, without renormalising: the kept weights of a row no longer sum "
              "to 1. Mask inside: divide by the sum over the allowed keys only",
@@ -64,6 +66,10 @@ def _softmax_mistakes(s, keep):
             ("the row maximum is taken over every key, frozen ones too: when a frozen key scores far above "
              "the kept ones, every allowed exp(s - max) underflows to 0 (0/0). Take the maximum over the "
              "allowed keys", m * e / (m * e).sum(-1, keepdims=True)),
+            ("normalised over the query axis (-2); each row, over the keys (axis -1), sums to 1",
+             allowed_e / allowed_e.sum(axis=-2, keepdims=True)),
+            ("normalised over the query axis (-2); each row, over the keys (axis -1), sums to 1",
+             m * e / (m * e).sum(axis=-2, keepdims=True)),
             ("the scores are not shifted by the row maximum: np.exp overflows for large scores",
              m * np.exp(s) / (m * np.exp(s)).sum(-1, keepdims=True)),
         ]
@@ -158,8 +164,13 @@ def _layernorm_mistakes(dy, x, w, eps):
         return rstd * (g - g.mean(-1, keepdims=True) - xhat * (g * xhat).mean(-1, keepdims=True))
     unbiased = 1 / np.sqrt(((x - mu) ** 2).sum(-1, keepdims=True) / max(x.shape[-1] - 1, 1) + eps)
     outside = 1 / (np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True)) + eps)
+    axis0 = tuple(range(x.ndim - 1))                                  # statistics over the batch
+    mu0 = x.mean(axis0, keepdims=True)
+    rstd0 = 1 / np.sqrt(((x - mu0) ** 2).mean(axis0, keepdims=True) + eps)
     return {
         "dx": [
+            ("the mean and variance are taken over the wrong axis: LayerNorm normalises each token over its "
+             "C channels, axis -1", dx(g, (x - mu0) * rstd0, rstd0)),
             ("dx misses the term - xhat * mean(g * xhat): the variance depends on x too",
              rstd * (g - g.mean(-1, keepdims=True))),
             ("dx misses the term - mean(g): the mean depends on x too",

@@ -88,7 +88,9 @@ def _grad_mistakes(dm, logits, noise, tau, want):
              np.array(dm, dtype=float)),
             ("the soft y misses the noise: y = softmax((logits + noise) / tau)",
              y0 * (dm - (y0 * dm).sum(-1, keepdims=True)) / tau),
-            ("the row term is missing: dlogits = y * (dm - sum(y * dm)) / tau", y * dm / tau)]
+            ("the row term is missing: dlogits = y * (dm - sum(y * dm)) / tau", y * dm / tau),
+            ("sum(y * dm) is taken over every axis; it is each token's sum over its two classes (axis -1)",
+             y * (dm - (y * dm).sum()) / tau)]
 
 
 def _grad_agrees(straight_through_grad, logits, noise, tau, dm, finite_differences):

@@ -37,6 +37,7 @@ def _kd_mistakes(zs, zt, T):
     loss, grad = _kd(zs, zt, T)
     B, K = zs.shape
     rev, only = _kd(zs, zt, T, direction="student"), _kd(zs, zt, T, teacher_T=1.0)
+    batch = _kd(zs.T, zt.T, T)                              # softmax over the images instead of the classes
     return {"loss": [("the loss misses the factor T^2 (it keeps the gradients' size the same at every "
                       "temperature)", loss / T ** 2),
                      ("the KL is taken the wrong way round: KL(p_teacher || p_student) weighs the log ratio "
@@ -45,7 +46,9 @@ def _kd_mistakes(zs, zt, T):
                       only[0]),
                      ("the loss sums over the batch; it is the mean over the B images", loss * B),
                      ("the loss is a mean over all B * K entries; it sums over the K classes and averages "
-                      "over the B images", loss / K)],
+                      "over the B images", loss / K),
+                     ("the softmax runs over the images (axis 0); it runs over each image's classes (axis -1)",
+                      batch[0] * zs.shape[1] / B)],
             "dstudent": [("off by a factor T: the chain rule through z / T divides T^2 by T once, "
                           "dL/dz = T (p_student - p_teacher) / B", grad * T),
                          ("the gradient misses the factor T (T^2 from the loss, 1/T from z / T)", grad / T),

@@ -181,7 +181,7 @@ def grade_student(paths, timeout=60):
                 status, outputs = _run(client, SETUP)
                 client.timeout = timeout
                 if status != "ok":
-                    raise RuntimeError(f"grading setup failed in a fresh kernel: "
+                    raise OSError(f"grading setup failed in a fresh kernel (is minitofe importable there?): "
                                        f"{_error(outputs) if status == 'error' else status}")
                 for source in ran:                    # after a restart: the student's earlier cells again
                     _run(client, source)
