@@ -147,6 +147,8 @@ def test_write_it_yourself_catches_calls_at_any_depth_and_under_any_name():
     assert "write it yourself" in check(lambda p: alias(p, 1)).message
     assert "write it yourself" in check(lambda p: (lambda q: topk_mask(q, 2))(p)).message
     assert check(lambda p: p > 0).passed
+    sneaky = lambda p: (__import__("sys").setprofile(None), topk_mask(p, 1))[1]
+    assert "switched off the check's watch" in check(sneaky).message
     assert "changed its input" in check(lambda p: p.__isub__(1)).message
 
 
