@@ -47,8 +47,8 @@ def _kd_mistakes(zs, zt, T):
                      ("the loss sums over the batch; it is the mean over the B images", loss * B),
                      ("the loss is a mean over all B * K entries; it sums over the K classes and averages "
                       "over the B images", loss / K),
-                     ("the softmax runs over the images (axis 0); it runs over each image's classes (axis -1)",
-                      batch[0] * zs.shape[1] / B)],
+                     ("the softmax runs over the images (axis 0); it runs over each image's classes "
+                      "(axis -1)", batch[0] * zs.shape[1] / B)],
             "dstudent": [("off by a factor T: the chain rule through z / T divides T^2 by T once, "
                           "dL/dz = T (p_student - p_teacher) / B", grad * T),
                          ("the gradient misses the factor T (T^2 from the loss, 1/T from z / T)", grad / T),
