@@ -10,6 +10,7 @@ does) per subcommand, registered in ``COMMANDS``.
     minitofe bench [--json] [--quick] [--threads N] [--sections A,B] [--in-process]
     minitofe golden OUT.safetensors [--weights FILE | --preset NAME --seed S] [--mode M] [--images ...]
     minitofe compare BUNDLE THEIRS [--json] [--tol float64|float32]
+    minitofe exercises list | grade SUBMISSIONS/ [--out grades.csv] [--timeout S]
 
 Inference commands run on the Numba kernels when Numba is installed and they get at least
 ``cli.common.AUTO_FAST_MIN_IMAGES`` images, ``train`` always; ``--fast`` / ``--no-fast`` force either
@@ -24,6 +25,7 @@ import sys
 
 from .. import __version__
 from .convert import add_convert, run_convert
+from .exercises import add_exercises, run_exercises
 from .infer import add_demo, add_eval, add_predict, add_viz, run_demo, run_eval, run_predict, run_viz
 from .train import add_train, run_train
 from ..validate.cli import add_compare, add_golden, run_compare, run_golden
@@ -46,7 +48,8 @@ def run_bench(args):
 COMMANDS = {"demo": (add_demo, run_demo), "predict": (add_predict, run_predict), "viz": (add_viz, run_viz),
             "eval": (add_eval, run_eval), "train": (add_train, run_train),
             "convert": (add_convert, run_convert), "bench": (add_bench, run_bench),
-            "golden": (add_golden, run_golden), "compare": (add_compare, run_compare)}
+            "golden": (add_golden, run_golden), "compare": (add_compare, run_compare),
+            "exercises": (add_exercises, run_exercises)}
 
 
 def build_parser():

@@ -10,7 +10,8 @@ import numpy as np
 from ..config import ViTConfig
 from ..model import new_model, predict
 from ..tofe.config import ToFeConfig
-from .verdict import as_array, call, exercise, same, search
+from .calls import call, exercise
+from .verdict import as_array, same, search
 
 
 def reused_by_predict(kept):
@@ -34,6 +35,19 @@ def _history(kept, b, j):
     return ", ".join(f"stage {s + 1} {'kept' if k[b, j] else 'frozen'}" for s, k in enumerate(kept))
 
 
+def _reuse_mistakes(kept):
+    k = np.stack(kept)                                                     # (S, B, P)
+    before = np.concatenate([np.zeros_like(k[:1]), k[:-1]])               # the stage just before
+    ever_kept = np.logical_or.accumulate(np.concatenate([np.zeros_like(k[:1]), k[:-1]]), axis=0)
+    return [("a token counts as reused only when frozen at the stage just before; frozen at ANY earlier "
+             "stage counts", k & ~before & (np.arange(len(k)) > 0)[:, None, None]),
+            ("reused means kept now and FROZEN at an earlier stage, not kept at an earlier one",
+             k & ever_kept),
+            ("these are the tokens frozen now after being kept before; reused means kept now, frozen before",
+             ~k & ever_kept),
+            ("every kept token counts as reused; only those frozen at an earlier stage do", k)]
+
+
 def _reuse_agrees(reused_tokens, kept):
     want = np.stack(reused_by_predict(kept))                              # (S, B, P)
     got = call(reused_tokens, kept)
@@ -43,7 +57,7 @@ def _reuse_agrees(reused_tokens, kept):
         s, b, j = idx
         return (f" (token {j} of image {b}: {_history(kept, b, j)}. Reused at stage {s + 1} means kept "
                 f"there and frozen at some earlier stage)")
-    same("reused", got, want, explain=explain)
+    same("reused", got, want, explain=explain, mistakes=_reuse_mistakes(kept))
 
 
 def _case(case):
@@ -52,7 +66,8 @@ def _case(case):
     return [rng.random((case["B"], P)) < 0.5 for _ in range(case["S"])]
 
 
-@exercise("reused_tokens")
+@exercise("reused_tokens", replaces=(predict, reused_by_predict, "minitofe.tofe.record.record_stage",
+                                    "minitofe.tofe.inference.tofe_inference"))
 def check_reused_tokens(reused_tokens):
     """reused_tokens(kept) -> S boolean (B, P) arrays, against ``predict``'s ``info["reused"]``."""
     fixed = [np.array([[1, 0, 1, 0]], bool), np.array([[0, 1, 1, 0]], bool), np.array([[1, 1, 0, 0]], bool)]

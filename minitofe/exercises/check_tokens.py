@@ -1,49 +1,20 @@
-"""Checks for notebook 03's exercises on the selector and the two token paths: the selector's forward with
-its global-context step, gather/scatter of the kept tokens in their original order, and the approximator's
-backward (docs/method.md "Token selector", "Keep path", "Freeze path")."""
+"""Checks for notebook 03's exercises on the two token paths: gather/scatter of the kept tokens in their
+original order, and the approximator's backward (docs/method.md "Keep path", "Freeze path")."""
 import numpy as np
 
+from ..nn.layers import gelu_backward, gelu_forward, layernorm_backward, layernorm_forward, linear_forward
 from ..tofe.approximator import approximator_backward, approximator_forward
-from ..tofe.params import approximator_shapes, selector_shapes
-from ..tofe.selector import selector_forward
-from ..tofe.tokens import gather_tokens, mask_to_indices, scatter_tokens
-from .verdict import (Wrong, as_array, call, call_in_place, exercise, parts, same, same_as_finite_differences,
-                      search)
+from ..tofe.params import approximator_shapes
+from ..tofe.tokens import gather_tokens, indices_to_mask, mask_to_indices, scatter_tokens
+from .calls import call, call_in_place, exercise
+from .verdict import Wrong, as_array, parts, same, same_as_finite_differences, search
 
-SELECTOR = "tofe.selector.0."
 APPROX = "tofe.approx.0."
 
 
 def random_params(shapes, rng):
     """Every weight random (timm's init of ones and zeros, or a zero fc2, would hide terms)."""
     return {k: rng.standard_normal(shape) * (0.5 if len(shape) == 2 else 1.0) for k, shape in shapes.items()}
-
-
-def _selector_case(case):
-    rng = np.random.default_rng(case["seed"])
-    C = 4 * case["c4"]
-    x = rng.standard_normal((case["B"], case["T"] + case["P"], C))
-    return x, random_params(selector_shapes(SELECTOR, C), rng), case["T"]
-
-
-def _selector_agrees(selector_logits, x, params, T):
-    want, _ = selector_forward(x, params, SELECTOR, T)
-    got = as_array("logits", call(selector_logits, x, params, SELECTOR, T), want)
-    everything, _ = selector_forward(x, params, SELECTOR, 0)              # g averaged over all N tokens
-    if T and np.allclose(got, everything):
-        raise Wrong(f"your global context g averages all N tokens; it should average the P patch tokens "
-                    f"only (the first num_prefix = {T} tokens are the class/distillation tokens)")
-    same("logits", got, want)
-
-
-@exercise("selector_logits")
-def check_selector_logits(selector_logits):
-    """selector_logits(x, params, prefix, num_prefix) -> logits (B, N, 2), against ``selector_forward``."""
-    _selector_agrees(selector_logits, *_selector_case({"B": 2, "T": 1, "P": 4, "c4": 2, "seed": 0}))
-    sizes = {"B": (1, 2), "T": (0, 2), "P": (1, 5), "c4": (1, 3), "seed": (0, 1000)}
-    tried = search(sizes, lambda c: _selector_agrees(selector_logits, *_selector_case(c)),
-                   lambda c: f"B={c['B']}, num_prefix={c['T']}, P={c['P']}, C={4 * c['c4']}")
-    return f"logits equal selector_forward on a fixed case and on {tried}"
 
 
 def _tokens_case(case):
@@ -71,17 +42,30 @@ def _tokens_agree(gather_kept, scatter_kept, x, keep, rows):
         b, k = at[0], at[1]
         return (f" (row {k} of image {b} is {_which_token(x, b, got[b, k])}; it should be token "
                 f"{int(idx[b, k])}: the kept tokens {idx[b].tolist()} in their original order)")
-    same("gathered", got, want, rtol=0, atol=0, explain=explain)
+    order = np.argsort(keep, axis=1, kind="stable")[:, ::-1][:, :idx.shape[1]]   # kept, last first
+    frozen_first = np.argsort(keep, axis=1, kind="stable")[:, :idx.shape[1]]
+    mistakes = [("the kept tokens are gathered in reverse order; keep their original order",
+                 lambda: gather_tokens(x, idx[:, ::-1])),
+                ("the kept tokens are out of their original order (a descending argsort of keep); "
+                 "np.nonzero of each row gives them in ascending order", lambda: gather_tokens(x, order)),
+                ("these are the frozen tokens (keep == False); gather where keep is True",
+                 lambda: gather_tokens(x, frozen_first))]
+    same("gathered", got, want, rtol=0, atol=0, explain=explain, mistakes=mistakes)
     base = x.copy()
     out = call_in_place(scatter_kept, base, rows.copy(), keep.copy())
     if not np.array_equal(base, x) or (isinstance(out, np.ndarray) and np.shares_memory(out, base)):
         raise Wrong("scatter_kept writes into its input base (or returns it); write into a copy of base")
-    same("scattered", out, scatter_tokens(x, rows, idx), rtol=0, atol=0,
+    inverted = [("the rows went to the tokens that are not kept: scatter where keep is True",
+                 lambda: scatter_tokens(x, rows, mask_to_indices(~keep)))] if keep.any() and (
+        keep.sum(1) == (~keep).sum(1)).all() else []
+    same("scattered", out, scatter_tokens(x, rows, idx), rtol=0, atol=0, mistakes=inverted,
          explain=lambda at: f" (token {at[1]} of image {at[0]} is "
                             f"{'kept' if keep[at[0], at[1]] else 'not kept: it must stay as in base'})")
 
 
-@exercise("gather_scatter")
+@exercise("gather_scatter", replaces=(gather_tokens, scatter_tokens, mask_to_indices, indices_to_mask,
+                                     "minitofe.kernels.tokens.gather_tokens",
+                                     "minitofe.kernels.tokens.scatter_tokens"))
 def check_gather_scatter(gather_kept, scatter_kept):
     """gather_kept(x, keep) -> (B, K, C); scatter_kept(base, rows, keep) -> (B, N, C); against
     ``gather_tokens`` / ``scatter_tokens`` with ``mask_to_indices``, exactly."""
@@ -107,21 +91,33 @@ def _approx_agrees(approximator_grad, x, params, dy, finite_differences):
     if not isinstance(grads, dict) or set(grads) != set(grads_want):
         have = sorted(grads) if isinstance(grads, dict) else type(grads).__name__
         raise Wrong(f"grads should be a dict with the keys {sorted(grads_want)}, got {have}")
-    dx = as_array("dx", dx, dx_want)
-    if np.allclose(dx, dx_want - dy):
-        raise Wrong("dx misses the residual: A(x) = x + MLP(x), so dx = dy + (what comes back through "
-                    "the MLP)")
+    same("dx", dx, dx_want, mistakes=_approx_mistakes(x, params, dy, dx_want))
+    for key in grads_want:
+        same(f"grads['{key}']", grads[key], grads_want[key])
     if finite_differences:
         loss = lambda: float((approximator_forward(x, params, APPROX)[0] * dy).sum())
         same_as_finite_differences("dx", dx, loss, x)
         for key in grads_want:
             same_as_finite_differences(f"grads['{key}']", grads[key], loss, params[key])
-    same("dx", dx, dx_want)
-    for key in grads_want:
-        same(f"grads['{key}']", grads[key], grads_want[key])
 
 
-@exercise("approximator_grad")
+def _approx_mistakes(x, params, dy, dx_want):
+    """dx computed the plausible wrong ways: without the residual, skipping the LayerNorm's or the GELU's
+    backward."""
+    p = lambda name: params[APPROX + name]
+    n, c_ln = layernorm_forward(x, p("norm.weight"), p("norm.bias"))
+    h, _ = linear_forward(n, p("fc1.weight"), p("fc1.bias"))
+    _, c_gelu = gelu_forward(h)
+    da = dy @ p("fc2.weight")
+    return [("dx misses the residual: A(x) = x + MLP(x), so dx = dy + (what comes back through the MLP)",
+             dx_want - dy),
+            ("dx skips the LayerNorm's backward: what comes back through fc1 is the gradient of LN(x), "
+             "not of x", lambda: dy + gelu_backward(da, c_gelu) @ p("fc1.weight")),
+            ("dx skips the GELU's backward (GELU'(h) = Phi(h) + h phi(h) multiplies the gradient)",
+             lambda: dy + layernorm_backward(da @ p("fc1.weight"), c_ln)[0])]
+
+
+@exercise("approximator_grad", replaces=(approximator_backward,))
 def check_approximator_grad(approximator_grad):
     """approximator_grad(dy, x, params, prefix) -> (dx, grads), against finite differences and
     ``approximator_backward``."""

@@ -6,12 +6,13 @@ the first wrong entry with both values). Inside a check, a helper that finds a p
 with that sentence; the ``exercise`` decorator turns it into the verdict, so no traceback reaches the
 student. The student's function is always called on copies of the inputs, with NumPy's floating-point
 warnings silenced: a NaN it produces is reported as a value, the same in a notebook and under pytest.
+
+A plausible wrong answer is named: ``same(..., mistakes=...)`` compares a FAIL with answers computed the
+wrong ways on the same input and names the cause only when the student's answer equals one of them. How
+the student's function is called (copies, the write-it-yourself guard, an exception as one line) is
+``calls``.
 """
-import copy
-import functools
 import numbers
-import traceback
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,50 +35,6 @@ class Verdict:
 
     def _repr_pretty_(self, printer, cycle):          # how IPython shows the last value of a cell
         printer.text(str(self))
-
-
-def exercise(name):
-    """Decorator: a check that raises ``Wrong`` (or returns what it checked) -> one returning a Verdict."""
-    def wrap(check):
-        @functools.wraps(check)
-        def run(*student_functions):
-            try:
-                checked = check(*student_functions)
-            except Wrong as wrong:
-                return Verdict(name, False, str(wrong))
-            return Verdict(name, True, checked)
-        return run
-    return wrap
-
-
-def call(fn, *args, **kwargs):
-    """``fn(*args, **kwargs)`` on deep copies of the arguments; an exception becomes ``Wrong``."""
-    return call_in_place(fn, *copy.deepcopy(args), **copy.deepcopy(kwargs))
-
-
-def call_in_place(fn, *args, **kwargs):
-    """``call`` without the copies, to see whether ``fn`` changes its inputs."""
-    if not callable(fn):
-        raise Wrong(f"expected your function, got {type(fn).__name__} {fn!r}")
-    try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore")
-            return fn(*args, **kwargs)
-    except NotImplementedError as err:
-        raise Wrong(f"not written yet. {err}".strip()) from None
-    except Exception as err:  # the student's bug, reported as one line, never a traceback
-        raise Wrong(f"{getattr(fn, '__name__', 'your function')} raised {type(err).__name__}: {err}"
-                    f"{_where(fn, err)}") from None
-
-
-def _where(fn, err):
-    """' (line 7: return x[idx])' for the last frame of the student's own cell, else ''."""
-    home = getattr(getattr(fn, "__code__", None), "co_filename", None)
-    frames = [f for f in traceback.extract_tb(err.__traceback__) if f.filename == home]
-    if not frames:
-        return ""
-    last = frames[-1]
-    return f" (line {last.lineno}: {last.line.strip()})" if last.line else f" (line {last.lineno})"
 
 
 def parts(result, names):
@@ -114,22 +71,53 @@ def as_array(name, got, want):
     return arr
 
 
-def same(name, got, want, rtol=1e-6, atol=1e-9, explain=None, against="expected"):
-    """Raise ``Wrong`` at the first entry where ``got`` differs from ``want``; ``explain(index)`` may add
-    a sentence about that entry. ``rtol = atol = 0`` asks for exact equality."""
+def _differs(got, want, rtol, atol):
+    if want.dtype == bool or (rtol == 0 and atol == 0):
+        return got != want
+    return ~np.isclose(got, want, rtol=rtol, atol=atol, equal_nan=True)
+
+
+def named_mistake(got, want, mistakes, rtol=1e-6, atol=1e-9):
+    """The cause of the first plausible wrong answer that ``got`` equals: ``mistakes`` is a sequence of
+    ``(cause, answer)``, each answer an array (or a function returning one) computed the wrong way on the
+    same input. A cause is named only when it is proven: ``got`` equals that wrong answer everywhere, and
+    the wrong answer is not itself right on this input. -> the cause, or None."""
+    got = np.asarray(got)
+    for cause, answer in mistakes:
+        try:
+            answer = np.asarray(answer() if callable(answer) else answer)
+            with np.errstate(all="ignore"):
+                if answer.shape != got.shape or not _differs(answer, want, rtol, atol).any():
+                    continue
+                if not _differs(got, answer.astype(got.dtype, copy=False), rtol, atol).any():
+                    return cause
+        except Exception:  # a wrong way that does not apply to this input (e.g. nothing frozen)
+            continue
+    return None
+
+
+def same(name, got, want, rtol=1e-6, atol=1e-9, explain=None, against="expected", mistakes=()):
+    """Raise ``Wrong`` at the first entry where ``got`` differs from ``want``. When ``got`` equals one of
+    ``mistakes`` (see ``named_mistake``) the message names that cause; otherwise ``explain(index)`` may
+    add a sentence about the first wrong entry. ``rtol = atol = 0`` asks for exact equality."""
     want = np.asarray(want)
     got = as_array(name, got, want)
-    if want.dtype == bool or (rtol == 0 and atol == 0):
-        bad = got != want
-    else:
-        bad = ~np.isclose(got, want, rtol=rtol, atol=atol)
+    bad = _differs(got, want, rtol, atol)
     if not bad.any():
         return got
     idx = tuple(int(i) for i in np.argwhere(bad)[0])
     where = f"{name}[{', '.join(map(str, idx))}]" if idx else name
-    msg = f"{where} = {fmt(got[idx])}, {against} {fmt(want[idx])}"
+    shown, wanted = fmt(got[idx]), fmt(want[idx])
+    digits = 6
+    while shown == wanted and digits < 17:          # close values: show enough digits to see them differ
+        digits += 3
+        shown, wanted = f"{float(got[idx]):.{digits}g}", f"{float(want[idx]):.{digits}g}"
+    msg = f"{where} = {shown}, {against} {wanted}"
     if bad.size > 1:
         msg += f" ({int(bad.sum())} of {bad.size} entries differ)"
+    cause = named_mistake(got, want, mistakes, rtol, atol)
+    if cause is not None:
+        raise Wrong(f"{msg}: {cause}")
     if explain is not None:
         msg += explain(idx) or ""
     raise Wrong(msg)
