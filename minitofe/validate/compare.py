@@ -50,7 +50,7 @@ def read_outputs(path):
 
 def _rows(spec, bundle):
     """'stage.0.mask==1' -> bool (B, N) of the rows compared, or None for all."""
-    if spec is None:
+    if spec in (None, "all"):
         return None
     m = re.fullmatch(r"(.+)==([01])", spec)
     if not m or m.group(1) not in bundle.arrays:

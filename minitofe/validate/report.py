@@ -23,7 +23,7 @@ def _detail(row):
         return f"{len(row['flips'])} token(s) flipped"
     if row.get("index_diffs"):
         return f"{len(row['index_diffs'])} image(s) keep other patches"
-    return f"rows {row['rows']}" if row.get("rows") else ""
+    return f"rows {row['rows']}" if row.get("rows") not in (None, "all") else ""
 
 
 def _line(i, row, width):
@@ -76,7 +76,7 @@ def divergence_lines(report):
                  + _where(row["name"], row["worst"], report["prefix_tokens"]))
         lines.append(f"    worst element {where}: golden {row['golden']:.10g}, theirs {row['theirs']:.10g} "
                      f"(abs error {_num(row.get('max_abs'))}, rel {_num(row.get('rel'))})")
-    if row.get("rows"):
+    if row.get("rows") not in (None, "all"):
         lines.append(f"    compared on the rows {row['rows']}")
     last = report["last_match"]
     lines.append(f"    everything before it matches (last: {last})" if last else
