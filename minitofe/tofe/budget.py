@@ -114,14 +114,25 @@ def _baseline_value_for_budget(cfg, tcfg, budget, iters=60):
     return _inside_its_counts(cfg, tcfg, lo, S, iters)
 
 
-def _inside_its_counts(cfg, tcfg, x, S, iters=60):
+def _inside_its_counts(cfg, tcfg, x, S, iters=60, sliver=1e-7):
     """The middle of the interval of keep rates / rhos that keep the same token counts as ``x``.
 
     The bisection stops a hair below the value at which a count steps up: rate * n lands within ~1e-9
     of a whole number (11.0000000005), exactly where minitofe's rule (the product rounded to 9 decimals
     first) and the authors' plain ceil / floor keep different counts. In the middle of the interval the
     product is far from every whole number, so both rules keep these counts and the MACs are unchanged
-    (docs/baselines.md, "Keep counts")."""
+    (docs/baselines.md, "Keep counts"). Counts that only the 9-decimal rounding makes possible live on an
+    interval ~1e-10 wide (16 rho, 16 rho^2, 16 rho^3 all step at rho = 1/2): then the next counts below,
+    cheaper still, are taken."""
+    while True:
+        lo, hi = _count_interval(cfg, tcfg, x, S, iters)
+        if hi - lo > sliver or lo <= 1e-9:
+            return 0.5 * (lo + hi)
+        x = lo - sliver
+
+
+def _count_interval(cfg, tcfg, x, S, iters):
+    """(lo, hi): the ends of the interval of values keeping the counts of ``x``, found by bisection."""
     counts = lambda v: baseline_token_counts(cfg, tcfg, baseline_profile(tcfg, v, S))   # noqa: E731
     want = counts(x)
     edges = []
@@ -134,7 +145,7 @@ def _inside_its_counts(cfg, tcfg, x, S, iters=60):
             same = counts(mid) == want
             lo, hi = (lo, mid) if same != inside_is_lo else (mid, hi)
         edges.append(hi if not inside_is_lo else lo)
-    return 0.5 * (edges[0] + edges[1])
+    return edges
 
 
 def evit_keep_rate(cfg, tcfg):

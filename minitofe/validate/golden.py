@@ -23,13 +23,15 @@ from ..tofe.config import FAITHFUL_BASELINES, ToFeConfig
 from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
-NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to fresh weights, so that every term of the loss is exercised
+NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to a preset's backbone: the student is not its teacher
+FRESH_STD = 0.5      # N(0, FRESH_STD^2) added to fresh ToFe modules: their outputs vary from token to token
 
 
 def nudge(model, rng, std=NUDGE_STD, only="tofe."):
     """Add N(0, std^2) noise to the parameters whose key starts with ``only`` (None: all). A fresh
-    approximator (fc2 = 0) is exactly the identity and a fresh student equals its teacher: a bundle of
-    either would check nothing of some gradients and of the distillation loss."""
+    approximator (fc2 = 0) is exactly the identity, a fresh selector or predictor scores every token
+    alike, and a fresh student equals its teacher: a bundle of any would check nothing of some gradients,
+    decisions and of the distillation loss."""
     for k, v in model.params.items():
         if only is None or k.startswith(only):
             model.params[k] = v + rng.normal(0.0, std, v.shape).astype(v.dtype)
@@ -59,8 +61,10 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
         model = new_model(cfg, ToFeConfig(method=method or "tofe"), rng, np.dtype(dtype))
         t_params = {k: v.copy() for k, v in model.backbone_params().items()}
         name = preset if isinstance(preset, str) else cfg.to_dict()
-        return nudge(model, rng, only=None), t_params, {
-            "model": f"preset {name}, seed {seed}, every parameter nudged by N(0, {NUDGE_STD}^2)",
+        nudge(model, rng, only=None)
+        return nudge(model, rng, FRESH_STD), t_params, {
+            "model": f"preset {name}, seed {seed}, every parameter nudged by N(0, {NUDGE_STD}^2), the ToFe "
+                     f"modules (tofe.*) then by N(0, {FRESH_STD}^2)",
             "teacher": "the preset's initial backbone (before the nudge)"}
     model = load_model(weights, model=model_name, num_heads=heads, dtype=dtype)
     source = {"model": f"weights {weights}", "teacher": f"the backbone of {teacher or weights}"}
@@ -71,17 +75,17 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
     if method == own:
         return model, t_params, dict(source, tofe_modules="from the file")
     add_tofe(model, model.tofe.replace(method=method), rng)
-    return nudge(model, rng), t_params, dict(source, tofe_modules=f"fresh for method {method!r} (seed "
-                                                                  f"{seed}), nudged by N(0, {NUDGE_STD}^2)")
+    return nudge(model, rng, FRESH_STD), t_params, dict(
+        source, tofe_modules=f"fresh for method {method!r} (seed {seed}), nudged by N(0, {FRESH_STD}^2)")
 
 
-def example_golden(path, overwrite=False):
-    """The small bundle of notebook 07, the tests and ``scripts/make_validate_fixtures.py``: a 4-block
-    ViT of width 8 on two random 8x8 grey images, ToFe stages at blocks 1, 2, 3, float64."""
+def example_golden(path, method="tofe", mode="train", overwrite=False):
+    """The small bundles of notebook 07, the tests and ``scripts/make_validate_fixtures.py``: a 4-block
+    ViT of width 8 on two random 8x8 grey images, stages at blocks 1, 2, 3, float64."""
     cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
-    model, teacher, source = golden_model(preset=cfg, seed=0)
+    model, teacher, source = golden_model(preset=cfg, seed=0, method=method)
     images, labels, isrc = golden_images(model, random=2, seed=1)
-    return make_golden(path, model, images, labels, teacher=teacher, source={**source, **isrc},
+    return make_golden(path, model, images, labels, mode, teacher=teacher, source={**source, **isrc},
                        overwrite=overwrite)
 
 
