@@ -58,7 +58,8 @@ def _dynamicvit(cfg, tcfg, mode):
                         "minitofe's masked softmax has no eps and stays in the working dtype; in inference "
                         "they keep int(P rho^(s+1)) patches (0 is possible), minitofe at least 1 and the floor "
                         "of the product rounded to 9 decimals; kept tokens ordered by score there, by position "
-                        "here",
+                        "here; an image whose previous decision keeps no patch: their global half divides 0 by "
+                        "0 (NaN), minitofe takes g = 0",
     }
     if mode == "train":
         c.update({

@@ -50,7 +50,8 @@ class Predictor(nn.Module):
         x = self.in_conv(x)
         h = x.shape[-1] // 2
         w = torch.ones_like(policy) if self.bug == "global_unweighted" else policy
-        g = (x[..., h:] * w[..., None]).sum(1, keepdim=True) / w.sum(1)[:, None, None]
+        total = w.sum(1)[:, None, None]         # 0 when an image kept no patch: g = 0 (minitofe; the authors' 0/0)
+        g = (x[..., h:] * w[..., None]).sum(1, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total))
         return self.out_conv(torch.cat([x[..., :h], g.expand(-1, x.shape[1], -1)], -1))
 
 
