@@ -5,6 +5,7 @@ planted bug is localised to the tensor it touches first, the bundle's parameters
 timm's state dict, and ``tests/fixtures/validate/timm_*.safetensors`` are what it writes today.
 Skipped without torch and timm; the default run checks those saved files (tests/test_golden.py)."""
 import pathlib
+from types import SimpleNamespace
 
 import pytest
 
@@ -14,9 +15,9 @@ try:
     import torch.nn.functional as F
     from timm.layers import Attention
     from timm.models.vision_transformer import VisionTransformer
-except ImportError:                                # the fixtures script needs the ImportError itself
+except ImportError:                                # classes still defined, the tests skipped
     torch = VisionTransformer = None
-    Attention = nn = object
+    Attention, nn = object, SimpleNamespace(Module=object)
 
 from minitofe.validate import example_golden, read_bundle, record
 

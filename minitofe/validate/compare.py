@@ -14,9 +14,10 @@ tensor (restricted to the rows its index entry names, e.g. the kept tokens of a 
 The verdict is given in one class: ``tol`` (``"float64"`` / ``"float32"``), by default float32 when any
 float tensor they give, or the bundle itself, is float32, else float64.
 
-Outputs of another configuration are bad input, not a divergence: a tensor whose shape the configuration
-fixes (inputs, parameters, gradients, the embedding, the blocks before the first stage, the logits) with
-another shape is refused (ValueError, exit 2) naming the tensor, both shapes and the bundle's sizes. The
+Outputs of another configuration are bad input, not a divergence (``fit.check_configuration``): a tensor
+whose shape the configuration fixes (inputs, parameters, gradients, the embedding, the blocks before the
+first stage, the logits) with another shape is refused (ValueError, exit 2) naming the tensor, both
+shapes and the bundle's sizes. The
 report (``--json``) follows ``SCHEMA``; docs/validate.md, "The JSON report", lists every key.
 """
 import os
@@ -24,17 +25,18 @@ import re
 
 import numpy as np
 
-from .bundle import Bundle, read_bundle
+from .bundle import ROLES, Bundle, read_bundle
+from .fit import check_configuration, problem as _problem
 from ..io.npz import read_npz_arrays
 from ..io.weights import existing_file
 
 TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
 SCHEMA = "minitofe-compare/1"
-REPORT_KEYS = ("schema", "bundle", "theirs", "mode", "method", "minitofe_version", "prefix_tokens", "tolerances",
-               "class", "passed", "compared", "failed", "first_divergence", "last_match", "worst", "tensors",
-               "not_given", "unknown")
-ROW_KEYS = ("name", "role", "kind", "what", "shape", "rows", "dtype", "max_abs", "rel", "worst", "golden", "theirs",
-            "pass_float64", "pass_float32", "error", "note", "status", "flips", "index_diffs")
+REPORT_KEYS = ("schema", "bundle", "theirs", "mode", "method", "minitofe_version", "prefix_tokens",
+               "tolerances", "class", "passed", "compared", "failed", "first_divergence", "last_match",
+               "worst", "tensors", "not_given", "unknown")
+ROW_KEYS = ("name", "role", "kind", "what", "shape", "rows", "dtype", "max_abs", "rel", "worst", "golden",
+            "theirs", "pass_float64", "pass_float32", "error", "note", "status", "flips", "index_diffs")
 
 
 def read_outputs(path):
@@ -67,15 +69,6 @@ def _rows(spec, bundle):
     if not m or m.group(1) not in bundle.arrays:
         raise ValueError(f"{bundle.path}: unknown rows rule {spec!r}")
     return bundle.arrays[m.group(1)] == float(m.group(2))
-
-
-def _problem(ref, got):
-    """Why ``got`` cannot be compared with ``ref`` (None when it can)."""
-    if got.dtype.kind not in "biuf":
-        return f"dtype {got.dtype} is not a number type (expected {ref.dtype})"
-    if got.shape != ref.shape and (got.size != ref.size or np.squeeze(got).shape != np.squeeze(ref).shape):
-        return f"shape {tuple(got.shape)} != golden {tuple(ref.shape)}"
-    return None
 
 
 def _float_row(row, ref, got, sel):
@@ -180,43 +173,6 @@ def _given_dtype(bundle, theirs):
     return "float64"
 
 
-def _fixed_by_config(entry, first_stage):
-    """The tensor's shape follows from the configuration alone (not from any decision)."""
-    if entry.role in ("input", "param", "backward") or entry.name in ("embed", "logits"):
-        return True
-    parts = entry.name.split(".")
-    return parts[0] == "blocks" and parts[1].isdigit() and int(parts[1]) < first_stage
-
-
-def _sizes(bundle):
-    """{size: 'X = size what'} for the sizes the bundle's configuration sets."""
-    cfg, b = bundle.meta["config"], len(bundle.arrays["input.images"])
-    named = [(b, "B", "images"), (cfg["num_tokens"], "N", "tokens"), (cfg["num_patches"], "P", "patches"),
-             (cfg["embed_dim"], "C", "channels"), (cfg["num_classes"], "K", "classes")]
-    out = {}
-    for size, letter, what in named:
-        out.setdefault(size, f"{letter} = {size} {what}")
-    return out
-
-
-def check_configuration(bundle, theirs, path=None):
-    """Refuse outputs of another configuration (ValueError naming every tensor that does not fit)."""
-    stages = bundle.meta["tofe"]["stages"]
-    first = stages[0] if stages else bundle.meta["config"]["depth"]
-    sizes, bad = _sizes(bundle), []
-    for e in bundle.entries:
-        if e.name in theirs and _fixed_by_config(e, first):
-            ref, got = bundle.arrays[e.name], np.asarray(theirs[e.name])
-            if _problem(ref, got) and got.dtype.kind in "biuf":
-                axes = ", ".join(sizes.get(d, str(d)) for d in ref.shape)
-                bad.append(f"{e.name} is {tuple(got.shape)}, the bundle's {tuple(ref.shape)} ({axes or 'a scalar'})")
-    if bad:
-        raise ValueError(f"{path or 'outputs'}: made with another configuration than the bundle "
-                         f"({len(bad)} tensor(s) whose shape the configuration fixes differ): " + "; ".join(bad[:4])
-                         + (" ..." if len(bad) > 4 else "") + "; run your implementation on the bundle's inputs "
-                         "and parameters, or make a bundle of your configuration")
-
-
 def compare(bundle, theirs, tol=None, any_version=False):
     """``bundle``: a Bundle or a path; ``theirs``: {name: array} or a path. -> report dict with
     ``passed``, ``first_divergence`` (a row or None), ``tensors`` (rows in execution order), and the
@@ -242,13 +198,14 @@ def compare(bundle, theirs, tol=None, any_version=False):
     first = failed[0] if failed else None
     before = rows[:rows.index(first)] if first else rows
     worst = {r: max(((x["rel"], x["name"]) for x in rows if x["role"] == r and x.get("rel") is not None),
-                    default=None) for r in ("input", "param", "forward", "backward")}
+                    default=None) for r in ROLES}
+    worst = {r: {"rel": w[0], "name": w[1]} for r, w in worst.items() if w is not None}
     return {"schema": SCHEMA, "bundle": bundle.path, "theirs": theirs_path, "mode": bundle.meta["mode"],
             "method": bundle.meta["tofe"]["method"], "minitofe_version": bundle.meta["minitofe_version"],
             "prefix_tokens": _prefix_tokens(bundle), "tolerances": dict(TOLERANCES), "class": cls,
             "passed": not failed, "compared": len(rows),
             "failed": len(failed), "first_divergence": first,
             "last_match": before[-1]["name"] if before else None,
-            "worst": {r: {"rel": w[0], "name": w[1]} for r, w in worst.items() if w is not None}, "tensors": rows,
+            "worst": worst, "tensors": rows,
             "not_given": [e.name for e in bundle.entries if e.name not in theirs and e.role in
                           ("forward", "backward")], "unknown": unknown}

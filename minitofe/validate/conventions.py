@@ -69,12 +69,13 @@ def conventions(cfg, tcfg, mode, dtype):
     m = macs_terms(cfg)["dense_terms"]
     c["macs"] = ("multiply-accumulates of the matmuls (minitofe.tofe.macs): block on n tokens "
                  "(4 + 2 mlp_ratio) n C^2 + 2 n^2 C, selector per stage on N tokens N C (C/2) + N C (C/4) "
-                 "+ N (C/4) 2 (tofe-cumulative: on the tokens alive), approximator 2 (N - n) C^2 / r, DynamicViT "
-                 "predictor n (C^2 + C^2/2 + C^2/8 + C/2) on the n patches alive, EViT's reduction block its "
-                 "attention on the tokens it receives and its MLP on those it keeps, patch embedding P C "
-                 "in_chans p^2, head C classes; n = T + kept patches; macs_ratio = macs / dense macs, per "
-                 f"image, dense macs = patch embedding {m['patch_embed']:.0f} + {cfg.depth} blocks on N = {N} "
-                 f"tokens {m['blocks']:.0f} + head {m['head']:.0f} = {sum(m.values()):.0f} (metadata 'macs')")
+                 "+ N (C/4) 2 (tofe-cumulative: on the tokens alive), approximator 2 (N - n) C^2 / r, "
+                 "DynamicViT predictor n (C^2 + C^2/2 + C^2/8 + C/2) on the n patches alive, EViT's "
+                 "reduction block its attention on the tokens it receives and its MLP on those it keeps, "
+                 "patch embedding P C in_chans p^2, head C classes; n = T + kept patches; macs_ratio = macs "
+                 f"/ dense macs, per image, dense macs = patch embedding {m['patch_embed']:.0f} + "
+                 f"{cfg.depth} blocks on N = {N} tokens {m['blocks']:.0f} + head {m['head']:.0f} = "
+                 f"{sum(m.values()):.0f} (metadata 'macs')")
     return c
 
 

@@ -28,8 +28,8 @@ from .recorder import record, recording
 
 __all__ = ["TIMM_NAMES", "capture", "load", "record"]
 
-TIMM_NAMES = {"pos_drop": "embed", "blocks.{i}.norm1": "blocks.{i}.norm1", "blocks.{i}.attn": "blocks.{i}.attn",
-              "blocks.{i}.mlp": "blocks.{i}.mlp", "blocks.{i}": "blocks.{i}.out"}
+TIMM_NAMES = {"pos_drop": "embed", "blocks.{i}": "blocks.{i}.out",
+              **{f"blocks.{{i}}.{part}": f"blocks.{{i}}.{part}" for part in ("norm1", "attn", "mlp")}}
 _DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
@@ -71,7 +71,8 @@ def load(bundle, module, keys=None, dtype=None):
         if key not in params:
             problems.append(f"{theirs!r}: the bundle has no parameter {('param.' + key)!r}")
         elif tuple(t.shape) != params[key].shape:
-            problems.append(f"{theirs!r} -> {key!r}: module shape {tuple(t.shape)}, bundle {params[key].shape}")
+            problems.append(f"{theirs!r} -> {key!r}: module shape {tuple(t.shape)}, "
+                            f"bundle {params[key].shape}")
         placed[key] = theirs
     problems += [f"bundle parameter {('param.' + k)!r} {v.shape}: no module parameter maps to it"
                  for k, v in params.items() if k not in placed]

@@ -32,7 +32,8 @@ def run(bundle, bug=None, dtype=None, out=None):
     model = BaselineViT(b.meta["config"], b.meta["tofe"], bug)
     train = b.meta["mode"] == "train"
     step = (lambda x: training_loss(model, **x)) if train else (lambda x: infer(model, **x))
-    return capture(b, model, step, {"tofe.predictor.{s}": "stage.{s}.logp"} if train else {}, out=out, dtype=dtype)
+    names = {"tofe.predictor.{s}": "stage.{s}.logp"} if train else {}
+    return capture(b, model, step, names, out=out, dtype=dtype)
 
 
 class Predictor(nn.Module):
@@ -50,8 +51,9 @@ class Predictor(nn.Module):
         x = self.in_conv(x)
         h = x.shape[-1] // 2
         w = torch.ones_like(policy) if self.bug == "global_unweighted" else policy
-        total = w.sum(1)[:, None, None]         # 0 when an image kept no patch: g = 0 (minitofe; the authors' 0/0)
-        g = (x[..., h:] * w[..., None]).sum(1, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total))
+        total = w.sum(1)[:, None, None]          # 0 when an image kept no patch: g = 0 (the authors: 0 / 0)
+        total = torch.where(total > 0, total, torch.ones_like(total))
+        g = (x[..., h:] * w[..., None]).sum(1, keepdim=True) / total
         return self.out_conv(torch.cat([x[..., :h], g.expand(-1, x.shape[1], -1)], -1))
 
 
@@ -84,7 +86,8 @@ def _macs(model, counts):
             total += (hi - lo - 1) * _block_macs(model, n)
         else:                                            # the predictor on the patches alive, then the blocks
             a = n_in - model.T
-            total += a * (C * C + C * (C // 2) + (C // 2) * (C // 4) + (C // 4) * 2) + (hi - lo) * _block_macs(model, n)
+            total += a * (C * C + C * (C // 2) + (C // 2) * (C // 4) + (C // 4) * 2)
+            total += (hi - lo) * _block_macs(model, n)
         n_in = n
     return total
 

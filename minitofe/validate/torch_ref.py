@@ -102,7 +102,8 @@ class Selector(nn.Module):
     def __init__(self, C, T, bug):
         super().__init__()
         self.T, self.bug, self.norm = T, bug, layer_norm(C, bug)
-        self.fc1, self.fc2, self.fc3 = nn.Linear(C, C // 2), nn.Linear(2 * (C // 2), C // 4), nn.Linear(C // 4, 2)
+        self.fc1, self.fc2 = nn.Linear(C, C // 2), nn.Linear(2 * (C // 2), C // 4)
+        self.fc3 = nn.Linear(C // 4, 2)
 
     def forward(self, x):
         u = F.gelu(self.fc1(self.norm(x)))

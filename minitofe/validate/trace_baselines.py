@@ -140,10 +140,12 @@ def _ends(rec, model, images, info, mode, cache, losses):
         rec.add("kept_counts", np.asarray(info["kept_counts"], dtype=np.int64),
                 "patches kept as themselves per image and stage (B, S)", kind="int")
         rec.add("macs", np.broadcast_to(info["macs"], (len(images),)), "realised MACs per image (B,)")
-    rec.add("macs_ratio", np.broadcast_to(info["macs_ratio"], (len(images),)), "MACs / dense MACs per image (B,)")
+    rec.add("macs_ratio", np.broadcast_to(info["macs_ratio"], (len(images),)),
+            "MACs / dense MACs per image (B,)")
+    weights = {"total": " (the weighted sum)", "ratio": " (weight included)"}
     for k in losses:
-        rec.add(f"loss.{k}", np.asarray(info["losses"][k], dtype), f"loss term {k}" + (
-            " (the weighted sum)" if k == "total" else " (unweighted)" if k != "ratio" else " (weight included)"))
+        rec.add(f"loss.{k}", np.asarray(info["losses"][k], dtype),
+                f"loss term {k}" + weights.get(k, " (unweighted)"))
     if cache is None:
         return
     dimages, grads = train_backward(cache)
