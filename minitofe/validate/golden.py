@@ -24,17 +24,21 @@ from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
 NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to a preset's backbone: the student is not its teacher
-FRESH_STD = 0.5      # N(0, FRESH_STD^2) added to fresh ToFe modules: their outputs vary from token to token
+FRESH_STD = 0.5      # fresh ToFe modules: N(0, FRESH_STD^2) on vectors, N(0, 1 / fan_in) on weight matrices
+FRESH = f"N(0, 1/fan_in) on weight matrices, N(0, {FRESH_STD}^2) on vectors"
 
 
 def nudge(model, rng, std=NUDGE_STD, only="tofe."):
-    """Add N(0, std^2) noise to the parameters whose key starts with ``only`` (None: all). A fresh
-    approximator (fc2 = 0) is exactly the identity, a fresh selector or predictor scores every token
-    alike, and a fresh student equals its teacher: a bundle of any would check nothing of some gradients,
-    decisions and of the distillation loss."""
+    """Add N(0, std^2) noise to the parameters whose key starts with ``only`` (None: all); ``std=None``:
+    N(0, 1 / fan_in) to a weight matrix (its outputs then vary by about one unit, at any width, without
+    saturating a softmax into ties) and N(0, FRESH_STD^2) to a vector. A fresh approximator (fc2 = 0) is
+    exactly the identity, a fresh selector or predictor scores every token alike, and a fresh student
+    equals its teacher: a bundle of any would check nothing of some gradients, decisions and of the
+    distillation loss."""
     for k, v in model.params.items():
         if only is None or k.startswith(only):
-            model.params[k] = v + rng.normal(0.0, std, v.shape).astype(v.dtype)
+            s = std if std is not None else v.shape[-1] ** -0.5 if v.ndim >= 2 else FRESH_STD
+            model.params[k] = v + rng.normal(0.0, s, v.shape).astype(v.dtype)
     return model
 
 
@@ -62,9 +66,9 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
         t_params = {k: v.copy() for k, v in model.backbone_params().items()}
         name = preset if isinstance(preset, str) else cfg.to_dict()
         nudge(model, rng, only=None)
-        return nudge(model, rng, FRESH_STD), t_params, {
+        return nudge(model, rng, None), t_params, {
             "model": f"preset {name}, seed {seed}, every parameter nudged by N(0, {NUDGE_STD}^2), the ToFe "
-                     f"modules (tofe.*) then by N(0, {FRESH_STD}^2)",
+                     f"modules (tofe.*) then by {FRESH}",
             "teacher": "the preset's initial backbone (before the nudge)"}
     model = load_model(weights, model=model_name, num_heads=heads, dtype=dtype)
     source = {"model": f"weights {weights}", "teacher": f"the backbone of {teacher or weights}"}
@@ -75,8 +79,8 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
     if method == own:
         return model, t_params, dict(source, tofe_modules="from the file")
     add_tofe(model, model.tofe.replace(method=method), rng)
-    return nudge(model, rng, FRESH_STD), t_params, dict(
-        source, tofe_modules=f"fresh for method {method!r} (seed {seed}), nudged by N(0, {FRESH_STD}^2)")
+    return nudge(model, rng, None), t_params, dict(
+        source, tofe_modules=f"fresh for method {method!r} (seed {seed}), nudged by {FRESH}")
 
 
 def example_golden(path, method="tofe", mode="train", overwrite=False):

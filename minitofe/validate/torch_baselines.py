@@ -102,7 +102,8 @@ def _evit_reduce(model, blk, x, s, i):
     x1 = x + blk.ls1(blk.attn(blk.norm1(x)))
     A = blk.attn.weights
     a = record(f"stage.{s}.cls_attn", A[:, 0, 0, T:] if bug == "cls_head0" else A[:, :, 0, T:].mean(1))
-    idx = record(f"stage.{s}.kept_idx", torch.topk(a, K, dim=1).indices.sort(1).values)      # (B, K)
+    top = torch.argsort(a, dim=1, descending=True, stable=True)[:, :K]       # ties: the lower position
+    idx = record(f"stage.{s}.kept_idx", top.sort(1).values)                # (B, K)
     cand = x1[:, T:]
     parts = [x1[:, :T], torch.gather(cand, 1, idx[..., None].expand(-1, -1, cand.shape[-1]))]
     if model.hp["evit_fuse"]:
@@ -197,7 +198,8 @@ def _dynamicvit_infer(model, images):
         score = model.tofe["predictor"][s](x[:, T:], torch.ones(len(x), n, dtype=x.dtype))[..., 0].exp()
         record(f"stage.{s}.scores", score)
         K = max(1, min(n, int(P * model.hp["dvit_rho"] ** (s + 1))))
-        idx = record(f"stage.{s}.kept_idx", torch.argsort(score, 1, descending=True)[:, :K].sort(1).values)
+        top = torch.argsort(score, dim=1, descending=True, stable=True)[:, :K]   # ties: the lower index
+        idx = record(f"stage.{s}.kept_idx", top.sort(1).values)
         x = torch.cat([x[:, :T], torch.gather(x[:, T:], 1, idx[..., None].expand(-1, -1, x.shape[-1]))], 1)
         for j in range(lo, hi):
             x = model.blocks[j](x)
