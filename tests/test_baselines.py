@@ -189,6 +189,33 @@ def test_predictor_finite_differences_including_the_policy():
     assert rel_error(numerical_grad(f, x), dx) < 1e-7 and rel_error(numerical_grad(f, policy), dpolicy) < 1e-7
 
 
+def _predictor_written_out(x, params, prefix, policy, eps):
+    """DynamicViT's PredictorLG from its definition, independently of minitofe's layers."""
+    from scipy.special import erf
+    gelu = lambda z: 0.5 * z * (1 + erf(z / np.sqrt(2)))                            # noqa: E731
+    lin = lambda z, name: z @ params[prefix + name + ".weight"].T + params[prefix + name + ".bias"]  # noqa
+    n = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + eps)
+    u = gelu(lin(n * params[prefix + "in_conv.0.weight"] + params[prefix + "in_conv.0.bias"], "in_conv.1"))
+    h = u.shape[-1] // 2
+    g = (u[..., h:] * policy[..., None]).sum(1, keepdims=True) / policy.sum(1)[:, None, None]
+    z = lin(gelu(lin(gelu(lin(np.concatenate([u[..., :h], np.broadcast_to(g, u[..., h:].shape)], -1),
+                              "out_conv.0")), "out_conv.2")), "out_conv.4")
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+
+
+def test_predictor_normalises_with_the_authors_layernorm_eps():
+    """PredictorLG's LayerNorm is torch's default (eps 1e-5), not the ViT's 1e-6: on tokens of small
+    variance the two differ visibly, and minitofe's predictor is the 1e-5 one."""
+    rng = np.random.default_rng(4)
+    params = {k: v + rng.standard_normal(v.shape)
+              for k, v in init_tofe_params(CFG, ToFeConfig(method="dynamicvit"), rng).items()}
+    x, policy = 3e-3 * rng.standard_normal((2, 5, 8)), rng.uniform(0.2, 1.0, (2, 5))   # variance ~1e-5
+    logp, _ = predictor_forward(x, params, "tofe.predictor.0.", policy)
+    authors = _predictor_written_out(x, params, "tofe.predictor.0.", policy, 1e-5)
+    vit_eps = _predictor_written_out(x, params, "tofe.predictor.0.", policy, 1e-6)
+    assert rel_error(logp, authors) < 1e-13 and rel_error(logp, vit_eps) > 1e-3
+
+
 def test_dynamicvit_soft_whole_forward_finite_differences():
     params, images, labels, tcfg, teacher, noise, rng = _setup("dynamicvit", dvit_rho=0.7)
     out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=False)

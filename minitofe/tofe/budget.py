@@ -9,7 +9,9 @@ The authors' baselines have one number each, found by the same bisection: EViT's
 stage keeps ceil(r * n) of its n candidates, plus the fused token) and DynamicViT's rho (stage s keeps
 rho^(s+1) of the patches); their ``keep ratios`` are (r, r, r) and (rho, rho^2, rho^3).
 ``evit_keep_rate`` / ``dynamicvit_rho`` return the configured value, or the one that meets
-``target_ratio`` when the config leaves it None.
+``target_ratio`` when the config leaves it None. A value the search returns lies in the middle of the
+interval of values that keep the same counts, never on the edge where minitofe's keep-count rule and the
+authors' differ (docs/baselines.md).
 """
 import numpy as np
 
@@ -109,7 +111,41 @@ def _baseline_value_for_budget(cfg, tcfg, budget, iters=60):
     for _ in range(iters):                        # MACs are monotone in the keep rate / rho
         mid = 0.5 * (lo + hi)
         lo, hi = (lo, mid) if macs(mid) > budget * dense else (mid, hi)
-    return lo
+    return _inside_its_counts(cfg, tcfg, lo, S, iters)
+
+
+def _inside_its_counts(cfg, tcfg, x, S, iters=60, sliver=1e-7):
+    """The middle of the interval of keep rates / rhos that keep the same token counts as ``x``.
+
+    The bisection stops a hair below the value at which a count steps up: rate * n lands within ~1e-9
+    of a whole number (11.0000000005), exactly where minitofe's rule (the product rounded to 9 decimals
+    first) and the authors' plain ceil / floor keep different counts. In the middle of the interval the
+    product is far from every whole number, so both rules keep these counts and the MACs are unchanged
+    (docs/baselines.md, "Keep counts"). Counts that only the 9-decimal rounding makes possible live on an
+    interval ~1e-10 wide (16 rho, 16 rho^2, 16 rho^3 all step at rho = 1/2): then the next counts below,
+    cheaper still, are taken."""
+    while True:
+        lo, hi = _count_interval(cfg, tcfg, x, S, iters)
+        if hi - lo > sliver or lo <= 1e-9:
+            return 0.5 * (lo + hi)
+        x = lo - sliver
+
+
+def _count_interval(cfg, tcfg, x, S, iters):
+    """(lo, hi): the ends of the interval of values keeping the counts of ``x``, found by bisection."""
+    counts = lambda v: baseline_token_counts(cfg, tcfg, baseline_profile(tcfg, v, S))   # noqa: E731
+    want = counts(x)
+    edges = []
+    for lo, hi, inside_is_lo in ((1e-9, x, False), (x, 1.0, True)):
+        if counts(lo if not inside_is_lo else hi) == want:      # the interval reaches the end of the range
+            edges.append(lo if not inside_is_lo else hi)
+            continue
+        for _ in range(iters):                    # counts are monotone: keep one end inside, one outside
+            mid = 0.5 * (lo + hi)
+            same = counts(mid) == want
+            lo, hi = (lo, mid) if same != inside_is_lo else (mid, hi)
+        edges.append(hi if not inside_is_lo else lo)
+    return edges
 
 
 def evit_keep_rate(cfg, tcfg):

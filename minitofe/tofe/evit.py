@@ -23,7 +23,10 @@ from ..nn.layers import layernorm_backward, layernorm_forward, linear_backward
 
 
 def keep_count(keep_rate, n):
-    """K = ceil(keep_rate * n), the product rounded to 9 decimals first (0.35 * 20 keeps 7, not 8)."""
+    """K = ceil(keep_rate * n), the product rounded to 9 decimals first, so that a typed rate keeps what it
+    says (0.55 * 100 is 55.00000000000001 in floats: 55, where the authors' plain ceil keeps 56); at least
+    1, at most n. The rules differ only within 5e-10 of a whole product, where the budget search never
+    lands (docs/baselines.md, "Keep counts")."""
     return max(1, min(n, math.ceil(round(keep_rate * n, 9))))
 
 

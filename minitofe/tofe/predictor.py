@@ -10,19 +10,23 @@ It scores the patch tokens only (prefix tokens are always kept) with a local and
 ``policy`` (B, P) is the current decision (1 kept, 0 dropped; in training the straight-through Gumbel
 decision of the previous stage, so it is *differentiable*: the predictor's backward returns
 ``dpolicy``). An image whose policy sums to 0 gets g = 0. Parameters live under ``prefix`` (e.g.
-``"tofe.predictor.0."``) with the authors' layer names: ``in_conv.0`` (LayerNorm), ``in_conv.1``,
-``out_conv.0``, ``out_conv.2``, ``out_conv.4`` (Linears).
+``"tofe.predictor.0."``) with the authors' layer names: ``in_conv.0`` (LayerNorm, eps 1e-5 as the
+authors' ``nn.LayerNorm(embed_dim)``, not the ViT's 1e-6), ``in_conv.1``, ``out_conv.0``, ``out_conv.2``,
+``out_conv.4`` (Linears). docs/baselines.md lists every convention next to the authors' code.
 """
 from ..backend import get_xp
 from ..nn.layers import (gelu_backward, gelu_forward, layernorm_backward, layernorm_forward,
                          linear_backward, linear_forward, log_softmax)
 
 OUT_LAYERS = ("out_conv.0", "out_conv.2", "out_conv.4")
+PREDICTOR_LN_EPS = 1e-5   # the authors' PredictorLG uses torch's default LayerNorm eps, unlike the ViT (1e-6)
 
 
 def patches_to_keep(ratio, P, alive):
     """Patches a stage keeps in inference: int(ratio * P) (the authors' floor, the product rounded to 9
-    decimals first), at least 1 [ours: the authors' code would keep none] and at most the ``alive`` ones."""
+    decimals first: 0.35 * 180 is 62.99999999999999 in floats, 63 here, 62 in the authors' code), at least
+    1 [ours: at 35 % the authors' code keeps int(49 rho^3) = 0 at stage 3] and at most the ``alive`` ones
+    (docs/baselines.md, "Keep counts")."""
     return max(1, min(int(alive), int(round(ratio * P, 9))))
 
 
@@ -32,7 +36,8 @@ def predictor_forward(x, params, prefix, policy):
     if x.ndim != 3 or tuple(policy.shape) != tuple(x.shape[:2]):
         raise ValueError(f"predictor: need x (B, P, C) and policy (B, P), got {tuple(x.shape)} and "
                          f"{tuple(policy.shape)}")
-    n, c_ln = layernorm_forward(x, params[prefix + "in_conv.0.weight"], params[prefix + "in_conv.0.bias"])
+    n, c_ln = layernorm_forward(x, params[prefix + "in_conv.0.weight"], params[prefix + "in_conv.0.bias"],
+                                PREDICTOR_LN_EPS)
     h, c_in = linear_forward(n, params[prefix + "in_conv.1.weight"], params[prefix + "in_conv.1.bias"])
     u, c_gu = gelu_forward(h)                                           # (B, P, C)
     half = u.shape[-1] // 2

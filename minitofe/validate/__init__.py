@@ -7,10 +7,13 @@ implementation's outputs (docs/validate.md).
     make_golden("golden.safetensors", model, images, labels, teacher=teacher, source={**src, **isrc})
     print(format_report(compare("golden.safetensors", "theirs.safetensors")))
 
-``torch_ref`` is a small independent PyTorch implementation that reads a bundle and writes its outputs
-(with switches for three seeded bugs); it imports torch, so it is not imported here.
+``record(name, value)`` keeps an intermediate of another implementation under a bundle name while a
+capture runs (``recording()``; a no-op otherwise). ``minitofe.validate.torch`` captures a PyTorch module's
+outputs and gradients in one call; ``torch_ref`` and ``torch_baselines`` are small independent PyTorch
+implementations with seeded bugs. These import torch, so they are not imported here.
 """
 from .bundle import FORMAT, read_bundle
 from .compare import TOLERANCES, compare, read_outputs
 from .golden import MODES, example_golden, golden_images, golden_model, make_golden, nudge
+from .recorder import record, recording
 from .report import format_report

@@ -4,18 +4,22 @@ Tensors are stored under their names (``input.images``, ``param.blocks.0.attn.qk
 ``blocks.0.attn``, ``stage.1.mask``, ``loss.kd``, ``grad.head.weight`` ...); the file's string metadata
 says the rest, each value a JSON text:
 
-    format            "minitofe-golden/1"
+    format            "minitofe-golden/2"
     minitofe_version  the version that wrote it
     mode              "train", "topk" or "threshold"
-    config, tofe      ViTConfig / ToFeConfig as dicts
+    config, tofe      ViTConfig / ToFeConfig as dicts, every value resolved (no nulls: the stages, the
+                      baselines' keep rate and rho, the keep ratios inference uses ...)
+    macs              the dense MACs (the denominator of macs_ratio) and each of its terms
     source            how the model, images, labels and noise were made (enough to make it again)
     conventions       {topic: sentence}: noise layout, mask values, loss reductions, MACs, dtype ...
     index             the tensors in execution order: [name, role, kind, rows, shape, dtype, what]
 
 ``role`` is input / param / forward / backward; ``kind`` is float (compared to a tolerance), mask
 (0/1, compared exactly) or int (indices and counts, exactly); ``rows`` names the rows compared
-(``"stage.0.mask==1"``: only the tokens kept at stage 0), or is null for all. Nothing here needs
-minitofe to be read: ``safetensors.safe_open(path, "np").metadata()`` gives the same dicts.
+(``"stage.0.mask==1"``: only the tokens kept at stage 0), or ``"all"``. No value anywhere in the
+metadata is null. Parameters and their gradients have timm's state-dict shapes (the patch embedding's
+conv weight ``(C, Cin, p, p)``). Nothing here needs minitofe to be read:
+``safetensors.safe_open(path, "np").metadata()`` gives the same dicts.
 """
 import json
 import os
@@ -26,10 +30,10 @@ import numpy as np
 from .. import __version__
 from ..io.weights import about, atomic_write, existing_file
 
-FORMAT = "minitofe-golden/1"
+FORMAT = "minitofe-golden/2"
 ROLES = ("input", "param", "forward", "backward")
 KINDS = ("float", "mask", "int")
-META_KEYS = ("format", "minitofe_version", "mode", "config", "tofe", "source", "conventions", "index")
+META_KEYS = ("format", "minitofe_version", "mode", "config", "tofe", "macs", "source", "conventions", "index")
 
 
 @dataclass(frozen=True)
@@ -39,7 +43,7 @@ class Entry:
     role: str
     what: str
     kind: str = "float"
-    rows: str = None
+    rows: str = "all"
 
 
 def write_bundle(path, entries, arrays, meta, overwrite=False):
@@ -53,6 +57,7 @@ def write_bundle(path, entries, arrays, meta, overwrite=False):
         raise ValueError(f"{path}: is a directory")
     if os.path.exists(path) and not overwrite:
         raise ValueError(f"{path}: exists already (pass --force / overwrite=True to replace it)")
+    _no_nulls(meta, "metadata")
     names = [e.name for e in entries]
     if sorted(names) != sorted(arrays) or len(set(names)) != len(names):
         raise ValueError(f"bundle entries and arrays differ: {sorted(set(names) ^ set(arrays))}")
@@ -63,6 +68,15 @@ def write_bundle(path, entries, arrays, meta, overwrite=False):
     data = save({k: np.asarray(v, order="C") for k, v in arrays.items()}, metadata=metadata)
     atomic_write(path, lambda f: f.write(data))
     return path
+
+
+def _no_nulls(value, where):
+    """A bundle states every value: a None anywhere in its metadata is a bug of the writer."""
+    if value is None:
+        raise ValueError(f"golden bundle: {where} is null; write the resolved value")
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        _no_nulls(v, f"{where}[{k!r}]")
 
 
 @dataclass

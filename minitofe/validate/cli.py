@@ -114,14 +114,16 @@ def add_compare(sub):
                                        "name the first tensor that diverges",
                        description="THEIRS (.safetensors or .npz) holds tensors under the bundle's names, "
                                    "any subset. Exit code 0: all within tolerance, 1: a tensor diverges, 2: "
-                                   "bad input.")
+                                   "bad input (among it outputs of another configuration).")
     p.add_argument("bundle", help="golden bundle written by `minitofe golden`")
     p.add_argument("theirs", help="the other implementation's outputs (.safetensors / .npz)")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the table (schema "
+                                                        "minitofe-compare/1, docs/validate.md)")
     p.add_argument("--tol", choices=list(TOLERANCES), help="tolerance class of the verdict (default: float32 "
                                                            "if their floats or the bundle are float32)")
     p.add_argument("--brief", action="store_true",
-                   help="stop the table a few rows after the first divergence")
+                   help="a pass: a summary (the worst error per role); a failure: the first divergence "
+                        "and the rows around it")
     p.add_argument("--any-version", action="store_true",
                    help="accept a bundle made by another minitofe version")
 

@@ -13,17 +13,30 @@ tensor (restricted to the rows its index entry names, e.g. the kept tokens of a 
 
 The verdict is given in one class: ``tol`` (``"float64"`` / ``"float32"``), by default float32 when any
 float tensor they give, or the bundle itself, is float32, else float64.
+
+Outputs of another configuration are bad input, not a divergence (``fit.check_configuration``): a tensor
+whose shape the configuration fixes (inputs, parameters, gradients, the embedding, the blocks before the
+first stage, the logits) with another shape is refused (ValueError, exit 2) naming the tensor, both
+shapes and the bundle's sizes. The
+report (``--json``) follows ``SCHEMA``; docs/validate.md, "The JSON report", lists every key.
 """
 import os
 import re
 
 import numpy as np
 
-from .bundle import Bundle, read_bundle
+from .bundle import ROLES, Bundle, read_bundle
+from .fit import check_configuration, problem as _problem
 from ..io.npz import read_npz_arrays
 from ..io.weights import existing_file
 
 TOLERANCES = {"float64": 1e-9, "float32": 1e-4}
+SCHEMA = "minitofe-compare/1"
+REPORT_KEYS = ("schema", "bundle", "theirs", "mode", "method", "minitofe_version", "prefix_tokens",
+               "tolerances", "class", "passed", "compared", "failed", "first_divergence", "last_match",
+               "worst", "tensors", "not_given", "unknown")
+ROW_KEYS = ("name", "role", "kind", "what", "shape", "rows", "dtype", "max_abs", "rel", "worst", "golden",
+            "theirs", "pass_float64", "pass_float32", "error", "note", "status", "flips", "index_diffs")
 
 
 def read_outputs(path):
@@ -50,21 +63,12 @@ def read_outputs(path):
 
 def _rows(spec, bundle):
     """'stage.0.mask==1' -> bool (B, N) of the rows compared, or None for all."""
-    if spec is None:
+    if spec in (None, "all"):
         return None
     m = re.fullmatch(r"(.+)==([01])", spec)
     if not m or m.group(1) not in bundle.arrays:
         raise ValueError(f"{bundle.path}: unknown rows rule {spec!r}")
     return bundle.arrays[m.group(1)] == float(m.group(2))
-
-
-def _problem(ref, got):
-    """Why ``got`` cannot be compared with ``ref`` (None when it can)."""
-    if got.dtype.kind not in "biuf":
-        return f"dtype {got.dtype} is not a number type (expected {ref.dtype})"
-    if got.shape != ref.shape and (got.size != ref.size or np.squeeze(got).shape != np.squeeze(ref).shape):
-        return f"shape {tuple(got.shape)} != golden {tuple(ref.shape)}"
-    return None
 
 
 def _float_row(row, ref, got, sel):
@@ -186,17 +190,22 @@ def compare(bundle, theirs, tol=None, any_version=False):
         raise ValueError(f"{theirs_path or 'outputs'}: none of its {len(theirs)} names is in the bundle "
                          f"(e.g. {unknown[:3]}); expected names like {[e.name for e in bundle.entries[-3:]]} "
                          f"— docs/validate.md lists them")
+    check_configuration(bundle, theirs, theirs_path)
     cls = tol or _given_dtype(bundle, theirs)
     rows = [compare_tensor(e, bundle.arrays[e.name], np.asarray(theirs[e.name]), bundle)
             for e in bundle.entries if e.name in theirs]
     failed = [r for r in rows if not r[f"pass_{cls}"]]
     first = failed[0] if failed else None
     before = rows[:rows.index(first)] if first else rows
-    return {"bundle": bundle.path, "theirs": theirs_path, "mode": bundle.meta["mode"],
+    worst = {r: max(((x["rel"], x["name"]) for x in rows if x["role"] == r and x.get("rel") is not None),
+                    default=None) for r in ROLES}
+    worst = {r: {"rel": w[0], "name": w[1]} for r, w in worst.items() if w is not None}
+    return {"schema": SCHEMA, "bundle": bundle.path, "theirs": theirs_path, "mode": bundle.meta["mode"],
             "method": bundle.meta["tofe"]["method"], "minitofe_version": bundle.meta["minitofe_version"],
             "prefix_tokens": _prefix_tokens(bundle), "tolerances": dict(TOLERANCES), "class": cls,
             "passed": not failed, "compared": len(rows),
             "failed": len(failed), "first_divergence": first,
-            "last_match": before[-1]["name"] if before else None, "tensors": rows,
+            "last_match": before[-1]["name"] if before else None,
+            "worst": worst, "tensors": rows,
             "not_given": [e.name for e in bundle.entries if e.name not in theirs and e.role in
                           ("forward", "backward")], "unknown": unknown}

@@ -1,8 +1,42 @@
 """The conventions a golden bundle is made under, as sentences stored in its metadata (docs/method.md's
 semantics, with this bundle's numbers filled in), so that someone holding only the file knows what each
-tensor means.
+tensor means; and the resolved configs and MACs terms it states (no nulls: every value as it was used).
 """
 from ..config import LN_EPS
+from ..tofe import macs as M
+from ..tofe.budget import dynamicvit_ratios, evit_keep_rate
+
+
+def resolved_config(cfg):
+    """ViTConfig as a dict with the values timm's rules resolve (fc_norm), LayerScale's init value 0 when
+    there is none (no ls1/ls2 parameters), and the token counts."""
+    d = cfg.to_dict()
+    d.update(fc_norm=bool(cfg.use_fc_norm), init_values=cfg.init_values or 0.0,
+             num_prefix_tokens=cfg.num_prefix_tokens, num_patches=cfg.num_patches, num_tokens=cfg.num_tokens)
+    return d
+
+
+def resolved_tofe(cfg, tcfg):
+    """ToFeConfig as a dict with the stages, the temperature's end, EViT's keep rate and DynamicViT's rho
+    (their budget values when the config leaves them to the budget) resolved."""
+    d = tcfg.to_dict()
+    stages = tcfg.resolved_stages(cfg.depth) if tcfg.method != "dense" else ()
+    d.update(stages=list(stages), tau_end=tcfg.tau if tcfg.tau_end is None else tcfg.tau_end)
+    if stages:
+        d.update(evit_keep_rate=evit_keep_rate(cfg, tcfg), dvit_rho=dynamicvit_ratios(cfg, tcfg)[0])
+    else:
+        d.update(evit_keep_rate=1.0, dvit_rho=1.0)
+    return d
+
+
+def macs_terms(cfg):
+    """The dense MACs of one image (the denominator of every macs_ratio) and its terms."""
+    N, C = cfg.num_tokens, cfg.embed_dim
+    terms = {"patch_embed": M.patch_embed_macs(cfg), "blocks": cfg.depth * M.block_macs(N, C, cfg.mlp_ratio),
+             "head": M.head_macs(cfg)}
+    return {"dense": float(sum(terms.values())), "dense_terms": {k: float(v) for k, v in terms.items()},
+            "block_on_n_tokens": f"(4 + 2 * {cfg.mlp_ratio:g}) * n * {C}^2 + 2 * n^2 * {C}",
+            "counted": "matmuls only (LayerNorm, softmax, GELU, additions not counted)"}
 
 
 def conventions(cfg, tcfg, mode, dtype):
@@ -13,9 +47,9 @@ def conventions(cfg, tcfg, mode, dtype):
         "dtype": f"every float tensor is {dtype}; labels and indices are int64",
         "tokens": f"N = T + P = {T} + {P} = {N}: prefix tokens first (class token, then distillation "
                   f"token if any), then patches in raster order; blocks run on all N tokens in training",
-        "layout": "parameters under param.<timm state-dict key> in timm's shapes (Linear weight (out, in)); "
-                  "param.patch_embed.proj.weight is the conv weight flattened to (C, in_chans*p*p) in "
-                  "(channel, row, column) order: reshape to (C, in_chans, p, p) for conv2d",
+        "layout": "parameters under param.<timm state-dict key> in the shapes of timm's state dict (Linear "
+                  "weight (out, in), param.patch_embed.proj.weight the conv weight (C, in_chans, p, p), "
+                  "cls_token (1, 1, C), pos_embed (1, N, C)); grad.<key> has its parameter's shape",
         "backbone": f"pre-norm blocks x = x + ls1*Attn(LN1(x)); x = x + ls2*MLP(LN2(x)); LayerNorm eps "
                     f"{LN_EPS:g}, biased variance; exact-erf GELU; qkv output features split as (3, H, hs) "
                     f"(q, k, v each H heads of hs); attention scale hs**-0.5",
@@ -25,15 +59,23 @@ def conventions(cfg, tcfg, mode, dtype):
         "stages": f"stages start at blocks {list(stages)}; stage s runs blocks stages[s] .. "
                   f"stages[s+1]-1 (the last to the end); blocks before stages[0] are dense",
     }
-    if mode == "train":
+    if tcfg.method in ("evit", "dynamicvit"):
+        from .conventions_baselines import baseline_conventions
+        c.update(baseline_conventions(cfg, tcfg, mode))
+    elif mode == "train":
         c.update(_train_conventions(cfg, tcfg, T))
     else:
         c.update(_inference_conventions(tcfg, mode))
+    m = macs_terms(cfg)["dense_terms"]
     c["macs"] = ("multiply-accumulates of the matmuls (minitofe.tofe.macs): block on n tokens "
                  "(4 + 2 mlp_ratio) n C^2 + 2 n^2 C, selector per stage on N tokens N C (C/2) + N C (C/4) "
-                 "+ N (C/4) 2 (tofe-cumulative: on the tokens alive), approximator 2 (N - n) C^2 / r, patch "
-                 "embedding P C in_chans p^2, head C classes; n = T + kept patches; macs_ratio = macs / "
-                 "dense macs, per image")
+                 "+ N (C/4) 2 (tofe-cumulative: on the tokens alive), approximator 2 (N - n) C^2 / r, "
+                 "DynamicViT predictor n (C^2 + C^2/2 + C^2/8 + C/2) on the n patches alive, EViT's "
+                 "reduction block its attention on the tokens it receives and its MLP on those it keeps, "
+                 "patch embedding P C in_chans p^2, head C classes; n = T + kept patches; macs_ratio = macs "
+                 f"/ dense macs, per image, dense macs = patch embedding {m['patch_embed']:.0f} + "
+                 f"{cfg.depth} blocks on N = {N} tokens {m['blocks']:.0f} + head {m['head']:.0f} = "
+                 f"{sum(m.values()):.0f} (metadata 'macs')")
     return c
 
 

@@ -13,25 +13,32 @@ outputs), every parameter, the intermediates in execution order and every gradie
 import numpy as np
 
 from .bundle import write_bundle
-from .conventions import conventions
+from .conventions import conventions, macs_terms, resolved_config, resolved_tofe
 from .trace import Record, param_order, trace_infer, trace_train
+from .trace_baselines import trace_dynamicvit, trace_evit
 from ..config import ViTConfig
+from ..io.timm import PATCH_KEY, timm_patch_shape
 from ..model import Model, add_tofe, draw_noise, load_model, new_model, teacher_forward
-from ..tofe.config import ToFeConfig
+from ..tofe.config import FAITHFUL_BASELINES, ToFeConfig
 from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
-UNTRACED = ("evit", "dynamicvit")     # the authors' baselines run their own forwards: not traced here
-NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to fresh weights, so that every term of the loss is exercised
+NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to a preset's backbone: the student is not its teacher
+FRESH_STD = 0.5      # fresh ToFe modules: N(0, FRESH_STD^2) on vectors, N(0, 1 / fan_in) on weight matrices
+FRESH = f"N(0, 1/fan_in) on weight matrices, N(0, {FRESH_STD}^2) on vectors"
 
 
 def nudge(model, rng, std=NUDGE_STD, only="tofe."):
-    """Add N(0, std^2) noise to the parameters whose key starts with ``only`` (None: all). A fresh
-    approximator (fc2 = 0) is exactly the identity and a fresh student equals its teacher: a bundle of
-    either would check nothing of some gradients and of the distillation loss."""
+    """Add N(0, std^2) noise to the parameters whose key starts with ``only`` (None: all); ``std=None``:
+    N(0, 1 / fan_in) to a weight matrix (its outputs then vary by about one unit, at any width, without
+    saturating a softmax into ties) and N(0, FRESH_STD^2) to a vector. A fresh approximator (fc2 = 0) is
+    exactly the identity, a fresh selector or predictor scores every token alike, and a fresh student
+    equals its teacher: a bundle of any would check nothing of some gradients, decisions and of the
+    distillation loss."""
     for k, v in model.params.items():
         if only is None or k.startswith(only):
-            model.params[k] = v + rng.normal(0.0, std, v.shape).astype(v.dtype)
+            s = std if std is not None else v.shape[-1] ** -0.5 if v.ndim >= 2 else FRESH_STD
+            model.params[k] = v + rng.normal(0.0, s, v.shape).astype(v.dtype)
     return model
 
 
@@ -58,8 +65,10 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
         model = new_model(cfg, ToFeConfig(method=method or "tofe"), rng, np.dtype(dtype))
         t_params = {k: v.copy() for k, v in model.backbone_params().items()}
         name = preset if isinstance(preset, str) else cfg.to_dict()
-        return nudge(model, rng, only=None), t_params, {
-            "model": f"preset {name}, seed {seed}, every parameter nudged by N(0, {NUDGE_STD}^2)",
+        nudge(model, rng, only=None)
+        return nudge(model, rng, None), t_params, {
+            "model": f"preset {name}, seed {seed}, every parameter nudged by N(0, {NUDGE_STD}^2), the ToFe "
+                     f"modules (tofe.*) then by {FRESH}",
             "teacher": "the preset's initial backbone (before the nudge)"}
     model = load_model(weights, model=model_name, num_heads=heads, dtype=dtype)
     source = {"model": f"weights {weights}", "teacher": f"the backbone of {teacher or weights}"}
@@ -70,17 +79,17 @@ def golden_model(weights=None, preset=None, seed=0, method=None, dtype="float64"
     if method == own:
         return model, t_params, dict(source, tofe_modules="from the file")
     add_tofe(model, model.tofe.replace(method=method), rng)
-    return nudge(model, rng), t_params, dict(source, tofe_modules=f"fresh for method {method!r} (seed "
-                                                                  f"{seed}), nudged by N(0, {NUDGE_STD}^2)")
+    return nudge(model, rng, None), t_params, dict(
+        source, tofe_modules=f"fresh for method {method!r} (seed {seed}), nudged by {FRESH}")
 
 
-def example_golden(path, overwrite=False):
-    """The small bundle of notebook 07, the tests and ``scripts/make_validate_fixtures.py``: a 4-block
-    ViT of width 8 on two random 8x8 grey images, ToFe stages at blocks 1, 2, 3, float64."""
+def example_golden(path, method="tofe", mode="train", overwrite=False):
+    """The small bundles of notebook 07, the tests and ``scripts/make_validate_fixtures.py``: a 4-block
+    ViT of width 8 on two random 8x8 grey images, stages at blocks 1, 2, 3, float64."""
     cfg = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
-    model, teacher, source = golden_model(preset=cfg, seed=0)
+    model, teacher, source = golden_model(preset=cfg, seed=0, method=method)
     images, labels, isrc = golden_images(model, random=2, seed=1)
-    return make_golden(path, model, images, labels, teacher=teacher, source={**source, **isrc},
+    return make_golden(path, model, images, labels, mode, teacher=teacher, source={**source, **isrc},
                        overwrite=overwrite)
 
 
@@ -139,13 +148,24 @@ def _inputs(rec, model, images, labels, noise=(), teacher=None):
     rec.add("input.labels", labels, "class labels (B,)", role="input", kind="int")
     for s, g in enumerate(noise):
         rec.add(f"input.noise.{s}", g, f"Gumbel noise of stage {s} (B, P, 2)", role="input")
-    for s, t in enumerate(teacher["tokens"] if teacher else ()):
+    dvit = model.tofe.method == "dynamicvit"
+    for s, t in enumerate(teacher["tokens"] if teacher and not dvit else ()):
         rec.add(f"input.teacher_tokens.{s}", t, f"dense teacher's tokens at the end of stage {s}",
                 role="input")
     if teacher:
         rec.add("input.teacher_logits", teacher["logits"], "dense teacher's logits", role="input")
+    if teacher and dvit:
+        rec.add("input.teacher_features", teacher["features"], "dense teacher's final tokens after its norm",
+                role="input")
     for k in param_order(model):
         rec.add(f"param.{k}", model.params[k], f"parameter {k}", role="param")
+
+
+def _timm_layout(rec, cfg):
+    """The patch embedding and its gradient in timm's conv shape (C, Cin, p, p), as timm's state dict."""
+    for name in (f"param.{PATCH_KEY}", f"grad.{PATCH_KEY}"):
+        if name in rec.arrays:
+            rec.arrays[name] = rec.arrays[name].reshape(timm_patch_shape(cfg))
 
 
 def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher=None, source=None,
@@ -159,37 +179,57 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
     if mode not in MODES:
         raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
     cfg, tcfg = model.cfg, model.tofe
-    if tcfg.method in UNTRACED:
-        raise ValueError(f"golden bundles do not cover method {tcfg.method!r} (its forward is its own); "
-                         f"they cover ToFe's methods, idle and dense")
-    if mode == "train" and not tcfg.learned_selector:
-        raise ValueError(f"method {tcfg.method!r} has no learned selector, so no training bundle; use "
-                         f"mode 'topk' or 'threshold', or a method with ToFe's selector (tofe, "
-                         f"tofe-identity, tofe-uniform)")
+    if mode == "train" and not tcfg.trainable:
+        raise ValueError(f"method {tcfg.method!r} is training-free, so no training bundle; use mode 'topk' "
+                         f"or 'threshold', or a trained method (tofe, tofe-identity, tofe-uniform, "
+                         f"tofe-cumulative, evit, dynamicvit)")
+    if mode == "threshold" and tcfg.method in FAITHFUL_BASELINES:
+        raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule): use mode 'topk'")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
         noise = draw_noise(np.random.default_rng(noise_seed), cfg, tcfg, len(images), dtype)
-        teacher = teacher_forward(model.backbone_params() if teacher is None else teacher, images, cfg,
-                                  tcfg.resolved_stages(cfg.depth))
+        if tcfg.method == "evit":
+            noise = []                                                # EViT draws nothing
+        teacher = (teacher_forward(model.backbone_params() if teacher is None else teacher, images, cfg,
+                                   tcfg.resolved_stages(cfg.depth)) if tcfg.method != "evit" else None)
         _inputs(rec, model, images, labels, noise, teacher)
-        trace_train(rec, model, images, labels, noise, teacher)
-        source = dict(source or {}, noise=f"minitofe.draw_noise(numpy.random.default_rng({noise_seed}), ...)")
+        _trace_train(rec, model, images, labels, noise, teacher)
+        source = dict(source or {}, noise=f"minitofe.draw_noise(numpy.random.default_rng({noise_seed}), ...)"
+                      if noise else "none (EViT draws no noise)")
     else:
         model = _fixed_ratios(model, mode)
         _inputs(rec, model, images, labels)
-        trace_infer(rec, model, images, mode)
+        _trace_infer(rec, model, images, labels, mode)
+    _timm_layout(rec, cfg)
     tcfg = model.tofe.replace(inference=mode) if mode != "train" else model.tofe
-    meta = {"mode": mode, "config": cfg.to_dict(), "tofe": tcfg.to_dict(), "source": source or {},
+    meta = {"mode": mode, "config": resolved_config(cfg), "tofe": resolved_tofe(cfg, tcfg),
+            "macs": macs_terms(cfg), "source": source or {},
             "conventions": conventions(cfg, tcfg, mode, str(dtype))}
     return write_bundle(path, rec.entries, rec.arrays, meta, overwrite)
+
+
+def _trace_train(rec, model, images, labels, noise, teacher):
+    if model.tofe.method == "evit":
+        return trace_evit(rec, model, images, labels, "train")
+    if model.tofe.method == "dynamicvit":
+        return trace_dynamicvit(rec, model, images, labels, "train", noise, teacher)
+    return trace_train(rec, model, images, labels, noise, teacher)
+
+
+def _trace_infer(rec, model, images, labels, mode):
+    if model.tofe.method == "evit":
+        return trace_evit(rec, model, images, labels, mode)
+    if model.tofe.method == "dynamicvit":
+        return trace_dynamicvit(rec, model, images, labels, mode)
+    return trace_infer(rec, model, images, mode)
 
 
 def _fixed_ratios(model, mode):
     """A copy whose config carries the keep ratios inference will use (learned ones included), so the
     bundle's metadata states them."""
     tcfg = model.tofe
-    if tcfg.method == "dense" or mode == "threshold":
+    if tcfg.method in ("dense",) + FAITHFUL_BASELINES or mode == "threshold":
         return model
     learned = model.learned_keep_ratios if tcfg.learned_ratios else None
     ratios = resolve_keep_ratios(tcfg, None, learned)

@@ -1,9 +1,11 @@
 """The text form of a ``compare`` report: one line per tensor in execution order, then the first
 divergence spelled out (its worst element; for masks the flipped tokens by image and stage; for kept
-indices the patches each side keeps alone) and the verdict."""
+indices the patches each side keeps alone) and the verdict. ``brief``: on a pass a summary (the worst
+error per role), on a failure the rows around the first divergence only."""
 import difflib
 
 MAX_LISTED = 6
+AROUND = (2, 3)          # brief: rows shown before and after the first divergence
 
 
 def _shape(row):
@@ -23,7 +25,7 @@ def _detail(row):
         return f"{len(row['flips'])} token(s) flipped"
     if row.get("index_diffs"):
         return f"{len(row['index_diffs'])} image(s) keep other patches"
-    return f"rows {row['rows']}" if row.get("rows") else ""
+    return f"rows {row['rows']}" if row.get("rows") not in (None, "all") else ""
 
 
 def _line(i, row, width):
@@ -76,7 +78,7 @@ def divergence_lines(report):
                  + _where(row["name"], row["worst"], report["prefix_tokens"]))
         lines.append(f"    worst element {where}: golden {row['golden']:.10g}, theirs {row['theirs']:.10g} "
                      f"(abs error {_num(row.get('max_abs'))}, rel {_num(row.get('rel'))})")
-    if row.get("rows"):
+    if row.get("rows") not in (None, "all"):
         lines.append(f"    compared on the rows {row['rows']}")
     last = report["last_match"]
     lines.append(f"    everything before it matches (last: {last})" if last else
@@ -94,19 +96,32 @@ def _rows(report, width, brief):
         lines.append(f"{'':>4}  inputs and parameters: {len(given)} given, all equal to the golden's")
         rows = [(i, r) for i, r in rows if r["role"] not in ("input", "param")]
     first = report["first_divergence"]
-    if brief and first is not None:
-        stop = [k for k, (_, r) in enumerate(rows) if r is first][0] + 4
-        rest = rows[stop:]
-        rows = rows[:stop]
-    lines += [_line(i, r, width) for i, r in rows]
-    if brief and first is not None and rest:
+    if not brief or first is None:
+        return lines + [_line(i, r, width) for i, r in rows]
+    k = [k for k, (_, r) in enumerate(rows) if r is first][0]
+    start, stop = max(0, k - AROUND[0]), k + 1 + AROUND[1]
+    if start:
+        lines.append(f"{'':>4}  ... {start} earlier tensor(s), all within tolerance")
+    lines += [_line(i, r, width) for i, r in rows[start:stop]]
+    rest = rows[stop:]
+    if rest:
         bad = sum(not r[f"pass_{report['class']}"] for _, r in rest)
         lines.append(f"{'':>4}  ... {len(rest)} more: {bad} diverge, {len(rest) - bad} match")
     return lines
 
 
+def _summary(report):
+    """brief, on a pass: one line per role with its worst error."""
+    counts = {}
+    for r in report["tensors"]:
+        counts[r["role"]] = counts.get(r["role"], 0) + 1
+    return [f"{'':>4}  {role:<8} {n:4d} tensor(s), worst rel {_num(report['worst'][role]['rel'])} "
+            f"({report['worst'][role]['name']})" for role, n in counts.items() if role in report["worst"]]
+
+
 def format_report(report, brief=False):
-    """-> the report as text; ``brief`` stops the table three rows after the first divergence."""
+    """-> the report as text; ``brief``: a summary on a pass, the rows around the first divergence on a
+    failure."""
     cls = report["class"]
     lines = [f"golden  {report['bundle']}: minitofe {report['minitofe_version']}, mode {report['mode']}, "
              f"method {report['method']}",
@@ -116,8 +131,11 @@ def format_report(report, brief=False):
              + ", ".join(f"{t:.0e} ({c})" for c, t in report["tolerances"].items())
              + f"; masks and indices exactly; verdict by {cls}", ""]
     width = max([len(r["name"]) for r in report["tensors"]] + [6])
-    lines.append(f"{'#':>4}  {'tensor':<{width}}  {'shape':<12} {'max abs':>8} {'rel':>8}  f64  f32")
-    lines += _rows(report, width, brief)
+    if brief and report["passed"]:
+        lines += _summary(report)
+    else:
+        lines.append(f"{'#':>4}  {'tensor':<{width}}  {'shape':<12} {'max abs':>8} {'rel':>8}  f64  f32")
+        lines += _rows(report, width, brief)
     lines.append("")
     if report["unknown"]:
         names = report["unknown"][:MAX_LISTED]

@@ -31,8 +31,8 @@ class Record:
     entries: list = field(default_factory=list)
     arrays: dict = field(default_factory=dict)
 
-    def add(self, name, array, what, role="forward", kind="float", rows=None):
-        self.entries.append(Entry(name, role, what, kind, rows))
+    def add(self, name, array, what, role="forward", kind="float", rows="all"):
+        self.entries.append(Entry(name, role, what, kind, rows or "all"))
         self.arrays[name] = np.array(array, order="C")                 # a copy; 0-d stays 0-d
 
 
@@ -44,7 +44,7 @@ def _same(mine, theirs, where):
     return theirs
 
 
-def traced_block(rec, x, params, i, num_heads, key_mask=None, rows=None):
+def traced_block(rec, x, params, i, num_heads, key_mask=None, rows="all"):
     """Block i on x (B, N, C), recording norm1 / attn / mlp / out; checked against ``block_forward``."""
     p = f"blocks.{i}."
     g1, g2 = params.get(p + "ls1.gamma"), params.get(p + "ls2.gamma")
@@ -140,7 +140,8 @@ def kept_indices(kept):
 
 def param_order(model):
     """The parameter keys in the order the forward first uses them: embedding, blocks before the first
-    stage, then per stage selector, blocks, approximator, then the head. Backward order is the reverse."""
+    stage, then per stage selector (or DynamicViT's predictor), blocks, approximator, then the head.
+    Backward order is the reverse."""
     from ..nn.params import param_shapes
     cfg, tcfg, keys = model.cfg, model.tofe, list(model.params)
     backbone = list(param_shapes(cfg))
@@ -152,7 +153,7 @@ def param_order(model):
     for i in range(stages[0]):
         order += block[i]
     for s, (lo, hi) in enumerate(stage_ranges(cfg, stages) if tcfg.method != "dense" else ()):
-        order += [k for k in keys if k.startswith(f"tofe.selector.{s}.")]
+        order += [k for k in keys if k.startswith((f"tofe.selector.{s}.", f"tofe.predictor.{s}."))]
         for j in range(lo, hi):
             order += block[j]
         order += [k for k in keys if k.startswith(f"tofe.approx.{s}.")]
