@@ -55,10 +55,14 @@ class Job:
     resume: tuple
 
 
+def resumes(job):
+    """Does the job continue a checkpoint when it starts now?"""
+    return (pathlib.Path(job.out) / CHECKPOINT).is_file()
+
+
 def command(job, python=None):
     """The job's command line, decided now: its continuation when its checkpoint exists, else a new run."""
-    resuming = (pathlib.Path(job.out) / CHECKPOINT).is_file()
-    return [python or sys.executable, "-m", "minitofe", *(job.resume if resuming else job.fresh)]
+    return [python or sys.executable, "-m", "minitofe", *(job.resume if resumes(job) else job.fresh)]
 
 
 def job_env(overrides):
@@ -147,28 +151,43 @@ def run_job(job, cwd, overrides, probe=None):
     """The task of one job, run on a worker: the job's command (``command``, decided here: a task
     rescheduled after its worker died resumes the checkpoint the first try wrote) with this machine's
     Python, appending to ``out/stdout.log``; each try is appended to ``out/attempts.jsonl`` (host, pids,
-    resumed or not, from which step). Returns ``{"returncode", "seconds", "host", "environment"}``."""
+    resumed or not, from which step). Returns ``{"returncode", "seconds", "host", "environment"}``.
+
+    One try at a time per job: the task holds ``out/job.lock`` (and so does its training process) while it
+    runs, and a second task of the same job waits for it, then finds the job done or resumes it. A second
+    task arises when the driver is stopped and started again while a task it submitted still runs (Dask
+    does not stop a running task), or when the scheduler gives up on a worker that is still alive."""
+    import fcntl
     out, host = pathlib.Path(job.out), socket.gethostname()
     for path, what in ((out, "the job's folder"), (pathlib.Path(cwd), "the checkout")):
         if not path.is_dir():
             raise FileNotFoundError(f"{path} ({what}) is not there on worker {host}: the driver and every "
                                     f"worker must see the run folder and the checkout at the same paths")
     env = job_env(overrides)
-    cmd = command(job)
-    resumed = cmd[3:] == list(job.resume)
+    with open(out / "job.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)             # released when this task and its process are gone
+        t0, returncode = time.time(), 0
+        if not (out / "final.npz").is_file():        # else a try of the task before this one finished it
+            returncode = _attempt(job, cwd, env, lock)
+    return {"returncode": returncode, "seconds": time.time() - t0, "host": host,
+            "environment": probe(env) if probe is not None else None}
+
+
+def _attempt(job, cwd, env, lock):
+    """One try of ``run_job`` (holding the job's ``lock``, which its training process shares): the
+    command, noted in ``attempts.jsonl``, run to its end. Returns its exit status."""
+    out, host = pathlib.Path(job.out), socket.gethostname()
+    resumed, cmd = resumes(job), command(job)       # no other try can write the checkpoint meanwhile
     attempt = {"host": host, "worker_pid": os.getpid(), "resumed": resumed,
                "from_step": checkpoint_step(out / CHECKPOINT) if resumed else 0, "started": time.time()}
-    t0 = time.time()
     with open(out / "stdout.log", "a") as log:
         log.write(f"[{stamp()}] {host} (worker pid {os.getpid()}): {' '.join(cmd)}\n")
         log.flush()
         proc = subprocess.Popen([cmd[0], "-c", _DIE_WITH_PARENT, str(os.getpid()), *cmd], stdout=log,
-                                stderr=subprocess.STDOUT, env=env, cwd=cwd)
+                                stderr=subprocess.STDOUT, env=env, cwd=cwd, pass_fds=(lock.fileno(),))
         with open(out / "attempts.jsonl", "a") as f:
             f.write(json.dumps(dict(attempt, train_pid=proc.pid)) + "\n")
-        returncode = proc.wait()
-    return {"returncode": returncode, "seconds": time.time() - t0, "host": host,
-            "environment": probe(env) if probe is not None else None}
+        return proc.wait()
 
 
 def checkpoint_step(path):

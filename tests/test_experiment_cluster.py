@@ -17,10 +17,8 @@ import pytest
 import minitofe
 from experiment_helpers import fashion_mnist, tiny_backbone
 
-distributed = pytest.importorskip("distributed")
-psutil = pytest.importorskip("psutil")          # a dependency of distributed
-
-SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
 # long enough that the kill lands well inside the run (~20 ms a step on a busy core), short enough for the
 # default suite: a checkpoint every 5 steps
 STEPS = 200
@@ -41,6 +39,7 @@ def _kill_worker_midway(out, seen):
     of the job's log as the kill left it."""
     import experiment_runners as runners
     ckpt = out / "checkpoint.npz"
+    psutil = pytest.importorskip("psutil")             # a dependency of distributed
     try:
         _wait_for(lambda: ckpt.is_file() and runners.checkpoint_step(ckpt) >= STEPS // 4, TIMEOUT / 2,
                   f"checkpoint of step {STEPS // 4} in {out}")
@@ -65,6 +64,7 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
     end with ``final.npz``, done in their records. The resumed job's final weights equal the uninterrupted
     one's bit for bit: one machine, one thread per job, and the trainer's steps are functions of (seed,
     step) (``minitofe.train.loop``). On two machines of different BLAS builds they would only be close."""
+    distributed = pytest.importorskip("distributed")
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
     monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
@@ -122,6 +122,7 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
 def test_an_unreachable_scheduler_is_named_and_the_run_exits_non_zero(tmp_path):
     """``--engine dask --scheduler ADDRESS`` with nothing listening there: a message naming the address
     and a non-zero exit, before any phase runs."""
+    pytest.importorskip("distributed")
     with socket.socket() as s:                   # a port nothing listens on: bound, never listened
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
@@ -132,6 +133,34 @@ def test_an_unreachable_scheduler_is_named_and_the_run_exits_non_zero(tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and f"--scheduler {address}: no Dask scheduler" in out.stderr, out.stderr
     assert not (tmp_path / "exp" / "search").exists()            # nothing ran
+
+
+def test_a_second_task_of_a_job_waits_for_the_first_then_finds_it_done(tmp_path, monkeypatch):
+    """``run_job`` holds the job's lock while its try runs: a second task of the same job (a driver started
+    again while its first task still runs) waits, and when the first has finished the job it runs nothing;
+    a job not finished is run, its try noted in ``attempts.jsonl``. No Dask needed: the task is a plain
+    function."""
+    import fcntl
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import experiment_runners as runners
+    out = tmp_path / "search" / "job"
+    out.mkdir(parents=True)
+    job = runners.Job("search/job", str(out), ("--version",), ("--version",))     # a command that ends at once
+    results = []
+    with open(out / "job.lock", "a") as lock:                           # the first task's, still running
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        second = threading.Thread(target=lambda: results.append(runners.run_job(job, REPO, {})), daemon=True)
+        second.start()
+        second.join(1.0)
+        assert second.is_alive() and not results                       # it waits
+        (out / "final.npz").write_bytes(b"")                            # the first task finishes the job
+    second.join(30)
+    assert [r["returncode"] for r in results] == [0] and not (out / "attempts.jsonl").exists()
+    (out / "final.npz").unlink()
+    result = runners.run_job(job, REPO, runners.ONE_THREAD)
+    attempts = (out / "attempts.jsonl").read_text().splitlines()
+    assert result["returncode"] == 0 and len(attempts) == 1 and json.loads(attempts[0])["resumed"] is False
+    assert "minitofe" in (out / "stdout.log").read_text().splitlines()[-1]      # the version line
 
 
 def test_the_engine_and_the_scheduler_go_together(tmp_path, monkeypatch, capsys):
