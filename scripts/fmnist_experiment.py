@@ -33,11 +33,12 @@ their last checkpoint):
 
 Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time on
 this machine, or one task each on the workers of a Dask cluster (``--engine dask``: docs/cluster.md;
-``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to ``RUN_DIR/<phase>/<name>/``. Each run's record
-(method, budget, seed, flags, the recipe and the val scores that chose it, commit, NumPy / Numba versions,
-the BLAS library with its core type, wall minutes, val and test top-1) goes to
-``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the repository: a regeneration on
-another machine is compared with it run by run (``records`` prints them side by side).
+``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to
+``RUN_DIR/<phase>/<name>/``. Each run's record (method, budget, seed, flags, the recipe and the val scores
+that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall minutes, val and
+test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
+repository: a regeneration on another machine is compared with it run by run (``records`` prints them side
+by side).
 """
 import argparse
 import json

@@ -9,8 +9,9 @@ import numpy as np
 import minitofe
 from minitofe.config import ViTConfig
 
-# 28x28 grey images in 7x7 patches (16 + 1 tokens), 4 blocks of width 16: a training step takes milliseconds
-TINY_VIT = ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=2)
+# 28x28 grey images in 7x7 patches (16 + 1 tokens), 4 blocks of width 16: a training step takes ms
+TINY_VIT = ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4,
+                     num_heads=2)
 
 
 def fashion_mnist(root, n_train=132, n_test=40):
@@ -21,7 +22,8 @@ def fashion_mnist(root, n_train=132, n_test=40):
     for split, count in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(count) % 10
         images = (rng.integers(0, 60, (count, 28, 28)) + 19 * labels[:, None, None]).astype(np.uint8)
-        for kind, arr, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels.astype(np.uint8), 0x801)):
+        for kind, arr, magic in (("images-idx3", images, 0x803),
+                                 ("labels-idx1", labels.astype(np.uint8), 0x801)):
             with gzip.open(root / f"{split}-{kind}-ubyte.gz", "wb") as f:
                 f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
                         + arr.tobytes())

@@ -53,17 +53,20 @@ def _kill_worker_midway(out, seen):
         seen["error"] = e
 
 
-def _steps_logged(lines):
-    return [json.loads(line)["step"] for line in lines if '"eval"' not in line]
+def _step_lines(lines, below=None):
+    """The training-step lines of a ``log.jsonl`` (no ``eval`` lines), those of steps < ``below`` if given."""
+    return [line for line in lines if '"eval"' not in line
+            and (below is None or json.loads(line)["step"] < below)]
 
 
 def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(tmp_path, monkeypatch):
     """Two tiny training jobs, the same job under two names, one task each on a two-worker cluster; the
-    worker running the first is killed (SIGKILL) after it has checkpointed a quarter of its steps. The scheduler reschedules the
-    task, which resumes the checkpoint (``--resume``; the steps logged before it are not redone); both jobs
-    end with ``final.npz``, done in their records. The resumed job's final weights equal the uninterrupted
-    one's bit for bit: one machine, one thread per job, and the trainer's steps are functions of (seed,
-    step) (``minitofe.train.loop``). On two machines of different BLAS builds they would only be close."""
+    worker running the first is killed (SIGKILL) after it has checkpointed a quarter of its steps. The
+    scheduler reschedules the task, which resumes the checkpoint (``--resume``; the steps logged before it
+    are not redone); both jobs end with ``final.npz``, done in their records. The resumed job's final
+    weights equal the uninterrupted one's bit for bit, as expected on one machine with one thread per job:
+    the trainer's steps are functions of (seed, step) (``minitofe.train.loop``). Across machines of
+    different BLAS builds they would only be close."""
     distributed = pytest.importorskip("distributed")
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
@@ -81,17 +84,17 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         killer = threading.Thread(target=_kill_worker_midway, args=(killed, seen), daemon=True)
         killer.start()
-        driver = threading.Thread(target=lambda: (X.run_jobs([("search", "killed", flags),
-                                                              ("search", "whole", flags)], run_dir, 2, client),
-                                                  done.set()), daemon=True)
+        jobs = [("search", "killed", flags), ("search", "whole", flags)]
+        driver = threading.Thread(target=lambda: (X.run_jobs(jobs, run_dir, 2, client), done.set()),
+                                  daemon=True)
         driver.start()
         driver.join(TIMEOUT)
         killer.join(1)
         assert done.is_set(), f"the jobs did not end within {TIMEOUT} s"
         assert "error" not in seen, f"the kill failed: {seen.get('error')!r}"
         # the driver's main() reaches the same cluster by its address (no jobs left to run here)
-        assert X.main(["run", "--phase", "remedy", "--engine", "dask", "--scheduler", cluster.scheduler_address,
-                       "--run-dir", str(run_dir)]) == 0
+        assert X.main(["run", "--phase", "remedy", "--engine", "dask", "--scheduler",
+                       cluster.scheduler_address, "--run-dir", str(run_dir)]) == 0
     attempts = [json.loads(line) for line in (killed / "attempts.jsonl").read_text().splitlines()]
     assert len(attempts) == 2, attempts                       # the killed try, and the rescheduled one
     assert attempts[0] == dict(seen["first"]) and not attempts[0]["resumed"]
@@ -103,10 +106,10 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
     # steps before the checkpoint were not redone: their log lines are the first try's, byte for byte
     # (each carries its own wall time), and every step is logged once
     log = (killed / "log.jsonl").read_text().splitlines()
-    before = [line for line in log if json.loads(line)["step"] < k and '"eval"' not in line]
-    assert before == [line for line in seen["log"] if json.loads(line)["step"] < k and '"eval"' not in line]
-    assert _steps_logged(log) == list(range(STEPS))
-    assert [json.loads(line)["resumed"] for line in (whole / "attempts.jsonl").read_text().splitlines()] == [False]
+    assert _step_lines(log, below=k) == _step_lines(seen["log"], below=k)
+    assert [json.loads(line)["step"] for line in _step_lines(log)] == list(range(STEPS))
+    whole_attempts = (whole / "attempts.jsonl").read_text().splitlines()
+    assert [json.loads(line)["resumed"] for line in whole_attempts] == [False]
     a, b = minitofe.load_model(killed / "final.npz"), minitofe.load_model(whole / "final.npz")
     assert a.params.keys() == b.params.keys()
     assert all(np.array_equal(a.params[key], b.params[key]) for key in a.params)
@@ -126,10 +129,10 @@ def test_an_unreachable_scheduler_is_named_and_the_run_exits_non_zero(tmp_path):
     with socket.socket() as s:                   # a port nothing listens on: bound, never listened
         s.bind(("127.0.0.1", 0))
         address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+        argv = ["run", "--phase", "search", "--engine", "dask", "--scheduler", address, "--run-dir",
+                str(tmp_path / "exp")]
         code = (f"import sys; sys.path.insert(0, {str(SCRIPTS)!r}); import experiment_runners as R; "
-                f"R.CONNECT_TIMEOUT = 3; import fmnist_experiment as X; "
-                f"sys.exit(X.main(['run', '--phase', 'search', '--engine', 'dask', '--scheduler', {address!r}, "
-                f"'--run-dir', {str(tmp_path / 'exp')!r}]))")
+                f"R.CONNECT_TIMEOUT = 3; import fmnist_experiment as X; sys.exit(X.main({argv!r}))")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode != 0 and f"--scheduler {address}: no Dask scheduler" in out.stderr, out.stderr
     assert not (tmp_path / "exp" / "search").exists()            # nothing ran
@@ -145,7 +148,7 @@ def test_a_second_task_of_a_job_waits_for_the_first_then_finds_it_done(tmp_path,
     import experiment_runners as runners
     out = tmp_path / "search" / "job"
     out.mkdir(parents=True)
-    job = runners.Job("search/job", str(out), ("--version",), ("--version",))     # a command that ends at once
+    job = runners.Job("search/job", str(out), ("--version",), ("--version",))    # a command that ends at once
     results = []
     with open(out / "job.lock", "a") as lock:                           # the first task's, still running
         fcntl.flock(lock, fcntl.LOCK_EX)
