@@ -14,6 +14,7 @@ system they share, e.g. NFS): the workers write the job's files, the driver read
 import json
 import os
 import pathlib
+import platform
 import socket
 import subprocess
 import sys
@@ -75,6 +76,25 @@ def driver_overrides():
     return {**ONE_THREAD, **{k: os.environ[k] for k in PASSED_ON if k in os.environ}}
 
 
+def environment(env, repo):
+    """What the run's arithmetic depends on: the commit, the Python / NumPy / Numba versions, and the BLAS
+    library with its core type as threadpoolctl reports it in ``env`` (a child process, so that an
+    ``OPENBLAS_CORETYPE`` set for the jobs is what is read); the commit of the checkout ``repo``. On a
+    worker: the worker's (``run_job``)."""
+    probe = ("import json, numpy, threadpoolctl\n"
+             "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
+             "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
+             " for i in threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']\n"
+             "print(json.dumps({'numpy': numpy.__version__, 'numba': nb, 'blas': blas}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                           capture_output=True, text=True)
+    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
+            "python": platform.python_version(), "machine": platform.machine(),
+            "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
+
+
 def stamp():
     return time.strftime("%H:%M:%S")
 
@@ -121,23 +141,19 @@ def connect(address, timeout=None):
                  f"({type(e).__name__}: {e})")
 
 
-def run_dask(jobs, client, cwd, overrides, started, finished, probe=None):
+def run_dask(jobs, client, cwd, overrides, started, finished):
     """Submit every job of ``jobs`` to the cluster of ``client`` as one task (``run_job``) and wait for
     them all; ``started(job)`` is called as a job is submitted, ``finished(job, result)`` as its task ends
-    (``run_job``'s result; ``{"error": ...}`` when the task raised, or its worker died too often).
-    ``probe(env)``: run on the worker after the job, its result returned as ``result["environment"]``."""
-    import cloudpickle
+    (``run_job``'s result; ``{"error": ...}`` when the task raised, or its worker died too often)."""
     from distributed import as_completed
-    # the tasks' code travels with them: the workers need minitofe and Dask, not this folder on their path
-    for fn in (run_job, probe):
-        module = sys.modules[fn.__module__] if fn is not None else None
-        if module is not None and module.__name__ != "__main__":   # __main__ is pickled by value anyway
-            cloudpickle.register_pickle_by_value(module)
+    # the scheduler and the workers unpickle the tasks, which name this module's functions: they get this
+    # file (on their path, for workers that join later too); minitofe and Dask they need installed
+    client.upload_file(__file__, load=False)
     futures = {}
     for job in jobs:
         started(job)
         print(f"[{stamp()}] submit {job.key}", flush=True)
-        futures[client.submit(run_job, job, cwd, overrides, probe, key=f"train-{job.key}-{time.time_ns()}",
+        futures[client.submit(run_job, job, cwd, overrides, key=f"train-{job.key}-{time.time_ns()}",
                               retries=RETRIES, pure=False)] = job
     for future in as_completed(futures):
         try:
@@ -147,11 +163,12 @@ def run_dask(jobs, client, cwd, overrides, started, finished, probe=None):
         finished(futures[future], result)
 
 
-def run_job(job, cwd, overrides, probe=None):
+def run_job(job, cwd, overrides):
     """The task of one job, run on a worker: the job's command (``command``, decided here: a task
     rescheduled after its worker died resumes the checkpoint the first try wrote) with this machine's
     Python, appending to ``out/stdout.log``; each try is appended to ``out/attempts.jsonl`` (host, pids,
-    resumed or not, from which step). Returns ``{"returncode", "seconds", "host", "environment"}``.
+    resumed or not, from which step). Returns ``{"returncode", "seconds", "host", "environment"}``, the
+    last the worker's (``environment``).
 
     One try at a time per job: the task holds ``out/job.lock`` (and so does its training process) while it
     runs, and a second task of the same job waits for it, then finds the job done or resumes it. A second
@@ -170,7 +187,7 @@ def run_job(job, cwd, overrides, probe=None):
         if not (out / "final.npz").is_file():        # else a try of the task before this one finished it
             returncode = _attempt(job, cwd, env, lock)
     return {"returncode": returncode, "seconds": time.time() - t0, "host": host,
-            "environment": probe(env) if probe is not None else None}
+            "environment": environment(env, cwd)}
 
 
 def _attempt(job, cwd, env, lock):

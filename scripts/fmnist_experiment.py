@@ -44,7 +44,6 @@ import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
@@ -224,21 +223,9 @@ def write_record(run_dir, phase, name, **fields):
 
 
 def environment(env=None):
-    """What the run's arithmetic depends on: the commit, the Python / NumPy / Numba versions, and the BLAS
-    library with its core type as threadpoolctl reports it in ``env`` (a child process, so that an
-    ``OPENBLAS_CORETYPE`` set for the jobs is what is read)."""
-    probe = ("import json, numpy, threadpoolctl\n"
-             "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
-             "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
-             " for i in threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']\n"
-             "print(json.dumps({'numpy': numpy.__version__, 'numba': nb, 'blas': blas}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True)
-    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
+    """What the run's arithmetic depends on, on this machine and this checkout
+    (``experiment_runners.environment``)."""
+    return runners.environment(env, REPO)
 
 
 def job_fields(run_dir, phase, name, flags):
@@ -312,7 +299,7 @@ def run_jobs(jobs, run_dir, n_parallel, client=None):
     if client is None:
         runners.run_local(todo, n_parallel, REPO, overrides, started, finished)
     else:
-        runners.run_dask(todo, client, REPO, overrides, started, finished, probe=environment)
+        runners.run_dask(todo, client, REPO, overrides, started, finished)
 
 
 def last_eval(out):

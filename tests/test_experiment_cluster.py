@@ -59,7 +59,22 @@ def _step_lines(lines, below=None):
             and (below is None or json.loads(line)["step"] < below)]
 
 
-def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(tmp_path, monkeypatch):
+def _two_workers(kind):
+    """A cluster of two worker processes (one thread each) on 127.0.0.1: a ``LocalCluster``, whose scheduler
+    runs in this process, or a ``SubprocessCluster``, whose scheduler is a process of its own as on a real
+    cluster (it unpickles the tasks without this process's ``sys.path``: ``client.upload_file``)."""
+    import distributed
+    if kind == "LocalCluster":
+        return distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                        dashboard_address=None)
+    from distributed.deploy.subprocess import SubprocessCluster
+    return SubprocessCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, dashboard_address=None)
+
+
+# the scheduler in a process of its own, as the cluster user runs it, in the default run; in this process
+# (``LocalCluster``) with the slow tests: the same code, ~30 s more
+@pytest.mark.parametrize("kind", [pytest.param("LocalCluster", marks=pytest.mark.slow), "SubprocessCluster"])
+def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(kind, tmp_path, monkeypatch):
     """Two tiny training jobs, the same job under two names, one task each on a two-worker cluster; the
     worker running the first is killed (SIGKILL) after it has checkpointed a quarter of its steps. The
     scheduler reschedules the task, which resumes the checkpoint (``--resume``; the steps logged before it
@@ -80,8 +95,7 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
     run_dir = tmp_path / "exp"
     killed, whole = run_dir / "search" / "killed", run_dir / "search" / "whole"
     seen, done = {}, threading.Event()
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with _two_workers(kind) as cluster, distributed.Client(cluster) as client:
         killer = threading.Thread(target=_kill_worker_midway, args=(killed, seen), daemon=True)
         killer.start()
         jobs = [("search", "killed", flags), ("search", "whole", flags)]
@@ -91,6 +105,9 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
         driver.join(TIMEOUT)
         killer.join(1)
         assert done.is_set(), f"the jobs did not end within {TIMEOUT} s"
+        status = {name: json.loads(X.record_path(run_dir, "search", name).read_text())["status"]
+                  for name in ("killed", "whole")}
+        assert status == {"killed": "done", "whole": "done"}, status
         assert "error" not in seen, f"the kill failed: {seen.get('error')!r}"
         # the driver's main() reaches the same cluster by its address (no jobs left to run here)
         assert X.main(["run", "--phase", "remedy", "--engine", "dask", "--scheduler",
