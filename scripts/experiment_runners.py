@@ -77,10 +77,10 @@ def driver_overrides():
 
 
 def environment(env, repo):
-    """What the run's arithmetic depends on: the commit, the Python / NumPy / Numba versions, and the BLAS
-    library with its core type as threadpoolctl reports it in ``env`` (a child process, so that an
-    ``OPENBLAS_CORETYPE`` set for the jobs is what is read); the commit of the checkout ``repo``. On a
-    worker: the worker's (``run_job``)."""
+    """What a run's arithmetic depends on, on the machine this runs on: the commit of the checkout
+    ``repo``, the Python / NumPy / Numba versions, and the BLAS library with its core type as threadpoolctl
+    reports it in ``env`` (a child process, so that an ``OPENBLAS_CORETYPE`` set for the jobs is what is
+    read). With Dask it runs on the worker that ran the job (``run_job``)."""
     probe = ("import json, numpy, threadpoolctl\n"
              "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
              "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
@@ -96,6 +96,7 @@ def environment(env, repo):
 
 
 def stamp():
+    """The time of day, for the driver's progress lines."""
     return time.strftime("%H:%M:%S")
 
 
