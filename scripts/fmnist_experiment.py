@@ -2,7 +2,7 @@
 
     python scripts/fmnist_experiment.py status              # what is done, what runs, what is left
     python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|remedy|all] [--only M ...]
-                                            [--seeds 0 ...]
+                                            [--seeds 0 ...] [--engine dask --scheduler tcp://HOST:8786]
     python scripts/fmnist_experiment.py report              # test-set evaluations, table, pictures
     python scripts/fmnist_experiment.py records [--against RUN_DIR]   # every run's record (results/fmnist/)
 
@@ -31,22 +31,24 @@ their last checkpoint):
    training-free baselines at budgets 0.3 ... 1.0 (the curves), the learned keep ratios per stage, the
    per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs).
 
-Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time;
-its wall time goes to ``RUN_DIR/times.json`` and its log to ``RUN_DIR/<phase>/<name>/``. Each run's record
-(method, budget, seed, flags, the recipe and the val scores that chose it, commit, NumPy / Numba versions,
-the BLAS library with its core type, wall minutes, val and test top-1) goes to
-``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the repository: a regeneration on
-another machine is compared with it run by run (``records`` prints them side by side).
+Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time on
+this machine, or one task each on the workers of a Dask cluster (``--engine dask``: docs/cluster.md;
+``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to
+``RUN_DIR/<phase>/<name>/``. Each run's record (method, budget, seed, flags, the recipe and the val scores
+that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall minutes, val and
+test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
+repository: a regeneration on another machine is compared with it run by run (``records`` prints them side
+by side).
 """
 import argparse
 import json
 import os
 import pathlib
-import platform
 import statistics
 import subprocess
 import sys
-import time
+
+import experiment_runners as runners
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "vit_fmnist_patch4_28"
@@ -221,21 +223,9 @@ def write_record(run_dir, phase, name, **fields):
 
 
 def environment(env=None):
-    """What the run's arithmetic depends on: the commit, the Python / NumPy / Numba versions, and the BLAS
-    library with its core type as threadpoolctl reports it in ``env`` (a child process, so that an
-    ``OPENBLAS_CORETYPE`` set for the jobs is what is read)."""
-    probe = ("import json, numpy, threadpoolctl\n"
-             "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
-             "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
-             " for i in threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']\n"
-             "print(json.dumps({'numpy': numpy.__version__, 'numba': nb, 'blas': blas}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                           capture_output=True, text=True)
-    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
-            "python": platform.python_version(), "machine": platform.machine(),
-            "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
+    """What the run's arithmetic depends on, on this machine and this checkout
+    (``experiment_runners.environment``)."""
+    return runners.environment(env, REPO)
 
 
 def job_fields(run_dir, phase, name, flags):
@@ -260,46 +250,56 @@ def is_done(run_dir, phase, name):
     return (job_dir(run_dir, phase, name) / "final.npz").is_file()
 
 
-def train_cmd(run_dir, phase, name, flags):
+def train_job(run_dir, phase, name, flags):
+    """The job's ``Job``: the one place where a job's ``minitofe train`` arguments are made, a new run's
+    and its continuation's (which the runner picks as the job starts, ``experiment_runners.command``)."""
     out = job_dir(run_dir, phase, name)
-    if (out / "checkpoint.npz").is_file():
-        return [sys.executable, "-m", "minitofe", "train", "--out", str(out), "--resume", "--no-progress"]
-    return [sys.executable, "-m", "minitofe", "train", "--init", str(BACKBONE), "--model", MODEL,
-            "--batch", str(BATCH), *COMMON, *flags, "--out", str(out)]
+    fresh = ["train", "--init", str(BACKBONE), "--model", MODEL, "--batch", str(BATCH), *COMMON, *flags,
+             "--out", str(out)]
+    return runners.Job(f"{phase}/{name}", str(out), tuple(fresh),
+                       ("train", "--out", str(out), "--resume", "--no-progress"))
 
 
-def run_jobs(jobs, run_dir, n_parallel):
-    """Run the unfinished ``jobs`` ``n_parallel`` at a time, each with one BLAS/Numba thread."""
-    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMP_NUM_THREADS="1")
+def train_cmd(run_dir, phase, name, flags):
+    """The command the job would start with now (fresh, or ``--resume`` when its checkpoint exists)."""
+    return runners.command(train_job(run_dir, phase, name, flags))
+
+
+def run_jobs(jobs, run_dir, n_parallel, client=None):
+    """Run the unfinished ``jobs``, each with one BLAS/Numba thread: ``n_parallel`` at a time here, or as
+    tasks of the Dask cluster of ``client``. Their wall times go to ``times.json``, their records to
+    ``results/fmnist/`` as each one starts (the local pool: with this machine's environment) and ends (Dask:
+    with the environment of the worker that ran it)."""
+    overrides = runners.driver_overrides()
     times_path = run_dir / "times.json"
     queue = [j for j in jobs if not is_done(run_dir, j[0], j[1])]
-    running = {}
     print(f"{len(jobs) - len(queue)} of {len(jobs)} jobs done; {len(queue)} to run", flush=True)
-    while queue or running:
-        while queue and len(running) < n_parallel:
-            phase, name, flags = queue.pop(0)
-            cmd = train_cmd(run_dir, phase, name, flags)
-            job_dir(run_dir, phase, name).mkdir(parents=True, exist_ok=True)
-            write_record(run_dir, phase, name, **job_fields(run_dir, phase, name, flags), **environment(env),
-                         status="running")
-            log = open(job_dir(run_dir, phase, name) / "stdout.log", "a")
-            print(f"[{time.strftime('%H:%M:%S')}] start {phase}/{name}: {' '.join(cmd)}", flush=True)
-            running[(phase, name)] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                                       cwd=REPO), time.time(), log)
-        time.sleep(5)
-        for key, (proc, t0, log) in list(running.items()):
-            if proc.poll() is None:
-                continue
-            del running[key]
-            log.close()
-            times = json.loads(times_path.read_text()) if times_path.exists() else {}
-            times["/".join(key)] = times.get("/".join(key), 0.0) + time.time() - t0
-            times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
-            state = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
-            write_record(run_dir, *key, status=state, wall_minutes=round(times["/".join(key)] / 60, 2),
-                         last_eval=last_eval(job_dir(run_dir, *key)))
-            print(f"[{time.strftime('%H:%M:%S')}] {state} {'/'.join(key)} "
-                  f"({times['/'.join(key)] / 60:.1f} min in all)", flush=True)
+    fields = {f"{phase}/{name}": (phase, name, flags) for phase, name, flags in queue}
+
+    def started(job):
+        phase, name, flags = fields[job.key]
+        pathlib.Path(job.out).mkdir(parents=True, exist_ok=True)
+        where = {"status": "queued", "engine": "dask"} if client else \
+            {**environment(runners.job_env(overrides)), "status": "running"}
+        write_record(run_dir, phase, name, **job_fields(run_dir, phase, name, flags), **where)
+
+    def finished(job, result):
+        times = json.loads(times_path.read_text()) if times_path.exists() else {}
+        times[job.key] = times.get(job.key, 0.0) + result.get("seconds", 0.0)
+        times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
+        code = result.get("returncode")
+        state = "done" if code == 0 else f"FAILED ({result['error']})" if "error" in result else \
+            f"FAILED (exit {code})"
+        worker = {"worker": result["host"], **(result.get("environment") or {})} if "host" in result else {}
+        write_record(run_dir, *job.key.split("/"), status=state, wall_minutes=round(times[job.key] / 60, 2),
+                     last_eval=last_eval(pathlib.Path(job.out)), **worker)
+        print(f"[{runners.stamp()}] {state} {job.key} ({times[job.key] / 60:.1f} min in all)", flush=True)
+
+    todo = [train_job(run_dir, *j) for j in queue]
+    if client is None:
+        runners.run_local(todo, n_parallel, REPO, overrides, started, finished)
+    else:
+        runners.run_dask(todo, client, REPO, overrides, started, finished)
 
 
 def last_eval(out):
@@ -433,11 +433,35 @@ def status(run_dir, methods):
     print(f"choice: {json.dumps(load_choice(run_dir))}")
 
 
+def run_phases(args, run_dir, methods, client):
+    """``run``: the phases ``args.phase`` asks for, in order; the training jobs on ``client``'s Dask
+    cluster, or ``args.jobs`` at a time here (``client`` None)."""
+    if args.phase in ("backbone", "all"):
+        backbone(args.torch_python, args.backbone_epochs, pathlib.Path(args.backbone_run_dir))
+    if args.phase in ("search", "all"):
+        run_jobs(search_jobs(methods), run_dir, args.jobs, client)
+        choose(run_dir, methods)
+    if args.phase in ("final", "all"):
+        choose(run_dir, methods)
+        run_jobs(final_jobs(methods, run_dir, args.seeds), run_dir, args.jobs, client)
+    if args.phase in ("remedy", "all") and "tofe" in methods:
+        run_jobs(remedy_jobs(run_dir), run_dir, args.jobs, client)
+        score_remedies(run_dir)
+        run_jobs(kept_remedy_seed_jobs(run_dir), run_dir, args.jobs, client)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("what", choices=["status", "run", "report", "records"])
     p.add_argument("--phase", choices=["backbone", "search", "final", "remedy", "all"], default="all")
-    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each)")
+    p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each; "
+                                                        "the local engine)")
+    p.add_argument("--engine", choices=["local", "dask"], default="local",
+                   help="run: where the training jobs run: --jobs at a time on this machine, or as the tasks "
+                        "of a Dask cluster (--scheduler; docs/cluster.md)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="the Dask scheduler of --engine dask, e.g. tcp://HOST:8786; its workers must see "
+                        "--run-dir and this checkout at the same paths")
     p.add_argument("--only", nargs="+", choices=list(METHODS), help="methods to run (default: all)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), choices=SEEDS,
                    help="final runs of these seeds only (e.g. 0: one complete row per method first)")
@@ -449,6 +473,9 @@ def main(argv=None):
                    help="the backbone's checkpoint folder (keep runs outside a work tree that may be "
                         "laid anew)")
     args = p.parse_args(argv)
+    if (args.engine == "dask") != bool(args.scheduler):
+        p.error("--engine dask needs --scheduler ADDRESS" if args.engine == "dask" else
+                "--scheduler is for --engine dask")
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     methods = args.only or list(METHODS)
@@ -462,18 +489,12 @@ def main(argv=None):
         from fmnist_report import report
         report(run_dir, methods)
         return 0
-    if args.phase in ("backbone", "all"):
-        backbone(args.torch_python, args.backbone_epochs, pathlib.Path(args.backbone_run_dir))
-    if args.phase in ("search", "all"):
-        run_jobs(search_jobs(methods), run_dir, args.jobs)
-        choose(run_dir, methods)
-    if args.phase in ("final", "all"):
-        choose(run_dir, methods)
-        run_jobs(final_jobs(methods, run_dir, args.seeds), run_dir, args.jobs)
-    if args.phase in ("remedy", "all") and "tofe" in methods:
-        run_jobs(remedy_jobs(run_dir), run_dir, args.jobs)
-        score_remedies(run_dir)
-        run_jobs(kept_remedy_seed_jobs(run_dir), run_dir, args.jobs)
+    client = runners.connect(args.scheduler) if args.engine == "dask" else None    # unreachable: stop now
+    try:
+        run_phases(args, run_dir, methods, client)
+    finally:
+        if client is not None:
+            client.close()
     return 0
 
 

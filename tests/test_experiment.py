@@ -1,31 +1,15 @@
 """The experiment driver end to end on a tiny model and tiny Fashion-MNIST-format files: search on val,
 the choice, the seeded final runs, and the report (table, curves, keep ratios, stage errors). Slow: ~40
 ``minitofe train`` / ``eval`` processes."""
-import gzip
 import json
 import pathlib
-import struct
 
-import numpy as np
 import pytest
 
 import minitofe
-from minitofe.config import ViTConfig
+from experiment_helpers import fashion_mnist, tiny_backbone
 
 SCRIPTS = pathlib.Path(__file__).resolve().parents[1] / "scripts"
-
-
-def _fashion_mnist(root, n_train=132, n_test=40):
-    rng = np.random.default_rng(0)
-    root.mkdir(parents=True)
-    for split, count in (("train", n_train), ("t10k", n_test)):
-        labels = np.arange(count) % 10
-        images = (rng.integers(0, 60, (count, 28, 28)) + 19 * labels[:, None, None]).astype(np.uint8)
-        for kind, arr, magic in (("images-idx3", images, 0x803), ("labels-idx1", labels.astype(np.uint8), 0x801)):
-            with gzip.open(root / f"{split}-{kind}-ubyte.gz", "wb") as f:
-                f.write(struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in arr.shape)
-                        + arr.tobytes())
-    return root
 
 
 @pytest.mark.slow
@@ -33,11 +17,8 @@ def test_search_final_and_report_run_end_to_end(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
     import fmnist_report as R
-    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(_fashion_mnist(tmp_path / "fm")))
-    cfg = ViTConfig(img_size=28, patch_size=7, in_chans=1, num_classes=10, embed_dim=16, depth=4, num_heads=2)
-    backbone = tmp_path / "backbone.npz"
-    minitofe.save_model(backbone, minitofe.new_model(cfg, minitofe.ToFeConfig(method="dense"),
-                                                     np.random.default_rng(0), np.float32))
+    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
+    backbone = tiny_backbone(tmp_path / "backbone.npz")
     monkeypatch.setattr(X, "RECORDS", tmp_path / "records")
     for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("TRAIN_IMAGES", 121), ("BATCH", 16),
                         ("SEEDS", (0, 1)), ("BUDGETS", (0.6, 0.5)),
