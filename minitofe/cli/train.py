@@ -11,7 +11,7 @@ from .train_options import DEFAULTS, options, record_options
 
 
 def add_train(sub):
-    from ..tofe.config import METHODS
+    from ..methods import names
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
                        description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
                                    "trainer. An --init file with trained ToFe modules is continued from "
@@ -30,7 +30,7 @@ def add_train(sub):
     opt("--fresh-modules", "new ToFe modules even when the --init file has trained ones that fit",
         action=argparse.BooleanOptionalAction)
     opt("--model", "preset a timm-layout --init file must match (.npz files carry their config)")
-    opt("--method", "what to train", choices=METHODS)
+    opt("--method", "what to train", choices=names())
     opt("--budget", "MACs budget as a fraction of dense, e.g. 0.5 as in the README's tables: the target "
                     "gamma of the budget loss", type=float)
     p.add_argument("--target", dest="budget", type=float, help=argparse.SUPPRESS)   # --budget's old name

@@ -11,7 +11,7 @@ are exact for the matmuls minitofe's code runs (a test counts them independently
     selector (n tokens)   n C (C/2) + n (2 (C/2)) (C/4) + n (C/4) 2          ~ 0.75 n C^2
     approximator (n)      n (C (C/r) + (C/r) C)                               = 2 n C^2 / r
     class-attention score n candidate tokens: class query C^2 + keys n C^2 + dot products n C
-                          (evit-drop / idle scorer, ``scoring.cls_attention_scores``)
+                          (evit-drop / idle scorer, ``methods/cls_attention.py``)
     DynamicViT predictor  n patch tokens: n (C C + C (C/2) + (C/2)(C/4) + (C/4) 2)  ~ 1.63 n C^2
     EViT reduction block  attention on the n tokens it receives ((4 n C^2 + 2 n^2 C): ``attention_macs``),
                           MLP on the n' it keeps (2 mlp_ratio n' C^2): the class attention it ranks by is

@@ -19,7 +19,8 @@ from .trace_baselines import trace_dynamicvit, trace_evit
 from ..config import ViTConfig
 from ..io.timm import PATCH_KEY, timm_patch_shape
 from ..model import Model, add_tofe, draw_noise, load_model, new_model, teacher_forward
-from ..tofe.config import FAITHFUL_BASELINES, ToFeConfig
+from ..methods import get as method_of
+from ..tofe.config import ToFeConfig
 from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
@@ -148,7 +149,7 @@ def _inputs(rec, model, images, labels, noise=(), teacher=None):
     rec.add("input.labels", labels, "class labels (B,)", role="input", kind="int")
     for s, g in enumerate(noise):
         rec.add(f"input.noise.{s}", g, f"Gumbel noise of stage {s} (B, P, 2)", role="input")
-    dvit = model.tofe.method == "dynamicvit"
+    dvit = method_of(model.tofe.method).teacher_features
     for s, t in enumerate(teacher["tokens"] if teacher and not dvit else ()):
         rec.add(f"input.teacher_tokens.{s}", t, f"dense teacher's tokens at the end of stage {s}",
                 role="input")
@@ -183,7 +184,7 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
         raise ValueError(f"method {tcfg.method!r} is training-free, so no training bundle; use mode 'topk' "
                          f"or 'threshold', or a trained method (tofe, tofe-identity, tofe-uniform, "
                          f"tofe-cumulative, evit, dynamicvit)")
-    if mode == "threshold" and tcfg.method in FAITHFUL_BASELINES:
+    if mode == "threshold" and method_of(tcfg.method).topk_only:
         raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule): use mode 'topk'")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
@@ -229,7 +230,7 @@ def _fixed_ratios(model, mode):
     """A copy whose config carries the keep ratios inference will use (learned ones included), so the
     bundle's metadata states them."""
     tcfg = model.tofe
-    if tcfg.method in ("dense",) + FAITHFUL_BASELINES or mode == "threshold":
+    if tcfg.method == "dense" or method_of(tcfg.method).topk_only or mode == "threshold":
         return model
     learned = model.learned_keep_ratios if tcfg.learned_ratios else None
     ratios = resolve_keep_ratios(tcfg, None, learned)
