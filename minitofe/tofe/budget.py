@@ -11,6 +11,7 @@ learned selector, its cost ``scorer.macs``). Each baseline's own search lives wi
 import numpy as np
 
 from .macs import dense_macs, tofe_macs
+from .parts import approximator_of, selector_of
 
 
 def topk_macs(cfg, tcfg, ratios, scorer=None):
@@ -25,7 +26,7 @@ def topk_macs(cfg, tcfg, ratios, scorer=None):
     kept = np.asarray(counts, dtype=np.float64) + T
     macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
                         approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens)
+                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
     if scorer is not None:
         alive = [P] + counts[:-1] if not tcfg.reuses_tokens else [P] * len(counts)
         macs += sum(scorer.macs(n + T, cfg.embed_dim) for n in alive if n > 0)

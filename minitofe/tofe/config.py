@@ -13,6 +13,8 @@ Files written before ``evit`` / ``dynamicvit`` meant the authors' methods (their
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
+from .parts import APPROXIMATORS, SELECTORS
+
 LEGACY_NAMES = {"evit": "evit-drop", "dynamicvit": "tofe-cumulative"}   # for configs saved before the rename
 
 
@@ -82,6 +84,9 @@ class ToFeConfig:
     dvit_ratio_weight: float = 2.0    # ratio loss weight [2.0]
     dvit_kl_weight: float = 0.5       # KL to the teacher's logits [0.5]
     dvit_token_weight: float = 0.5    # MSE to the teacher's final tokens over the kept ones [0.5]
+    # ToFe's parts (``tofe/parts.py``): files saved before these fields load with the defaults
+    selector: str = "mlp"             # token selector kind: "mlp" (the paper's), "linear", "attention"
+    approximator: str = "mlp"         # approximator kind: "mlp" (the paper's), "deep"
 
     def __post_init__(self):
         def bad(msg):
@@ -127,6 +132,9 @@ class ToFeConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         self._check_baseline_fields(bad)
+        for name, kinds in (("selector", SELECTORS), ("approximator", APPROXIMATORS)):
+            if getattr(self, name) not in kinds:
+                bad(f"unknown {name} {getattr(self, name)!r}; choose one of {list(kinds)}")
 
     def _check_baseline_fields(self, bad):
         for name in OPTIONAL_RATES:

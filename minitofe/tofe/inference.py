@@ -15,9 +15,9 @@ image (``macs.tofe_macs``). ``tofe_inference`` reads embed -> dense blocks -> pe
 """
 import numpy as np
 
-from .approximator import approximator_forward
 from .config import is_sequence
 from .params import check_tofe_params
+from .parts import approximator_of, selector_of
 from .macs import dense_macs, tofe_macs
 from .ops import resolve
 from .record import new_record, record_stage
@@ -118,7 +118,7 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
         x_out = ops.unpack_rows(x, h, idx_list, offsets)
     if tcfg.uses_approximator and bool(frozen.any()):
         rows = xp.nonzero(frozen)
-        a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
+        a, _ = approximator_of(tcfg).forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
         x_out[rows[0], rows[1] + T] = a
     return x_out
 
@@ -146,7 +146,7 @@ def realised_macs(cfg, tcfg, stages, kept_counts, candidates, scorer=None):
     kept = kept_counts.astype(np.float64) + T
     macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
                         approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens)
+                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
     if scorer is not None:                                    # the caller's scorer, on every candidate
         for n in candidates:                                  # nothing is scored once no patch is left
             n = np.asarray(n, dtype=np.float64)

@@ -11,33 +11,20 @@ They sit in the same flat dict as the backbone's timm keys, under ``tofe.``:
     tofe.approx.{i}.fc1.weight             (C/r, C)
     tofe.approx.{i}.fc2.weight             (C, C/r)      zero at init: a fresh approximator is the identity
 
-(each ``.weight`` with its ``.bias``), for i in range(number of stages). A baseline's own parameters
+(each ``.weight`` with its ``.bias``), for i in range(number of stages): the ``mlp`` kinds. Another
+selector or approximator kind (``ToFeConfig.selector`` / ``.approximator``, ``parts.py``) has the keys
+its own file lists under the same prefixes. A baseline's own parameters
 (DynamicViT's ``tofe.predictor.{i}.*``) are the baseline's (``minitofe.methods``); ``init_from_shapes``
 initialises any method's, and ``check_tofe_params`` takes the keys every method knows from the caller.
 """
 import numpy as np
 
+from .approximator import approximator_shapes  # noqa: F401 (the mlp kinds' keys, named here too)
 from .config import ToFeConfig
+from .parts import approximator_of, selector_of
+from .selector import selector_shapes  # noqa: F401
 from ..nn.block import check_default_block
 from ..nn.params import check_init_args, key_mismatch, trunc_normal
-
-
-def selector_shapes(prefix, C):
-    if C % 4:
-        raise ValueError(f"the token selector needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
-    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
-            prefix + "fc1.weight": (C // 2, C), prefix + "fc1.bias": (C // 2,),
-            prefix + "fc2.weight": (C // 4, 2 * (C // 2)), prefix + "fc2.bias": (C // 4,),
-            prefix + "fc3.weight": (2, C // 4), prefix + "fc3.bias": (2,)}
-
-
-def approximator_shapes(prefix, C, r):
-    if C % r:
-        raise ValueError(f"the approximator needs embed_dim divisible by approx_reduction r, "
-                         f"got embed_dim={C}, r={r}")
-    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
-            prefix + "fc1.weight": (C // r, C), prefix + "fc1.bias": (C // r,),
-            prefix + "fc2.weight": (C, C // r), prefix + "fc2.bias": (C,)}
 
 
 def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
@@ -50,10 +37,10 @@ def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
     shapes = {}
     for i in range(S):
         if selector:
-            shapes.update(selector_shapes(f"tofe.selector.{i}.", C))
+            shapes.update(selector_of(tcfg).shapes(f"tofe.selector.{i}.", C, tcfg.approx_reduction))
     for i in range(S):
         if approximator:
-            shapes.update(approximator_shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
+            shapes.update(approximator_of(tcfg).shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
     return shapes
 
 

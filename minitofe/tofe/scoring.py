@@ -11,7 +11,8 @@ Decisions: ``topk`` keeps the K highest-scoring candidates in every image (ties 
 """
 from typing import Callable, NamedTuple
 
-from .selector import keep_probability, selector_forward
+from .parts import selector_of
+from .selector import keep_probability
 from .tokens import gather_tokens, mask_to_indices
 from ..backend import get_xp
 
@@ -38,7 +39,7 @@ def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None
     T = cfg.num_prefix_tokens
     if alive is None:
         if scorer is None:
-            logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", T, ops=ops)
+            logits, _ = selector_of(tcfg).forward(x, params, f"tofe.selector.{stage}.", T, ops=ops)
             return keep_probability(logits[:, T:])
         return scorer.score(x, params, block_prefix, cfg)
     scores = xp.zeros(alive.shape, dtype=x.dtype)
@@ -49,7 +50,7 @@ def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None
         idx = mask_to_indices(cand)                                   # (b, T + n) alive tokens only
         xs = gather_tokens(x[b], idx)
         if scorer is None:
-            logits, _ = selector_forward(xs, params, f"tofe.selector.{stage}.", T, ops=ops)
+            logits, _ = selector_of(tcfg).forward(xs, params, f"tofe.selector.{stage}.", T, ops=ops)
             sc = keep_probability(logits[:, T:])
         else:
             sc = scorer.score(xs, params, block_prefix, cfg)
