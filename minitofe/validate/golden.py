@@ -24,6 +24,7 @@ from ..tofe.config import ToFeConfig
 from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
+OWN_TRACES = {"evit": trace_evit, "dynamicvit": trace_dynamicvit}   # the authors' methods trace themselves
 NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to a preset's backbone: the student is not its teacher
 FRESH_STD = 0.5      # fresh ToFe modules: N(0, FRESH_STD^2) on vectors, N(0, 1 / fan_in) on weight matrices
 FRESH = f"N(0, 1/fan_in) on weight matrices, N(0, {FRESH_STD}^2) on vectors"
@@ -184,16 +185,20 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
         raise ValueError(f"method {tcfg.method!r} is training-free, so no training bundle; use mode 'topk' "
                          f"or 'threshold', or a trained method (tofe, tofe-identity, tofe-uniform, "
                          f"tofe-cumulative, evit, dynamicvit)")
-    if mode == "threshold" and method_of(tcfg.method).topk_only:
+    method = method_of(tcfg.method)
+    if mode == "threshold" and method.topk_only:
         raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule): use mode 'topk'")
+    if (tcfg.selector, tcfg.approximator) != ("mlp", "mlp"):
+        raise ValueError(f"golden bundles trace ToFe's mlp selector and approximator, not selector "
+                         f"{tcfg.selector!r} / approximator {tcfg.approximator!r}")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
         noise = draw_noise(np.random.default_rng(noise_seed), cfg, tcfg, len(images), dtype)
-        if tcfg.method == "evit":
-            noise = []                                                # EViT draws nothing
+        if not method.noise:                            # EViT draws nothing, and reads no teacher either
+            noise = []
         teacher = (teacher_forward(model.backbone_params() if teacher is None else teacher, images, cfg,
-                                   tcfg.resolved_stages(cfg.depth)) if tcfg.method != "evit" else None)
+                                   tcfg.resolved_stages(cfg.depth)) if method.noise else None)
         _inputs(rec, model, images, labels, noise, teacher)
         _trace_train(rec, model, images, labels, noise, teacher)
         source = dict(source or {}, noise=f"minitofe.draw_noise(numpy.random.default_rng({noise_seed}), ...)"
@@ -211,18 +216,16 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
 
 
 def _trace_train(rec, model, images, labels, noise, teacher):
-    if model.tofe.method == "evit":
-        return trace_evit(rec, model, images, labels, "train")
-    if model.tofe.method == "dynamicvit":
-        return trace_dynamicvit(rec, model, images, labels, "train", noise, teacher)
+    own = OWN_TRACES.get(model.tofe.method)
+    if own is not None:
+        return own(rec, model, images, labels, "train", noise, teacher)
     return trace_train(rec, model, images, labels, noise, teacher)
 
 
 def _trace_infer(rec, model, images, labels, mode):
-    if model.tofe.method == "evit":
-        return trace_evit(rec, model, images, labels, mode)
-    if model.tofe.method == "dynamicvit":
-        return trace_dynamicvit(rec, model, images, labels, mode)
+    own = OWN_TRACES.get(model.tofe.method)
+    if own is not None:
+        return own(rec, model, images, labels, mode)
     return trace_infer(rec, model, images, mode)
 
 

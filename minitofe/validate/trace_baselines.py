@@ -59,7 +59,7 @@ def _evit_block(rec, x, params, i, s, H, T, K, fuse):
     return out
 
 
-def trace_evit(rec, model, images, labels, mode):
+def trace_evit(rec, model, images, labels, mode, noise=None, teacher=None):
     """EViT's forward (and, ``mode == "train"``, its loss and gradients) recorded into ``rec``."""
     cfg, tcfg, params = model.cfg, model.tofe, model.params
     stages, T, H = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens, cfg.num_heads
