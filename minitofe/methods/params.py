@@ -5,7 +5,7 @@ A checkpoint may carry modules its method does not use (a ``tofe`` file run as `
 ``dynamicvit`` file run as ``dense``): they are fine. Keys no registered method has for this backbone
 and stage count are reported, with the missing and mis-shaped ones (``tofe.params.check_tofe_params``).
 """
-from .registry import entries, get
+from ..registry import entries, get
 from ..tofe.params import check_tofe_params
 
 

@@ -2,9 +2,9 @@
 "Where each method lives"; docs/contributing.md §15).
 
 ``predict``, the trainer, the golden bundles, the bench and the command line never ask a method's name
-what to do: they take its ``Method`` from the registry (``registry.get``) and call its functions. Every
-function has the signature of its ToFe counterpart, so a method is a handful of forward/backward pairs
-with plain-data caches, like the rest of the package:
+what to do: they take its ``Method`` from the registry (``minitofe.registry.get``, re-exported by
+``minitofe.methods``) and call its functions. Every function has the signature of its ToFe counterpart,
+so a method is a handful of forward/backward pairs with plain-data caches, like the rest of the package:
 
     param_shapes(cfg, tcfg) -> {key: shape}                      its own ``tofe.*`` parameters
     init_params(cfg, tcfg, rng, dtype) -> {key: array}           fresh ones (default: ``init_from_shapes``)

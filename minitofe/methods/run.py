@@ -5,7 +5,7 @@ method's own functions (``protocol.Method``) run.
 import numpy as np
 
 from .params import check_method_params
-from .registry import entries, get
+from ..registry import entries, get
 from ..nn.embed import check_images
 from ..nn.params import check_init_args, check_params
 from ..tofe.config import ToFeConfig

@@ -14,21 +14,20 @@ import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
 from .parts import APPROXIMATORS, SELECTORS
+from ..registry import get, names
 
 LEGACY_NAMES = {"evit": "evit-drop", "dynamicvit": "tofe-cumulative"}   # for configs saved before the rename
 
 
 def method_of(name):
-    """The registry's entry for ``name`` (``minitofe.methods.registry``; it sits above this layer, so it
-    is asked at call time, never imported at load). Unknown names: ValueError listing the known ones."""
-    from ..methods.registry import get
+    """The registry's entry for ``name`` (``minitofe.registry``, filled by ``minitofe.methods``). Unknown
+    names: ValueError listing the known ones."""
     return get(name)
 
 
 def __getattr__(name):
     """``METHODS``: the names of the registered methods, in registration order (kept for its users)."""
     if name == "METHODS":
-        from ..methods.registry import names
         return names()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

@@ -1,9 +1,12 @@
-"""The one registry of token-reduction methods: name -> ``protocol.Method`` (docs/method.md, "Where each
-method lives").
+"""The one registry of token-reduction methods: name -> ``methods.protocol.Method`` (docs/method.md,
+"Where each method lives").
 
-It holds the entries and nothing else, and imports nothing: the built-in methods are registered, one
-line each, in ``minitofe/methods/__init__.py``; a new method is a new module and one ``register`` line
-there (or in the user's own code). ``ToFeConfig`` asks ``get`` whether a method exists and what it is.
+It holds the entries and nothing else, and imports nothing, so it sits on the ground floor with the
+configs: ``ToFeConfig`` (``tofe/config.py``) asks ``get`` whether a method exists and what it is without
+importing any method, and ``minitofe.methods``, above, fills it: the built-in methods are registered, one
+line each, in ``minitofe/methods/__init__.py`` (imported with ``minitofe`` itself). A new method is a new
+module and one ``register`` line there (or in the user's own code); ``minitofe.methods`` re-exports
+``register``, ``get``, ``names``.
 """
 _METHODS = {}
 
