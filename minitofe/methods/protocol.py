@@ -6,8 +6,8 @@ what to do: they take its ``Method`` from the registry (``minitofe.registry.get`
 ``minitofe.methods``) and call its functions. Every function has the signature of its ToFe counterpart,
 so a method is a handful of forward/backward pairs with plain-data caches, like the rest of the package:
 
-    param_shapes(cfg, tcfg) -> {key: shape}                      its own ``tofe.*`` parameters
-    init_params(cfg, tcfg, rng, dtype) -> {key: array}           fresh ones (default: ``init_from_shapes``)
+    param_shapes(cfg, tcfg) -> {key: shape}                      its own ``tofe.*`` parameters, drawn
+                                                                 fresh by ``init_from_shapes``
     inference(params, images, cfg, tcfg, keep_ratios, kept_masks, ops) -> logits, info
                                                                  (inputs already checked)
     train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, ops) -> out, cache
@@ -48,7 +48,6 @@ class Method:
     topk_macs: Callable
     ratios_for_budget: Callable
     param_shapes: Callable = no_params
-    init_params: Callable = None
     train_forward: Callable = None
     train_backward: Callable = None
     cache_type: type = None
@@ -69,7 +68,6 @@ class Method:
             raise ValueError(f"method {self.name!r}: a trained method names its cache_type")
 
     def fresh_params(self, cfg, tcfg, rng, dtype):
-        """Its fresh parameters: ``init_params``, else drawn from ``param_shapes`` (``init_from_shapes``)."""
-        if self.init_params is not None:
-            return self.init_params(cfg, tcfg, rng, dtype)
+        """Its fresh parameters, drawn in key order from ``param_shapes`` (``tofe.params.init_from_shapes``:
+        weights trunc-normal, biases zero, LayerNorms ones / zeros, approximators' ``fc2`` zero)."""
         return init_from_shapes(self.param_shapes(cfg, tcfg), rng, dtype)
