@@ -16,11 +16,12 @@ so a method is a handful of forward/backward pairs with plain-data caches, like 
     ratios_for_budget(cfg, tcfg, budget, base) -> the keep ratios meeting a MACs budget
     train_schedule(cfg, tcfg, step, steps) -> tcfg for this step (EViT's annealed keep rate)
 
-and a few facts: ``cache_type`` (how ``train_backward`` is found from a cache), ``selector`` /
-``approximator`` (ToFe's modules), ``reuses`` (a frozen token can come back), ``learned_ratios``,
-``topk_only`` (no ``threshold`` inference), ``noise`` (the training step draws Gumbel noise),
-``needs_teacher(tcfg)``, ``teacher_features`` (distils the teacher's final tokens, not its stage
-outputs). ``summary`` is the line ``--help`` and the docs show.
+and a few facts: ``cache_type`` (how ``train_backward`` is found from a cache), ``learned_selector`` /
+``uses_approximator`` (ToFe's modules, of the kinds ``ToFeConfig.selector`` / ``.approximator`` name),
+``reuses`` (a frozen token can come back), ``learned_ratios``, ``topk_only`` (no ``threshold``
+inference), ``noise`` (the training step draws Gumbel noise), ``needs_teacher(tcfg)``,
+``teacher_features`` (distils the teacher's final tokens, not its stage outputs). ``summary``: one line
+saying what the method is.
 """
 from dataclasses import dataclass
 from typing import Callable
@@ -53,8 +54,8 @@ class Method:
     cache_type: type = None
     train_schedule: Callable = same_config
     needs_teacher: Callable = never
-    selector: bool = False
-    approximator: bool = False
+    learned_selector: bool = False
+    uses_approximator: bool = False
     reuses: bool = True
     learned_ratios: bool = False
     topk_only: bool = False

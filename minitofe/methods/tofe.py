@@ -27,7 +27,8 @@ def _entry(name, summary, approximator, reuses=True, learned_ratios=True):
     return Method(name, summary, partial(tofe_inference, check=False), topk_macs, ratios_for_budget,
                   param_shapes=tofe_param_shapes, train_forward=tofe_train_forward,
                   train_backward=tofe_train_backward, cache_type=TrainCache, needs_teacher=tofe_needs_teacher,
-                  selector=True, approximator=approximator, reuses=reuses, learned_ratios=learned_ratios)
+                  learned_selector=True, uses_approximator=approximator, reuses=reuses,
+                  learned_ratios=learned_ratios)
 
 
 TOFE = _entry("tofe", "learned selector, freeze + reuse, MLP approximator, budget loss", True)

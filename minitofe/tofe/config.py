@@ -165,7 +165,7 @@ class ToFeConfig:
     @property
     def learned_selector(self):
         """ToFe's token selector (``tofe.selector.{i}.*``); DynamicViT's predictor is not one."""
-        return method_of(self.method).selector
+        return method_of(self.method).learned_selector
 
     @property
     def learned_ratios(self):
@@ -175,7 +175,7 @@ class ToFeConfig:
 
     @property
     def uses_approximator(self):
-        return method_of(self.method).approximator
+        return method_of(self.method).uses_approximator
 
     @property
     def reuses_tokens(self):
