@@ -19,11 +19,10 @@ from .backend import to_numpy
 from .config import ViTConfig
 from .nn import vit
 from .nn.params import init_params
+from . import methods
 from .tofe import train_inputs
 from .tofe.config import ToFeConfig
-from .tofe.inference import tofe_inference
-from .tofe.params import init_tofe_params
-from .tofe.training import draw_noise, tofe_train_backward, tofe_train_forward
+from .tofe.training import draw_noise
 
 __all__ = ["Model", "new_model", "load_model", "load_shipped", "add_tofe", "save_model", "predict",
            "train_forward", "train_backward", "draw_noise", "teacher_forward", "update_learned_ratios",
@@ -53,7 +52,7 @@ def new_model(cfg, tofe=None, rng=None, dtype=np.float64):
     rng = np.random.default_rng(0) if rng is None else rng
     tofe = ToFeConfig() if tofe is None else tofe
     params = init_params(cfg, rng, dtype)
-    params.update(init_tofe_params(cfg, tofe, rng, dtype))
+    params.update(methods.init_params(cfg, tofe, rng, dtype))
     return Model(params, cfg, tofe)
 
 
@@ -111,7 +110,7 @@ def add_tofe(model, tofe, rng=None):
     rng = np.random.default_rng(0) if rng is None else rng
     dtype = next(iter(model.params.values())).dtype
     params = model.backbone_params()
-    params.update(init_tofe_params(model.cfg, tofe, rng, dtype))
+    params.update(methods.init_params(model.cfg, tofe, rng, dtype))
     model.params, model.tofe, model.learned_keep_ratios = params, tofe, None
     return model
 
@@ -131,31 +130,30 @@ def predict(model, images, method=None, keep_ratios=None, inference=None, kept_m
     ``"topk"`` or ``"threshold"`` (evit / dynamicvit: top-K only; their ``keep_ratios`` are EViT's
     per-stage keep rates of the current tokens and DynamicViT's fractions of P). Returns logits
     (B, num_classes) and the info dict of ``tofe_inference`` (kept / frozen / reused per stage, realised
-    MACs per image). ``fast=True`` runs on the Numba kernels (``minitofe.kernels``; the reference path
+    MACs per image; the method's own ``inference``, from the registry ``minitofe.methods``).
+    ``fast=True`` runs on the Numba kernels (``minitofe.kernels``; the reference path
     when Numba is absent): the choice is made here, once, and handed down as ``ops``."""
     _check_model(model)
     tcfg = model.tofe
     if method is not None or inference is not None:
         tcfg = tcfg.replace(**{k: v for k, v in (("method", method), ("inference", inference)) if v})
-    learned_here = tcfg.learned_ratios
-    # (evit / dynamicvit are not learned_selector: they use their config's keep rate / rho^(s+1))
-    if keep_ratios is None and learned_here and model.learned_keep_ratios is not None:
+    if keep_ratios is None and tcfg.learned_ratios and model.learned_keep_ratios is not None:
         keep_ratios = model.learned_keep_ratios
     with kernels.thread_scope(fast, like=images):          # BLAS threads sized to the free cores
-        return tofe_inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios,
-                              kept_masks=kept_masks, ops=kernels.ops(fast, like=images))
+        return methods.inference(model.params, images, model.cfg, tcfg, keep_ratios=keep_ratios,
+                                 kept_masks=kept_masks, ops=kernels.ops(fast, like=images))
 
 
 def train_forward(model, images, labels, noise, teacher=None, tau=None, hard=True, fast=False):
     """The training forward of ``model.tofe.method`` with the given noise (see ``tofe_train_forward``)."""
     _check_model(model)
-    return tofe_train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau, hard,
-                              ops=kernels.ops(fast, like=images))
+    return methods.train_forward(model.params, images, labels, model.cfg, model.tofe, noise, teacher, tau,
+                                 hard, ops=kernels.ops(fast, like=images))
 
 
 def train_backward(cache):
     """Gradients of the total training loss: (dimages, grads) with ``grads.keys() == params.keys()``."""
-    return tofe_train_backward(cache)
+    return methods.train_backward(cache)
 
 
 def update_learned_ratios(model, batch_keep_ratios, momentum=0.99):

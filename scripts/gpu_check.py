@@ -19,8 +19,10 @@ import minitofe
 from minitofe.backend import to_numpy
 from minitofe.config import get_config
 from minitofe.tofe.config import ToFeConfig
-from minitofe.tofe.inference import tofe_inference
-from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from minitofe.methods import inference as tofe_inference
+from minitofe.methods import train_backward as tofe_train_backward
+from minitofe.methods import train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise, teacher_forward
 
 
 def timed(fn, reps, sync):

@@ -5,7 +5,7 @@ Unlike ``make_fixtures.py`` (timm's values, independent of minitofe) this file p
 *itself*: it is a regression fixture, not an oracle. For every training method (``tofe``,
 ``tofe-identity``, ``tofe-uniform``, ``tofe-cumulative``, ``dynamicvit``, ``evit``), with the hard
 straight-through mask and with the soft relaxation, it saves the logits, every loss term, the masks,
-keep ratios and MACs, dimages and every gradient; for every inference method (``tofe.config.METHODS``,
+keep ratios and MACs, dimages and every gradient; for every inference method (``minitofe.methods.names()``,
 ``topk`` and, where a selector is learned, ``threshold``) the logits, the kept / frozen / reused /
 dropped records, the scores, the stage outputs and the MACs. Everything runs on the NumPy reference
 (``fast=False``) with fixed seeds and pre-drawn Gumbel noise.
@@ -30,10 +30,15 @@ from minitofe import kernels
 from minitofe.config import ViTConfig
 from minitofe.nn.params import init_params
 from minitofe.testing.provenance import arithmetic, differences
-from minitofe.tofe.config import METHODS, ToFeConfig
-from minitofe.tofe.inference import tofe_inference
-from minitofe.tofe.params import init_tofe_params
-from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from minitofe.methods import inference as tofe_inference
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.methods import names
+from minitofe.methods import train_backward as tofe_train_backward
+from minitofe.methods import train_forward as tofe_train_forward
+from minitofe.tofe.config import ToFeConfig
+from minitofe.tofe.training import draw_noise, teacher_forward
+
+METHODS = names()
 
 OUT = pathlib.Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "pinned" / "methods.npz"
 ARITHMETIC_KEY = "__arithmetic__"

@@ -35,7 +35,7 @@ from minitofe.config import ViTConfig
 from minitofe.io import weights as W
 from minitofe.io.timm import to_timm_state_dict
 from minitofe.nn.vit import vit_features_backward
-from minitofe.tofe.inference import tofe_inference
+from minitofe.methods import inference as tofe_inference
 from minitofe.train import TrainConfig
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=4, embed_dim=8, depth=4, num_heads=2)

@@ -11,23 +11,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import minitofe
-import minitofe.tofe.dynamicvit as dynamicvit
+import minitofe.methods.dynamicvit_train as dynamicvit
 from minitofe.config import ViTConfig
 from minitofe.gradcheck import check_param_grads, directional_check, numerical_grad, rel_error
 from minitofe.kernels import fast_kernels, ops as kernel_ops
 from minitofe.nn.params import init_params
 from minitofe.nn.vit import vit_forward
-from minitofe.tofe.budget import dynamicvit_ratios, evit_keep_rate
+from minitofe.methods.dynamicvit_budget import dynamicvit_ratios
+from minitofe.methods.evit_budget import evit_keep_rate
 from minitofe.tofe.config import ToFeConfig
-from minitofe.tofe.evit import (evit_block_backward, evit_block_forward, keep_count, keep_rate_at,
+from minitofe.methods.evit_block import (evit_block_backward, evit_block_forward, keep_count, keep_rate_at,
                                 reduce_backward, reduce_forward)
-from minitofe.tofe.evit_model import evit_train_forward
+from minitofe.methods.evit_model import evit_train_forward
 from minitofe.tofe.gumbel import gumbel_softmax_forward
-from minitofe.tofe.inference import tofe_inference
+from minitofe.methods import inference as tofe_inference
 from minitofe.tofe.macs import attention_macs, block_macs, dense_macs, mlp_macs, predictor_macs
-from minitofe.tofe.params import init_tofe_params
-from minitofe.tofe.predictor import predictor_backward, predictor_forward
-from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.methods.dynamicvit_predictor import predictor_backward, predictor_forward
+from minitofe.methods import train_backward as tofe_train_backward, train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise, teacher_forward
 from test_macs import counted
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)

@@ -9,9 +9,16 @@ import pytest
 
 import minitofe
 from minitofe.config import ViTConfig, get_config
-from minitofe.tofe.budget import baseline_token_counts, ratios_for_budget, topk_macs
-from minitofe.tofe.evit import keep_count
+from minitofe.methods import ratios_for_budget, topk_macs
+from minitofe.methods.dynamicvit_budget import dynamicvit_token_counts
+from minitofe.methods.evit_budget import evit_token_counts
+from minitofe.methods.evit_block import keep_count
 from minitofe.tofe.macs import dense_macs
+
+
+def baseline_token_counts(cfg, tcfg, ratios):
+    """Tokens after each stage of the baseline ``tcfg.method`` (each keeps its own counting rule)."""
+    return (evit_token_counts if tcfg.method == "evit" else dynamicvit_token_counts)(cfg, tcfg, ratios)
 
 
 @pytest.mark.parametrize("method", ["tofe", "tofe-identity", "idle", "evit", "evit-drop", "dynamicvit",

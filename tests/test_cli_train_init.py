@@ -12,7 +12,7 @@ from PIL import Image
 import minitofe
 from minitofe.cli import main
 from minitofe.config import ViTConfig
-from minitofe.tofe.params import init_tofe_params
+from minitofe.methods import init_params as init_tofe_params
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=4, num_heads=2)
 LEARNED = (0.61234567891, 0.33, 0.13)

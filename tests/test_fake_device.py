@@ -16,13 +16,17 @@ from minitofe.nn.layers import cross_entropy_backward, cross_entropy_forward
 from minitofe.kernels import ops as kernel_ops
 from minitofe.nn.vit import vit_backward, vit_forward
 from minitofe.train.optim import adamw_init, adamw_step, clip_grad_norm
-from minitofe.tofe.config import FAITHFUL_BASELINES, METHODS, ToFeConfig
-from minitofe.tofe.inference import tofe_inference
-from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from minitofe.methods import entries
+from minitofe.tofe.config import METHODS, ToFeConfig
+from minitofe.methods import inference as tofe_inference
+from minitofe.methods import train_backward as tofe_train_backward, train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise, teacher_forward
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=1, num_classes=4, embed_dim=8, depth=4, num_heads=2,
                 distilled=True, init_values=0.5)
 LEARNED = ("tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative")
+
+FAITHFUL_BASELINES = tuple(m.name for m in entries() if m.topk_only)
 
 
 def _model(method, seed=0, **kw):

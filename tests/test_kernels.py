@@ -17,9 +17,13 @@ from minitofe.testing.fakedevice import to_device                        # noqa:
 from minitofe.nn import attention, block, layers                         # noqa: E402
 from minitofe.nn.params import init_params                               # noqa: E402
 from minitofe.nn.vit import vit_backward, vit_forward                    # noqa: E402
-from minitofe.tofe import inference, ragged, tokens                      # noqa: E402
-from minitofe.tofe.config import FAITHFUL_BASELINES, METHODS, ToFeConfig  # noqa: E402
-from minitofe.tofe.params import init_tofe_params                        # noqa: E402
+from minitofe import methods                                             # noqa: E402
+from minitofe.methods import entries                                     # noqa: E402
+from minitofe.methods import init_params as init_tofe_params             # noqa: E402
+from minitofe.tofe import ragged, tokens                                 # noqa: E402
+from minitofe.tofe.config import METHODS, ToFeConfig                     # noqa: E402
+
+FAITHFUL_BASELINES = tuple(m.name for m in entries() if m.topk_only)
 
 REFERENCES = {"gather_tokens": tokens, "scatter_tokens": tokens, "pack_rows": ragged, "unpack_rows": ragged,
               "layernorm_forward": layers, "layernorm_backward": layers, "gelu_forward": layers,
@@ -332,8 +336,8 @@ def test_fast_tofe_inference_equals_the_reference(method, inference_mode):
     params.update(init_tofe_params(CFG, tcfg, rng))
     params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in params.items()}
     images = rng.standard_normal((4, 1, 8, 8))
-    logits, info = inference.tofe_inference(params, images, CFG, tcfg, ops=kernels.ops(True, like=images))
-    logits_ref, info_ref = inference.tofe_inference(params, images, CFG, tcfg)
+    logits, info = methods.inference(params, images, CFG, tcfg, ops=kernels.ops(True, like=images))
+    logits_ref, info_ref = methods.inference(params, images, CFG, tcfg)
     _close(logits, logits_ref, np.float64)
     for key in ("kept", "frozen", "reused"):
         for a, b in zip(info[key], info_ref[key]):
@@ -345,7 +349,8 @@ def test_fast_tofe_inference_equals_the_reference(method, inference_mode):
 @pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative"])
 def test_fast_tofe_training_forward_backward_equal_the_reference(method):
     """The trainer's default (``TrainConfig.fast``): same losses, masks, teacher tokens and gradients."""
-    from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+    from minitofe.methods import train_backward as tofe_train_backward, train_forward as tofe_train_forward
+    from minitofe.tofe.training import draw_noise, teacher_forward
     rng = np.random.default_rng(7)
     tcfg = ToFeConfig(method=method, stages=(1, 2, 3), keep_ratios=(0.5, 0.25, 0.25))
     backbone = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in init_params(CFG, rng).items()}
@@ -481,8 +486,8 @@ def test_fast_inference_is_within_the_stated_relative_error(dtype):
         if tcfg.method != "dense":
             params.update(init_tofe_params(cfg, tcfg, rng, dtype))
         images = rng.standard_normal((3, 3, 32, 32)).astype(dtype)
-        logits, info = inference.tofe_inference(params, images, cfg, tcfg, ops=kernels.ops(True, like=images))
-        want, info_ref = inference.tofe_inference(params, images, cfg, tcfg)
+        logits, info = methods.inference(params, images, cfg, tcfg, ops=kernels.ops(True, like=images))
+        want, info_ref = methods.inference(params, images, cfg, tcfg)
         assert logits.dtype == dtype
         assert rel_error(logits, want) < (1e-12 if dtype == np.float64 else 1e-5), tcfg
         for a, b in zip(info["stage_outputs"], info_ref["stage_outputs"]):

@@ -12,8 +12,8 @@ from minitofe.tofe.approximator import approximator_forward
 from minitofe.tofe.config import ToFeConfig
 from minitofe.tofe.macs import (approximator_macs, block_macs, cls_attention_macs, dense_macs, selector_macs,
                                 tofe_macs)
-from minitofe.tofe.params import init_tofe_params
-from minitofe.tofe.scoring import cls_attention_scores
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.methods.cls_attention import cls_attention_scores
 from minitofe.tofe.selector import selector_forward
 
 CFG = ViTConfig(img_size=8, patch_size=2, in_chans=3, num_classes=5, embed_dim=8, depth=6, num_heads=2)
@@ -127,7 +127,7 @@ def test_bad_inputs():
 def test_realised_macs_equal_the_matmuls_reduced_inference_runs(method, inference):
     """The MACs that ``tofe_inference`` reports per image add up to the matmuls it actually executes,
     for every method, with equal counts (topk) and ragged batches (threshold)."""
-    from minitofe.tofe.inference import tofe_inference
+    from minitofe.methods import inference as tofe_inference
     rng = np.random.default_rng(5)
     tcfg = ToFeConfig(method=method, stages=(1, 3, 4), keep_ratios=(0.75, 0.5, 0.25), inference=inference,
                       threshold=0.5)

@@ -15,7 +15,9 @@ from minitofe.tofe.gumbel import (gumbel_noise, gumbel_softmax_backward, gumbel_
                                   tau_at)
 from minitofe.tofe.losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward,
                                   flops_loss_forward, kd_loss_backward, kd_loss_forward)
-from minitofe.tofe.params import check_tofe_params, init_tofe_params, tofe_param_shapes
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.methods import param_shapes as tofe_param_shapes
+from minitofe.tofe.params import check_tofe_params
 from minitofe.tofe.selector import keep_probability, selector_backward, selector_forward
 from minitofe.tofe.stage import mix_backward, mix_forward
 from minitofe.tofe.tokens import gather_tokens, gather_tokens_backward, mask_to_indices, ragged_indices

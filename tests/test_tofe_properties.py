@@ -7,10 +7,11 @@ from minitofe.config import ViTConfig
 from minitofe.nn.params import init_params
 from minitofe.nn.vit import vit_forward
 from minitofe.tofe.config import ToFeConfig
-from minitofe.tofe.inference import tofe_inference
-from minitofe.tofe.params import init_tofe_params
+from minitofe.methods import inference as tofe_inference
+from minitofe.methods import init_params as init_tofe_params
 from minitofe.tofe.tokens import gather_tokens, indices_to_mask, mask_to_indices, scatter_tokens
-from minitofe.tofe.training import draw_noise, tofe_train_forward
+from minitofe.methods import train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise
 
 EXAMPLES = settings(max_examples=200, deadline=None)
 

@@ -10,8 +10,9 @@ from minitofe.nn.params import init_params
 from minitofe.train.optim import adamw_init, adamw_step
 from minitofe.tofe.config import ToFeConfig
 from minitofe.tofe.gumbel import gumbel_softmax_forward
-from minitofe.tofe.params import init_tofe_params
-from minitofe.tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.methods import train_backward as tofe_train_backward, train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise, teacher_forward
 
 CFG = ViTConfig(img_size=6, patch_size=2, in_chans=1, num_classes=3, embed_dim=8, depth=3, num_heads=2,
                 mlp_ratio=2.0, distilled=True, init_values=0.5)

@@ -16,9 +16,11 @@ from minitofe.nn.head import forward_head
 from minitofe.nn.params import init_params, param_shapes
 from minitofe.nn.vit import vit_backward, vit_features_backward, vit_forward, vit_forward_features
 from minitofe.tofe.config import ToFeConfig
-from minitofe.tofe.inference import tofe_inference
-from minitofe.tofe.params import check_tofe_params, init_tofe_params
-from minitofe.tofe.training import draw_noise, tofe_train_backward, tofe_train_forward
+from minitofe.methods import inference as tofe_inference
+from minitofe.methods import init_params as init_tofe_params
+from minitofe.tofe.params import check_tofe_params
+from minitofe.methods import train_backward as tofe_train_backward, train_forward as tofe_train_forward
+from minitofe.tofe.training import draw_noise
 
 TOL = 1e-6
 BASE = dict(img_size=4, patch_size=2, in_chans=2, num_classes=3, embed_dim=8, depth=2, num_heads=2, mlp_ratio=2.0)

@@ -9,9 +9,9 @@ from .. import kernels
 from ..config import get_config
 from ..nn.params import init_params
 from ..tofe.config import ToFeConfig
-from ..tofe.inference import tofe_inference
+from ..methods import inference as tofe_inference
+from ..methods import init_params as init_tofe_params
 from ..tofe.macs import dense_macs, tofe_macs
-from ..tofe.params import init_tofe_params
 
 PAPER_RATIOS = (0.49, 0.25, 0.14)           # ToFe's learned keep ratios; scaled to reach a MACs target
 TOFE_TARGETS = (0.70, 0.50, 0.35)           # MACs of the ToFe contenders, as a fraction of dense

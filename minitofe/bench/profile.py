@@ -18,7 +18,7 @@ from .. import kernels
 from ..config import get_config
 from ..nn.params import init_params
 from ..tofe.config import ToFeConfig
-from ..tofe.inference import tofe_inference
+from ..methods import inference as tofe_inference
 from .contenders import dense_model, images
 
 KINDS = {"_linear_": "linear layers (BLAS sgemm)", "_run_unit": "attention products (BLAS sgemm)",

@@ -55,7 +55,7 @@ def budget_ratios(model, method, budget):
     learned profile scaled, for methods that learn their ratios and have recorded them; the config's
     otherwise (``tofe-uniform``: its fixed equal ratios, scaled equally). A budget outside (0, 1], or
     below the cheapest setting of the method on this model, is refused."""
-    from ..tofe.budget import ratios_for_budget
+    from ..methods import ratios_for_budget
     if budget is None:
         return None
     if not 0.0 < budget <= 1.0:
@@ -154,9 +154,9 @@ def load_args(args, random_fallback=False):
 
 
 def add_model_args(p):
-    from ..tofe.config import METHODS
+    from ..methods import names
     add_weights_args(p)
-    p.add_argument("--method", choices=METHODS, help="reduction method (default: the weights' own)")
+    p.add_argument("--method", choices=names(), help="reduction method (default: the weights' own)")
     p.add_argument("--budget", type=float, help="MACs budget as a fraction of dense, e.g. 0.5 as in the "
                    "README's tables (default: none: the model's own keep ratios; for a fine-tuned model "
                    "those it learned, whose MACs can land a little off its training target)")

@@ -11,7 +11,8 @@ from .train_options import DEFAULTS, options, record_options
 
 
 def add_train(sub):
-    from ..tofe.config import METHODS
+    from ..methods import names
+    from ..tofe.parts import APPROXIMATORS, SELECTORS
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
                        description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
                                    "trainer. An --init file with trained ToFe modules is continued from "
@@ -30,7 +31,7 @@ def add_train(sub):
     opt("--fresh-modules", "new ToFe modules even when the --init file has trained ones that fit",
         action=argparse.BooleanOptionalAction)
     opt("--model", "preset a timm-layout --init file must match (.npz files carry their config)")
-    opt("--method", "what to train", choices=METHODS)
+    opt("--method", "what to train", choices=names())
     opt("--budget", "MACs budget as a fraction of dense, e.g. 0.5 as in the README's tables: the target "
                     "gamma of the budget loss", type=float)
     p.add_argument("--target", dest="budget", type=float, help=argparse.SUPPRESS)   # --budget's old name
@@ -46,6 +47,9 @@ def add_train(sub):
     opt("--stages", "the block where each ToFe stage starts (None: 3, 6, 9 for 12 blocks, i.e. depth k / 4)",
         type=int, nargs="+")
     opt("--approx-reduction", "r: the approximator's bottleneck is C / r wide", type=int)
+    opt("--selector", "ToFe's token selector kind (docs/method.md, \"Selector and approximator kinds\")",
+        choices=list(SELECTORS))
+    opt("--approximator", "ToFe's approximator kind", choices=list(APPROXIMATORS))
     opt("--tau", "Gumbel-Softmax temperature (at the start, when --tau-end is given)", type=float)
     opt("--tau-end", "anneal the temperature to this by the last step (cosine); None: constant", type=float)
     opt("--limit", "use the first N training images only", type=int)
@@ -118,7 +122,7 @@ def run_train(args):
     params = {k: v.astype(dtype) for k, v in base.params.items() if not k.startswith("tofe.")}
     tkw = dict(method=o["method"], target_ratio=o["budget"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
                label_smoothing=o["label_smoothing"], approx_reduction=o["approx_reduction"], tau=o["tau"],
-               tau_end=o["tau_end"])
+               tau_end=o["tau_end"], selector=o["selector"], approximator=o["approximator"])
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     if o["stages"]:

@@ -12,7 +12,7 @@ FRESH = "--fresh-modules to start new ones"
 def start_modules(base, tcfg, o, dtype):
     """-> (the student's ``tofe.*`` params, their learned keep ratios or None, the line saying where they
     come from or None). ``base``: the ``--init`` model; ``o``: the run's options."""
-    from ..tofe.params import init_tofe_params
+    from ..methods import init_params
     theirs = {k: v for k, v in base.params.items() if k.startswith("tofe.")}
     if not (tcfg.trainable or tcfg.method == "dense"):
         return {}, None, None                    # idle, evit-drop: the trainer refuses them, saying why
@@ -22,7 +22,7 @@ def start_modules(base, tcfg, o, dtype):
                 + (f" (learned keep ratios {ratios_text(base.learned_keep_ratios)})"
                    if base.learned_keep_ratios else "") + "; --fresh-modules starts new ones")
         return {k: v.astype(dtype) for k, v in theirs.items()}, base.learned_keep_ratios, line
-    fresh = init_tofe_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype)
+    fresh = init_params(base.cfg, tcfg, np.random.default_rng(o["seed"]), dtype)
     if not fresh:                                    # the method has no modules (dense, evit)
         line = f"ToFe modules: none ({tcfg.method} has none; those of {o['init']} are left out)" if theirs \
             else None
@@ -35,7 +35,7 @@ def start_modules(base, tcfg, o, dtype):
 def check_modules_fit(base, tcfg, theirs, init):
     """Raise ``ValueError`` unless the ``--init`` file's modules ``theirs`` are the ones the run trains:
     the same method, the same stages, every key at the shape the run's options give it."""
-    from ..tofe.params import tofe_param_shapes
+    from ..methods import param_shapes
     if base.tofe.method != tcfg.method:
         raise ValueError(f"{init}: its ToFe modules were trained for method {base.tofe.method!r}, not "
                          f"{tcfg.method!r}: pass --method {base.tofe.method} to continue them, or {FRESH}")
@@ -45,7 +45,7 @@ def check_modules_fit(base, tcfg, theirs, init):
         raise ValueError(f"{init}: its ToFe modules are for stages starting at blocks {list(stages)}, these "
                          f"options ask for {list(ours)}: pass --stages {' '.join(map(str, stages))} to "
                          f"continue them, or {FRESH}")
-    want = tofe_param_shapes(base.cfg, tcfg)
+    want = param_shapes(base.cfg, tcfg)
     for key in sorted(set(want) | set(theirs)):
         have = tuple(theirs[key].shape) if key in theirs else None
         if have != want.get(key):

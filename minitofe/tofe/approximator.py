@@ -7,7 +7,9 @@ zero (``params.init_tofe_params``), so a fresh approximator is exactly the ident
 Parameters live under ``prefix`` (e.g. ``"tofe.approx.0."``): ``norm``, ``fc1`` (C -> C/r), ``fc2``
 (C/r -> C). Works on any leading shape: (B, N, C) in training, gathered (M, C) rows in inference.
 """
+from .macs import approximator_macs
 from .ops import resolve
+from .part import Part
 from ..nn.layers import gelu_backward, layernorm_backward, linear_backward
 
 
@@ -31,3 +33,17 @@ def approximator_backward(dy, cache):
     dn, grads[prefix + "fc1.weight"], grads[prefix + "fc1.bias"] = linear_backward(dh, c_fc1)
     dx_branch, grads[prefix + "norm.weight"], grads[prefix + "norm.bias"] = layernorm_backward(dn, c_ln)
     return dy + dx_branch, grads
+
+
+def approximator_shapes(prefix, C, r):
+    """``{key: shape}`` of one approximator under ``prefix``: ``norm``, ``fc1`` (C -> C/r), ``fc2``."""
+    if C % r:
+        raise ValueError(f"the approximator needs embed_dim divisible by approx_reduction r, "
+                         f"got embed_dim={C}, r={r}")
+    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
+            prefix + "fc1.weight": (C // r, C), prefix + "fc1.bias": (C // r,),
+            prefix + "fc2.weight": (C, C // r), prefix + "fc2.bias": (C,)}
+
+
+PART = Part("mlp", approximator_shapes, approximator_forward, approximator_backward, approximator_macs,
+            lambda n, C, r: approximator_macs(1, C, r))

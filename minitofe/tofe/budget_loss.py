@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 from .losses import flops_loss_backward, flops_loss_forward
 from .macs import dense_macs, tofe_macs
+from .parts import approximator_of, selector_of
 from ..backend import get_xp
 
 
@@ -29,7 +30,8 @@ def budget_loss_forward(masks, cfg, tcfg, stages):
     T, P = cfg.num_prefix_tokens, cfg.num_patches
     kept = get_xp(masks[0]).stack([m.sum(axis=1) for m in masks], axis=1)              # (B, S), incl. T
     macs, dmacs = tofe_macs(cfg, stages, kept, selector=True, approximator=tcfg.uses_approximator,
-                            approx_reduction=tcfg.approx_reduction, drop=not tcfg.reuses_tokens)
+                            approx_reduction=tcfg.approx_reduction, drop=not tcfg.reuses_tokens,
+                            parts=(selector_of(tcfg), approximator_of(tcfg)))
     dense = dense_macs(cfg)
     keep_frac = (kept - T) / P                                                         # (B, S)
     if tcfg.method == "tofe-uniform":

@@ -1,21 +1,11 @@
 """``ToFeConfig``: every ToFe hyper-parameter, each a documented default (docs/method.md marks the ones
 that are minitofe's own choice, not the paper's, with [minitofe]).
 
-Methods, selected by name (docs/method.md, "Baselines", says what each one is and what is faithful):
-    dense            no reduction
-    evit             EViT as its authors define it: in each stage's first block, after attention, keep
-                     the ceil(rate * n) most class-attended patch tokens and fuse the rest into one
-                     token (``tofe/evit.py``); fine-tuned with the keep rate annealed from 1
-    evit-drop        training-free: top-K patches by class-token attention, the rest dropped (no fusion)
-    dynamicvit       DynamicViT as its authors define it: its own predictor per stage, cumulative hard
-                     Gumbel decisions, keep ratios rho, rho^2, rho^3, ratio + distillation losses
-                     (``tofe/dynamicvit.py``)
-    tofe-cumulative  ToFe's selector with a cumulative mask (a dropped token never returns), no
-                     approximator, ToFe's losses
-    idle             class-token-attention top-K per stage, frozen tokens carried unchanged, reused later
-    tofe             learned selector, freeze + reuse, MLP approximator, budget loss
-    tofe-identity    as tofe with the identity approximator (ablation)
-    tofe-uniform     as tofe with fixed equal keep ratios instead of learned ones (ablation)
+The method is selected by name from the one registry of methods (``minitofe.methods``: ToFe, its
+ablations and every baseline, each in its own module; docs/method.md, "Where each method lives"). What a
+method is (has it a learned selector, an approximator, does it reuse tokens, train, need a teacher) is
+the registry's to say: the properties below ask it. The EViT / DynamicViT fields are those baselines'
+hyper-parameters, kept here so that every run, saved file and command line has one config.
 
 Files written before ``evit`` / ``dynamicvit`` meant the authors' methods (their config has no
 ``evit_fuse`` field) load with the names the simplified methods have now (``LEGACY_NAMES``).
@@ -23,11 +13,23 @@ Files written before ``evit`` / ``dynamicvit`` meant the authors' methods (their
 import numbers
 from dataclasses import asdict, dataclass, fields, replace
 
-METHODS = ("dense", "evit", "evit-drop", "dynamicvit", "tofe-cumulative", "idle", "tofe", "tofe-identity",
-           "tofe-uniform")
-FAITHFUL_BASELINES = ("evit", "dynamicvit")              # the authors' methods, each with its own forward
-DROP_METHODS = ("evit", "evit-drop", "dynamicvit", "tofe-cumulative")   # a dropped token never returns
+from .parts import APPROXIMATORS, SELECTORS
+from ..registry import get, names
+
 LEGACY_NAMES = {"evit": "evit-drop", "dynamicvit": "tofe-cumulative"}   # for configs saved before the rename
+
+
+def method_of(name):
+    """The registry's entry for ``name`` (``minitofe.registry``, filled by ``minitofe.methods``). Unknown
+    names: ValueError listing the known ones."""
+    return get(name)
+
+
+def __getattr__(name):
+    """``METHODS``: the names of the registered methods, in registration order (kept for its users)."""
+    if name == "METHODS":
+        return names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def default_stages(depth):
@@ -81,12 +83,14 @@ class ToFeConfig:
     dvit_ratio_weight: float = 2.0    # ratio loss weight [2.0]
     dvit_kl_weight: float = 0.5       # KL to the teacher's logits [0.5]
     dvit_token_weight: float = 0.5    # MSE to the teacher's final tokens over the kept ones [0.5]
+    # ToFe's parts (``tofe/parts.py``): files saved before these fields load with the defaults
+    selector: str = "mlp"             # token selector kind: "mlp" (the paper's), "linear", "attention"
+    approximator: str = "mlp"         # approximator kind: "mlp" (the paper's), "deep"
 
     def __post_init__(self):
         def bad(msg):
             raise ValueError(f"ToFeConfig: {msg}")
-        if self.method not in METHODS:
-            bad(f"unknown method {self.method!r}; choose one of {list(METHODS)}")
+        method_of(self.method)                   # an unknown one: "unknown method ...; choose one of ..."
         for name in NUMBER_FIELDS + (("tau_end",) if self.tau_end is not None else ()):
             v = getattr(self, name)
             if not isinstance(v, numbers.Real) or isinstance(v, bool):
@@ -127,6 +131,9 @@ class ToFeConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         self._check_baseline_fields(bad)
+        for name, kinds in (("selector", SELECTORS), ("approximator", APPROXIMATORS)):
+            if getattr(self, name) not in kinds:
+                bad(f"unknown {name} {getattr(self, name)!r}; choose one of {list(kinds)}")
 
     def _check_baseline_fields(self, bad):
         for name in OPTIONAL_RATES:
@@ -158,35 +165,31 @@ class ToFeConfig:
     @property
     def learned_selector(self):
         """ToFe's token selector (``tofe.selector.{i}.*``); DynamicViT's predictor is not one."""
-        return self.method in ("tofe-cumulative", "tofe", "tofe-identity", "tofe-uniform")
+        return method_of(self.method).learned_selector
 
     @property
     def learned_ratios(self):
         """``topk`` inference takes the keep ratios recorded in training (not ``tofe-uniform``: its ratios
         are the fixed ``keep_ratios``, whatever its training happened to keep)."""
-        return self.learned_selector and self.method != "tofe-uniform"
+        return method_of(self.method).learned_ratios
 
     @property
     def uses_approximator(self):
-        return self.method in ("tofe", "tofe-uniform")
+        return method_of(self.method).uses_approximator
 
     @property
     def reuses_tokens(self):
-        return self.method not in DROP_METHODS
+        return method_of(self.method).reuses
 
     @property
     def trainable(self):
         """The method has a training forward/backward (training-free ones: dense, idle, evit-drop)."""
-        return self.learned_selector or self.method in FAITHFUL_BASELINES
+        return method_of(self.method).train_forward is not None
 
     @property
     def needs_teacher(self):
         """The training loss uses the dense teacher's outputs (``training.teacher_forward``)."""
-        if self.method == "dynamicvit":
-            return self.dvit_kl_weight > 0 or self.dvit_token_weight > 0
-        if self.method == "evit":
-            return False
-        return self.alpha > 0 or (self.beta > 0 and self.uses_approximator)
+        return method_of(self.method).needs_teacher(self)
 
     def to_dict(self):
         d = asdict(self)

@@ -3,10 +3,10 @@
 At each stage every patch is scored (frozen ones too: that is what lets a token be *reused*), the kept
 tokens are gathered (prefix tokens + K patches, original order), the stage's blocks run on them only and
 the results are scattered back; frozen tokens go through the stage's approximator (``tofe``), are carried
-unchanged (``tofe-identity``, ``idle``), or are dropped for good (``evit-drop``, ``tofe-cumulative``: they
-are never candidates again). The authors' ``evit`` and ``dynamicvit`` have their own forwards
-(``baselines.baseline_inference``). ``topk`` keeps the same K = round(rho_i * P) in every image;
-``threshold`` keeps ``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
+unchanged (``tofe-identity``), or are dropped for good (``tofe-cumulative``: they are never candidates
+again). A caller may score with its own ``scoring.Scorer`` instead of the learned selector (the
+training-free methods of ``minitofe.methods`` do). ``topk`` keeps the same K = round(rho_i * P) in every
+image; ``threshold`` keeps ``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
 
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
 earlier stage, kept now; ``record.record_stage``, shared with training), with the realised MACs per
@@ -15,11 +15,10 @@ image (``macs.tofe_macs``). ``tofe_inference`` reads embed -> dense blocks -> pe
 """
 import numpy as np
 
-from .approximator import approximator_forward
-from .baselines import baseline_inference
-from .config import FAITHFUL_BASELINES, is_sequence
+from .config import is_sequence
 from .params import check_tofe_params
-from .macs import cls_attention_macs, dense_macs, tofe_macs
+from .parts import approximator_of, selector_of
+from .macs import dense_macs, tofe_macs
 from .ops import resolve
 from .record import new_record, record_stage
 from .scoring import stage_ranges, stage_scores, topk_mask
@@ -42,7 +41,8 @@ def resolve_keep_ratios(tcfg, keep_ratios=None, learned=None):
             return r
 
 
-def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, ops=None):
+def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, check=True, ops=None,
+                   scorer=None):
     """images: (B, Cin, Hh, W) -> logits (B, num_classes), info dict.
 
     ``keep_ratios`` overrides the config's rho_i for ``topk``; ``kept_masks`` (one bool (B, P) per stage)
@@ -54,28 +54,24 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
     ``macs`` (B,) realised MACs; ``macs_ratio`` (B,) of dense.
     ``ops`` holds the functions the blocks, gather/scatter and pack/unpack run on (None: the reference,
     ``ops.REFERENCE``; the caller may pass the Numba twins, ``kernels.ops(fast, like)``: same results up
-    to float rounding).
+    to float rounding). ``scorer``: a ``scoring.Scorer`` instead of the learned selector.
     """
     if check:
         check_images(images, cfg, check_params(params, cfg, extra_ok=("tofe.",)))
         check_tofe_params(params, cfg, tcfg)
-    if tcfg.method in FAITHFUL_BASELINES:
-        return baseline_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, ops)
     ops = resolve(ops)
     stages = tcfg.resolved_stages(cfg.depth)
     xp, B, P, drop = get_xp(images), images.shape[0], cfg.num_patches, not tcfg.reuses_tokens
     info = dict(new_record("dropped", "keep_prob", "stage_outputs"), stages=stages)
     x, _ = embed_forward(images, params, cfg)                                          # embed
-    if tcfg.method == "dense":
-        return _dense_inference(x, params, cfg, info, ops)
     ratios = _stage_ratios(tcfg, keep_ratios, stages)
     x = ops.run_blocks(x, params, cfg, 0, stages[0])                                   # dense blocks
     alive = xp.ones((B, P), dtype=bool) if drop else None          # drop methods: not yet dropped
     ever_frozen, candidates = xp.zeros((B, P), dtype=bool), []
     for s, blocks in enumerate(stage_ranges(cfg, stages)):                             # stages
         candidates.append(P if alive is None else to_numpy(alive.sum(axis=1)))
-        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive, ops)  # (B, P)
-        kept = decide(scores, s, alive, ratios, kept_masks, tcfg)                        # (B, P) bool
+        scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive, ops, scorer)
+        kept = decide(scores, s, alive, ratios, kept_masks, tcfg, scorer is None)      # (B, P) bool
         frozen, ever_frozen = record_stage(info, kept, drop, ever_frozen)
         x = run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
         info["dropped"].append(to_numpy(~kept) if alive is not None else np.zeros((B, P), bool))
@@ -84,21 +80,21 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         alive = kept if alive is not None else None
     logits, _ = head_forward(x, params, cfg, ops=ops)                                  # head
     kept_counts = np.stack([k.sum(axis=1) for k in info["kept"]], axis=1)              # (B, S)
-    macs = realised_macs(cfg, tcfg, stages, kept_counts, candidates)
+    macs = realised_macs(cfg, tcfg, stages, kept_counts, candidates, scorer)
     info.update(kept_counts=kept_counts, macs=macs, macs_ratio=macs / dense_macs(cfg))
     return logits, info
 
 
-def decide(scores, s, alive, ratios, kept_masks, tcfg):
+def decide(scores, s, alive, ratios, kept_masks, tcfg, learned=True):
     """Stage s's kept patches (B, P) bool: the given ``kept_masks[s]``, ``keep_prob > threshold``
-    (``threshold`` with a learned selector; any count per image) or the top K = round(rho_s * P)."""
+    (``threshold`` with a ``learned`` selector; any count per image) or the top K = round(rho_s * P)."""
     B, P = scores.shape
     if kept_masks is not None:
         kept = _given_mask(kept_masks, s, B, P, get_xp(scores))
         if alive is not None and bool((kept & ~alive).any()):
             raise ValueError(f"kept_masks[{s}] keeps a token that method {tcfg.method!r} already dropped")
         return kept
-    if tcfg.inference == "threshold" and tcfg.learned_selector:
+    if tcfg.inference == "threshold" and learned:
         kept = scores > tcfg.threshold
         return kept & alive if alive is not None else kept
     return topk_mask(scores, int(round(ratios[s] * P)), alive)
@@ -122,17 +118,9 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
         x_out = ops.unpack_rows(x, h, idx_list, offsets)
     if tcfg.uses_approximator and bool(frozen.any()):
         rows = xp.nonzero(frozen)
-        a, _ = approximator_forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
+        a, _ = approximator_of(tcfg).forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
         x_out[rows[0], rows[1] + T] = a
     return x_out
-
-
-def _dense_inference(x, params, cfg, info, ops):
-    """Method ``dense``: every block on every token."""
-    logits, _ = head_forward(ops.run_blocks(x, params, cfg, 0, cfg.depth), params, cfg, ops=ops)
-    macs = np.full(x.shape[0], dense_macs(cfg), dtype=np.float64)
-    info.update(macs=macs, macs_ratio=macs / dense_macs(cfg), kept_counts=np.zeros((x.shape[0], 0), int))
-    return logits, info
 
 
 def _stage_ratios(tcfg, keep_ratios, stages):
@@ -151,15 +139,16 @@ def _given_mask(kept_masks, s, B, P, xp):
     return m
 
 
-def realised_macs(cfg, tcfg, stages, kept_counts, candidates):
-    """MACs per image (B,) for patch counts (B, S); ``candidates[s]`` = tokens scored at stage s."""
+def realised_macs(cfg, tcfg, stages, kept_counts, candidates, scorer=None):
+    """MACs per image (B,) for patch counts (B, S); ``candidates[s]`` = tokens scored at stage s;
+    ``scorer``: the caller's ``scoring.Scorer`` (its MACs), None: the learned selector."""
     T = cfg.num_prefix_tokens
     kept = kept_counts.astype(np.float64) + T
-    macs, _ = tofe_macs(cfg, stages, kept, selector=tcfg.learned_selector,
+    macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
                         approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens)
-    if not tcfg.learned_selector:  # evit-drop / idle: the class-attention scorer
+                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+    if scorer is not None:                                    # the caller's scorer, on every candidate
         for n in candidates:                                  # nothing is scored once no patch is left
             n = np.asarray(n, dtype=np.float64)
-            macs = macs + np.where(n > 0, cls_attention_macs(n + T, cfg.embed_dim), 0.0)
+            macs = macs + np.where(n > 0, scorer.macs(n + T, cfg.embed_dim), 0.0)
     return macs

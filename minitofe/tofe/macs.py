@@ -11,7 +11,7 @@ are exact for the matmuls minitofe's code runs (a test counts them independently
     selector (n tokens)   n C (C/2) + n (2 (C/2)) (C/4) + n (C/4) 2          ~ 0.75 n C^2
     approximator (n)      n (C (C/r) + (C/r) C)                               = 2 n C^2 / r
     class-attention score n candidate tokens: class query C^2 + keys n C^2 + dot products n C
-                          (evit-drop / idle scorer, ``scoring.cls_attention_scores``)
+                          (evit-drop / idle scorer, ``methods/cls_attention.py``)
     DynamicViT predictor  n patch tokens: n (C C + C (C/2) + (C/2)(C/4) + (C/4) 2)  ~ 1.63 n C^2
     EViT reduction block  attention on the n tokens it receives ((4 n C^2 + 2 n^2 C): ``attention_macs``),
                           MLP on the n' it keeps (2 mlp_ratio n' C^2): the class attention it ranks by is
@@ -80,7 +80,7 @@ def dense_macs(cfg):
 
 
 def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False,
-              predictor=False, reduce_in_block=False):
+              predictor=False, reduce_in_block=False, parts=None):
     """Per-image MACs of a reduced ViT and their derivative with respect to ``kept``.
 
     cfg: ViTConfig; stages: S increasing block indices; kept: (B, S) or (S,) float token counts per stage
@@ -90,8 +90,9 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     the N - kept[:, i] frozen tokens. (With ``drop``, a stage whose images have no patch left alive
 scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P, then
 kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens it
-receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. Returns (macs (B,) or (), dmacs_dkept (B, S)
-or (S,)).
+receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
+(``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
+here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     """
     xp = get_xp(kept)
     kept = xp.asarray(kept)
@@ -104,6 +105,7 @@ or (S,)).
                          f"got shape {tuple(kept.shape)}")
     if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
         raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
+    sel_macs, sel_dmacs, app_macs, app_dmacs = _part_costs(parts)
     single = kept.ndim == 1
     k = kept[None] if single else kept                                  # (B, S)
     C, mr = cfg.embed_dim, cfg.mlp_ratio
@@ -127,14 +129,23 @@ or (S,)).
             if drop and i > 0:
                 # nothing is scored once every patch is gone (only prefix tokens alive)
                 scored = xp.where(k[:, i - 1] > cfg.num_prefix_tokens, 1.0, 0.0)
-                macs += scored * selector_macs(k[:, i - 1], C)
-                dmacs[:, i - 1] += scored * selector_macs(1, C)
+                macs += scored * sel_macs(k[:, i - 1], C, approx_reduction)
+                dmacs[:, i - 1] += scored * sel_dmacs(k[:, i - 1], C, approx_reduction)
             else:
-                macs += selector_macs(N, C)
+                macs += sel_macs(N, C, approx_reduction)
         if approximator:
-            macs += approximator_macs(N - k[:, i], C, approx_reduction)
-            dmacs[:, i] -= approximator_macs(1, C, approx_reduction)
+            macs += app_macs(N - k[:, i], C, approx_reduction)
+            dmacs[:, i] -= app_dmacs(N - k[:, i], C, approx_reduction)
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
+
+
+def _part_costs(parts):
+    """(selector macs, its d/dn, approximator macs, its d/dn), each (n, C, r) -> MACs."""
+    if parts is None:
+        return (lambda n, C, r: selector_macs(n, C), lambda n, C, r: selector_macs(1, C),
+                approximator_macs, lambda n, C, r: approximator_macs(1, C, r))
+    sel, app = parts
+    return sel.macs, sel.dmacs, app.macs, app.dmacs
 
 
 def _reduction_block(macs, dmacs, k, i, N, C, mr):

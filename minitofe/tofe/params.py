@@ -10,70 +10,37 @@ They sit in the same flat dict as the backbone's timm keys, under ``tofe.``:
     tofe.approx.{i}.norm.{weight,bias}     (C,)          only when the method uses the MLP approximator
     tofe.approx.{i}.fc1.weight             (C/r, C)
     tofe.approx.{i}.fc2.weight             (C, C/r)      zero at init: a fresh approximator is the identity
-    tofe.predictor.{i}.in_conv.0.{weight,bias}  (C,)     DynamicViT's predictor (method ``dynamicvit``):
-    tofe.predictor.{i}.in_conv.1.weight    (C, C)        LayerNorm, Linear, GELU, then
-    tofe.predictor.{i}.out_conv.0.weight   (C/2, C)      Linear, GELU,
-    tofe.predictor.{i}.out_conv.2.weight   (C/4, C/2)    Linear, GELU,
-    tofe.predictor.{i}.out_conv.4.weight   (2, C/4)      Linear, log-softmax [keep, drop]
 
-(each ``.weight`` with its ``.bias``), for i in range(number of stages). The predictor keeps the layer
-names of the authors' ``score_predictor.{i}`` module, so their checkpoints map by that prefix alone.
+(each ``.weight`` with its ``.bias``), for i in range(number of stages): the ``mlp`` kinds. Another
+selector or approximator kind (``ToFeConfig.selector`` / ``.approximator``, ``parts.py``) has the keys
+its own file lists under the same prefixes. A baseline's own parameters
+(DynamicViT's ``tofe.predictor.{i}.*``) are the baseline's (``minitofe.methods``); ``init_from_shapes``
+initialises any method's, and ``check_tofe_params`` takes the keys every method knows from the caller.
 """
 import numpy as np
 
+from .approximator import approximator_shapes  # noqa: F401 (the mlp kinds' keys, named here too)
 from .config import ToFeConfig
+from .parts import approximator_of, selector_of
+from .selector import selector_shapes  # noqa: F401
 from ..nn.block import check_default_block
 from ..nn.params import check_init_args, key_mismatch, trunc_normal
 
 
-def selector_shapes(prefix, C):
-    if C % 4:
-        raise ValueError(f"the token selector needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
-    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
-            prefix + "fc1.weight": (C // 2, C), prefix + "fc1.bias": (C // 2,),
-            prefix + "fc2.weight": (C // 4, 2 * (C // 2)), prefix + "fc2.bias": (C // 4,),
-            prefix + "fc3.weight": (2, C // 4), prefix + "fc3.bias": (2,)}
-
-
-def approximator_shapes(prefix, C, r):
-    if C % r:
-        raise ValueError(f"the approximator needs embed_dim divisible by approx_reduction r, "
-                         f"got embed_dim={C}, r={r}")
-    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
-            prefix + "fc1.weight": (C // r, C), prefix + "fc1.bias": (C // r,),
-            prefix + "fc2.weight": (C, C // r), prefix + "fc2.bias": (C,)}
-
-
-def predictor_shapes(prefix, C):
-    if C % 4:
-        raise ValueError(f"the DynamicViT predictor needs embed_dim divisible by 4 (C -> C/2 -> C/4), "
-                         f"got {C}")
-    shapes = {prefix + "in_conv.0.weight": (C,), prefix + "in_conv.0.bias": (C,)}
-    for name, (n_out, n_in) in (("in_conv.1", (C, C)), ("out_conv.0", (C // 2, C)),
-                                ("out_conv.2", (C // 4, C // 2)), ("out_conv.4", (2, C // 4))):
-        shapes.update({prefix + name + ".weight": (n_out, n_in), prefix + name + ".bias": (n_out,)})
-    return shapes
-
-
-def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None, predictor=None):
+def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
     """Ordered ``{key: shape}`` of the ToFe modules for backbone ``cfg`` (ViTConfig) and ``tcfg``
-    (ToFeConfig). ``selector`` / ``approximator`` / ``predictor`` override what the method needs (None:
-    ask tcfg)."""
+    (ToFeConfig). ``selector`` / ``approximator`` override what the method needs (None: ask tcfg)."""
     S = len(tcfg.resolved_stages(cfg.depth))
     selector = tcfg.learned_selector if selector is None else selector
     approximator = tcfg.uses_approximator if approximator is None else approximator
-    predictor = tcfg.method == "dynamicvit" if predictor is None else predictor
     C = cfg.embed_dim
     shapes = {}
     for i in range(S):
         if selector:
-            shapes.update(selector_shapes(f"tofe.selector.{i}.", C))
+            shapes.update(selector_of(tcfg).shapes(f"tofe.selector.{i}.", C, tcfg.approx_reduction))
     for i in range(S):
         if approximator:
-            shapes.update(approximator_shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
-    for i in range(S):
-        if predictor:
-            shapes.update(predictor_shapes(f"tofe.predictor.{i}.", C))
+            shapes.update(approximator_of(tcfg).shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
     return shapes
 
 
@@ -84,8 +51,13 @@ def init_tofe_params(cfg, tcfg, rng, dtype=np.float64):
     check_init_args(cfg, rng, dtype, "init_tofe_params")
     if not isinstance(tcfg, ToFeConfig):
         raise TypeError(f"init_tofe_params needs a ToFeConfig, got {type(tcfg).__name__}")
+    return init_from_shapes(tofe_param_shapes(cfg, tcfg), rng, dtype)
+
+
+def init_from_shapes(shapes, rng, dtype):
+    """``{key: shape}`` -> fresh parameters, drawn in key order (the rule of ``init_tofe_params``)."""
     params = {}
-    for key, shape in tofe_param_shapes(cfg, tcfg).items():
+    for key, shape in shapes.items():
         if len(shape) == 1:                                     # LayerNorm weight, or a bias
             v = np.ones(shape) if key.endswith("weight") else np.zeros(shape)
         elif key.startswith("tofe.approx.") and ".fc2." in key:
@@ -98,21 +70,23 @@ def init_tofe_params(cfg, tcfg, rng, dtype=np.float64):
     return params
 
 
-def check_tofe_params(params, cfg, tcfg):
+def check_tofe_params(params, cfg, tcfg, want=None, known=None):
     """Raise ``ValueError`` naming missing, mis-shaped and unknown ``tofe.*`` keys for the method in
     ``tcfg``. Extra keys a method does not use are fine (e.g. a ``tofe`` checkpoint run as
     ``tofe-identity``), but ``tofe.*`` keys no method of this config has (another stage count, another C)
-    are reported. Returns the list of the ToFe keys the method needs."""
+    are reported. ``want`` / ``known``: the keys the method needs and those any method knows, with their
+    shapes (None: ToFe's own; ``minitofe.methods.check_method_params`` passes every method's). Returns
+    the list of the ToFe keys the method needs."""
     if not isinstance(tcfg, ToFeConfig):
         raise TypeError(f"tcfg must be a minitofe.ToFeConfig, got {type(tcfg).__name__}")
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     check_default_block(cfg, "ToFe")
-    want = tofe_param_shapes(cfg, tcfg)
+    want = tofe_param_shapes(cfg, tcfg) if want is None else want
     C, r = cfg.embed_dim, tcfg.approx_reduction
-    known = tofe_param_shapes(cfg, tcfg, selector=tcfg.learned_selector or C % 4 == 0,
-                              approximator=tcfg.uses_approximator or C % r == 0,
-                              predictor=tcfg.method == "dynamicvit" or C % 4 == 0)
+    if known is None:
+        known = tofe_param_shapes(cfg, tcfg, selector=tcfg.learned_selector or C % 4 == 0,
+                                  approximator=tcfg.uses_approximator or C % r == 0)
     present = [k for k in params if k.startswith("tofe.")]
     if want and not present:
         raise ValueError(f"weights have no ToFe selector/approximator parameters; method "

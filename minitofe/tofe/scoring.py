@@ -1,19 +1,27 @@
-"""How each method scores patch tokens at a stage boundary, and how scores become a keep decision.
+"""How patch tokens are scored at a stage boundary, and how scores become a keep decision.
 
-- learned methods (``tofe*``, ``dynamicvit``): the stage's token selector, ``keep_prob`` (B, P);
-- ``evit`` and ``idle``: the class token's attention to each patch in the stage's first block, averaged
-  over heads, with every candidate token as a key (EViT's score). For ``idle`` the candidates are all
-  tokens, frozen ones included, so a frozen token can be reused; for ``evit`` they are the tokens still
-  alive. [ours: computed with the stage's first block so frozen tokens are scored too; its MACs are
-  counted by ``macs.cls_attention_macs``.]
+- ToFe: the stage's learned token selector, ``keep_prob`` (B, P);
+- a method that scores without a learned selector hands its own ``Scorer`` to ``tofe_inference``: a
+  function of the stage's input tokens (B, n, C) -> scores (B, n - T) and its MACs on n tokens
+  (``minitofe.methods.cls_attention``: the class token's attention, used by ``idle`` and ``evit-drop``).
+  Every candidate is scored, frozen ones too, so a frozen token can be reused.
 
 Decisions: ``topk`` keeps the K highest-scoring candidates in every image (ties go to the lower index);
 ``threshold`` keeps the patches with ``keep_prob > threshold`` (a ragged batch).
 """
-from .selector import keep_probability, selector_forward
+from typing import Callable, NamedTuple
+
+from .parts import selector_of
+from .selector import keep_probability
 from .tokens import gather_tokens, mask_to_indices
-from ..nn.layers import layernorm_forward, softmax_forward
 from ..backend import get_xp
+
+
+class Scorer(NamedTuple):
+    """A training-free scorer: ``score(x, params, block_prefix, cfg)`` with x (B, n, C) the candidates
+    (prefix tokens first) -> (B, n - T) scores; ``macs(n, C)``: its MACs on n candidate tokens."""
+    score: Callable
+    macs: Callable
 
 
 def stage_ranges(cfg, stages):
@@ -22,37 +30,18 @@ def stage_ranges(cfg, stages):
     return list(zip(stages, ends))
 
 
-def cls_attention_scores(x, params, block_prefix, cfg):
-    """x: (B, n, C) -> (B, n - T): mean over heads of the class token's attention to each patch, every
-    token given as a key."""
-    B, n, C = x.shape
-    H, hs, T = cfg.num_heads, C // cfg.num_heads, cfg.num_prefix_tokens
-    h, _ = layernorm_forward(x, params[block_prefix + "norm1.weight"], params[block_prefix + "norm1.bias"])
-    w = params[block_prefix + "attn.qkv.weight"]                      # (3C, C): rows [q; k; v]
-    b = params.get(block_prefix + "attn.qkv.bias")
-    q = h[:, 0] @ w[:C].T                                             # (B, C) class-token query
-    k = h @ w[C:2 * C].T                                              # (B, n, C)
-    if b is not None:
-        q = q + b[:C]
-        k = k + b[C:2 * C]
-    q = q.reshape(B, H, 1, hs)
-    k = k.reshape(B, n, H, hs).transpose(0, 2, 3, 1)                   # (B, H, hs, n)
-    s = (q @ k)[:, :, 0] * hs ** -0.5                                 # (B, H, n)
-    attn, _ = softmax_forward(s)
-    return attn.mean(axis=1)[:, T:]
-
-
-def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None):
+def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None, scorer=None):
     """Keep scores (B, P) at the start of ``stage``; ``alive`` (B, P) bool limits the candidates (drop
     methods: only alive tokens are scored, and only they are computed on). Non-candidates score 0.
-    ``ops``: the namespace the selector's LayerNorm and GELU run on (None: the reference)."""
+    ``ops``: the namespace the selector's LayerNorm and GELU run on (None: the reference); ``scorer``:
+    a ``Scorer`` instead of the learned selector."""
     xp = get_xp(x)
     T = cfg.num_prefix_tokens
     if alive is None:
-        if tcfg.learned_selector:
-            logits, _ = selector_forward(x, params, f"tofe.selector.{stage}.", T, ops=ops)
+        if scorer is None:
+            logits, _ = selector_of(tcfg).forward(x, params, f"tofe.selector.{stage}.", T, ops=ops)
             return keep_probability(logits[:, T:])
-        return cls_attention_scores(x, params, block_prefix, cfg)
+        return scorer.score(x, params, block_prefix, cfg)
     scores = xp.zeros(alive.shape, dtype=x.dtype)
     for b, rows in _same_count_groups(alive):                         # one group per distinct count
         if not bool(alive[b[0]].any()):
@@ -60,11 +49,11 @@ def stage_scores(x, params, cfg, tcfg, stage, block_prefix, alive=None, ops=None
         cand = xp.concatenate([xp.ones((len(b), T), dtype=bool), alive[b]], axis=1)
         idx = mask_to_indices(cand)                                   # (b, T + n) alive tokens only
         xs = gather_tokens(x[b], idx)
-        if tcfg.learned_selector:
-            logits, _ = selector_forward(xs, params, f"tofe.selector.{stage}.", T, ops=ops)
+        if scorer is None:
+            logits, _ = selector_of(tcfg).forward(xs, params, f"tofe.selector.{stage}.", T, ops=ops)
             sc = keep_probability(logits[:, T:])
         else:
-            sc = cls_attention_scores(xs, params, block_prefix, cfg)
+            sc = scorer.score(xs, params, block_prefix, cfg)
         sub = xp.zeros((len(b), alive.shape[1]), dtype=x.dtype)
         sub[xp.arange(len(b))[:, None], idx[:, T:] - T] = sc
         scores[b] = sub

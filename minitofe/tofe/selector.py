@@ -14,7 +14,9 @@ passes the tokens still alive, so that training (all N tokens, masked mean) and 
 tokens gathered, plain mean) compute the same context.
 Parameters live under ``prefix`` (e.g. ``"tofe.selector.0."``): ``norm``, ``fc1``, ``fc2``, ``fc3``.
 """
+from .macs import selector_macs
 from .ops import resolve
+from .part import Part
 from ..nn.layers import gelu_backward, layernorm_backward, linear_backward, softmax_forward
 from ..backend import get_xp
 
@@ -77,3 +79,17 @@ def keep_probability(logits):
                          f"got {tuple(logits.shape)}")
     p, _ = softmax_forward(logits)
     return p[..., 0]
+
+
+def selector_shapes(prefix, C, r=None):
+    """``{key: shape}`` of one selector under ``prefix``: ``norm``, ``fc1``, ``fc2``, ``fc3``."""
+    if C % 4:
+        raise ValueError(f"the token selector needs embed_dim divisible by 4 (C -> C/2 -> C/4), got {C}")
+    return {prefix + "norm.weight": (C,), prefix + "norm.bias": (C,),
+            prefix + "fc1.weight": (C // 2, C), prefix + "fc1.bias": (C // 2,),
+            prefix + "fc2.weight": (C // 4, 2 * (C // 2)), prefix + "fc2.bias": (C // 4,),
+            prefix + "fc3.weight": (2, C // 4), prefix + "fc3.bias": (2,)}
+
+
+PART = Part("mlp", selector_shapes, selector_forward, selector_backward,
+            lambda n, C, r=None: selector_macs(n, C), lambda n, C, r=None: selector_macs(1, C))

@@ -11,16 +11,16 @@ token never influences a kept one. The stage backward runs the pairs in reverse:
 select. ``m`` is the hard straight-through decision (``hard=False``: the soft sample, smooth for finite
 differences); the mask gets gradient from the mix, from every masked block and from the budget loss.
 """
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
-from .approximator import approximator_backward, approximator_forward
 from .gumbel import gumbel_softmax_backward, gumbel_softmax_forward
 from .losses import approx_loss_backward, approx_loss_forward
-from .selector import selector_backward, selector_forward
+from .parts import approximator_of, selector_of
 from ..backend import get_xp
 
 
 class SelectCache(NamedTuple):
+    sel_backward: Callable  # the selector kind's backward (``parts.SELECTORS``)
     c_sel: tuple          # the selector's cache
     c_gumbel: tuple       # the Gumbel-Softmax's cache
     keep_value: object    # (B, P) this stage's own decision y[..., 0] (drop methods; else None)
@@ -29,6 +29,7 @@ class SelectCache(NamedTuple):
 
 
 class FreezeCache(NamedTuple):
+    approx_backward: Callable  # the approximator kind's backward (``parts.APPROXIMATORS``); None: identity
     c_approx: tuple       # the approximator's cache; None for the identity
     c_loss: tuple         # the L_approx cache; None without that term (beta = 0 or identity)
     weight: float         # beta, the weight of L_approx in the total loss
@@ -44,15 +45,16 @@ class StageCache(NamedTuple):
     c_freeze: FreezeCache
 
 
-def select_forward(x, m_prev, params, s, T, noise, tau, hard, drop):
+def select_forward(x, m_prev, params, s, T, noise, tau, hard, drop, selector):
     """x: (B, N, C), m_prev: (B, P) -> selector logits (B, N, 2), m_patch (B, P), cache. ``drop``
     (``tofe-cumulative``): the decision is multiplied by the previous one (a dropped token never returns)
-    and the selector's global context averages only the tokens still alive."""
+    and the selector's global context averages only the tokens still alive. ``selector``: its kind."""
     alive = (m_prev > 0.5).astype(m_prev.dtype) if drop else None                 # constant weights
-    sel_logits, c_sel = selector_forward(x, params, f"tofe.selector.{s}.", T, alive)  # (B, N, 2)
+    sel_logits, c_sel = selector.forward(x, params, f"tofe.selector.{s}.", T, alive)  # (B, N, 2)
     y, c_g = gumbel_softmax_forward(sel_logits[:, T:], noise, tau, hard=hard)       # (B, P, 2)
     m_patch = y[..., 0] * m_prev if drop else y[..., 0]                            # (B, P)
-    cache = SelectCache(c_sel, c_g, y[..., 0] if drop else None, m_prev if drop else None, T)
+    cache = SelectCache(selector.backward, c_sel, c_g, y[..., 0] if drop else None, m_prev if drop else None,
+                        T)
     return sel_logits, m_patch, cache
 
 
@@ -68,7 +70,7 @@ def select_backward(dm_patch, cache):
     B, P = dm_patch.shape
     dsel = xp.zeros((B, T + P, 2), dtype=dm_patch.dtype)                           # (B, N, 2)
     dsel[:, T:] = gumbel_softmax_backward(dy, cache.c_gumbel)
-    dx, grads = selector_backward(dsel, cache.c_sel)
+    dx, grads = cache.sel_backward(dsel, cache.c_sel)
     return dx, grads, dm_prev
 
 
@@ -95,13 +97,14 @@ def freeze_path_forward(x, m_patch, params, s, tcfg, teacher_tokens, T):
     """-> a (B, N, C), the stage's L_approx term (None without it), cache. L_approx compares A(x) with
     the teacher's stage output on the frozen patches (m < 0.5, a constant: no gradient to the mask)."""
     if not tcfg.uses_approximator:
-        return x, None, FreezeCache(None, None, tcfg.beta, T)
-    a, c_a = approximator_forward(x, params, f"tofe.approx.{s}.")
+        return x, None, FreezeCache(None, None, None, tcfg.beta, T)
+    approximator = approximator_of(tcfg)
+    a, c_a = approximator.forward(x, params, f"tofe.approx.{s}.")
     term = c_loss = None
     if tcfg.beta > 0:
         frozen_w = (m_patch < 0.5).astype(m_patch.dtype)                            # (B, P)
         term, c_loss = approx_loss_forward(a[:, T:], teacher_tokens[:, T:], frozen_w)
-    return a, term, FreezeCache(c_a, c_loss, tcfg.beta, T)
+    return a, term, FreezeCache(approximator.backward, c_a, c_loss, tcfg.beta, T)
 
 
 def freeze_path_backward(da, cache):
@@ -110,7 +113,7 @@ def freeze_path_backward(da, cache):
         da[:, cache.num_prefix:] += cache.weight * approx_loss_backward(1.0, cache.c_loss)
     if cache.c_approx is None:
         return da, {}
-    return approximator_backward(da, cache.c_approx)
+    return cache.approx_backward(da, cache.c_approx)
 
 
 def mix_forward(h, a, m):
@@ -131,7 +134,7 @@ def stage_train_forward(x, m_prev, params, cfg, tcfg, s, blocks, noise, tau, har
     m (B, N), selector logits (B, N, 2), the L_approx term (or None), cache."""
     T = cfg.num_prefix_tokens
     sel_logits, m_patch, c_select = select_forward(x, m_prev, params, s, T, noise, tau, hard,
-                                                   drop=not tcfg.reuses_tokens)
+                                                   not tcfg.reuses_tokens, selector_of(tcfg))
     xp = get_xp(x)
     m = xp.concatenate([xp.ones((x.shape[0], T), dtype=x.dtype), m_patch], axis=1)     # (B, N)
     h, c_blocks = keep_path_forward(x, m, params, blocks, cfg.num_heads, block_fwd)

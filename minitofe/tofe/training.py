@@ -17,8 +17,8 @@ used with the identity approximator (it would have no parameters to train and wo
 *input* toward the teacher's stage *output*) [ours]. ``tofe-cumulative`` multiplies each stage's decision
 by the previous one (a dropped token never returns) and carries dropped tokens unchanged (they are masked
 out of all later attention). ``tofe-uniform`` replaces the MACs budget by a per-stage keep-ratio penalty
-``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. The authors' ``evit`` and
-``dynamicvit`` are handed to their own modules (``evit_model``, ``dynamicvit``).
+``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. The baselines have training
+forwards of their own (``minitofe.methods``).
 
 This module reads as the paper's figure, embed -> dense blocks -> stages -> head -> losses, forward and
 back; the pieces are pairs of their own: one stage (select -> keep path -> freeze path -> mix) in
@@ -28,8 +28,6 @@ back; the pieces are pairs of their own: one stage (select -> keep path -> freez
 from typing import NamedTuple
 
 from .budget_loss import BudgetCache, budget_loss_backward, budget_loss_forward
-from .dynamicvit import DynamicViTCache, dynamicvit_train_backward, dynamicvit_train_forward
-from .evit_model import EvitCache, evit_train_backward, evit_train_forward
 from .losses import kd_loss_backward, kd_loss_forward
 from .ops import resolve
 from .record import new_record, record_stage
@@ -73,13 +71,7 @@ def tofe_train_forward(params, images, labels, cfg, tcfg, noise, teacher=None, t
 
     ``ops`` holds the functions the blocks run on (None: the reference, ``ops.REFERENCE``; the caller may
     pass the Numba twins, ``kernels.ops(fast, like)``); the backward then uses the matching backward.
-    ``evit`` (keep rate ``budget.evit_keep_rate``, no noise) and ``dynamicvit`` run
-    ``evit_model.evit_train_forward`` and ``dynamicvit.dynamicvit_train_forward``.
     """
-    if tcfg.method == "evit":
-        return evit_train_forward(params, images, labels, cfg, tcfg, ops=ops)
-    if tcfg.method == "dynamicvit":
-        return dynamicvit_train_forward(params, images, labels, cfg, tcfg, noise, teacher, tau, hard, ops)
     check_train_inputs(params, images, labels, cfg, tcfg, noise, teacher)
     ops = resolve(ops)
     block_fwd = ops.block_forward
@@ -134,8 +126,6 @@ def tofe_losses_backward(cache):
 
 def tofe_train_backward(cache):
     """Gradient of the total loss -> dimages (B, Cin, Hh, W), grads {key: array} (keys of params)."""
-    if isinstance(cache, (EvitCache, DynamicViTCache)):
-        return (evit_train_backward if isinstance(cache, EvitCache) else dynamicvit_train_backward)(cache)
     if not isinstance(cache, TrainCache):
         what = f"a tuple of {len(cache)}" if isinstance(cache, tuple) else type(cache).__name__
         raise TypeError(f"cache must be the cache tofe_train_forward returned (a TrainCache), got {what}")

@@ -27,10 +27,9 @@ from ..heap import keep_freed_memory
 from ..model import save_model, update_learned_ratios
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward
 from ..nn.vit import vit_backward, vit_forward
-from ..tofe.budget import evit_keep_rate
-from ..tofe.evit import keep_rate_at
+from .. import methods
 from ..tofe.gumbel import tau_at
-from ..tofe.training import draw_noise, teacher_forward, tofe_train_backward, tofe_train_forward
+from ..tofe.training import draw_noise, teacher_forward
 
 __all__ = ["NonFiniteLossError", "batch_indices", "train_step", "train", "checkpoint_path"]
 
@@ -70,17 +69,15 @@ def train_step(model, teacher_params, images, labels, step, train_cfg, teacher=N
     elif teacher is None:
         teacher = teacher_forward(teacher_params, images, cfg, stages, ops=ops)
     noise = draw_noise(np.random.default_rng([train_cfg.seed, 1, step]), cfg, tcfg, len(images), images.dtype)
-    tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule)
-    if tcfg.method == "evit":        # the keep rate annealed from 1 to its target (evit.keep_rate_at)
-        rate = keep_rate_at(step, train_cfg.steps, evit_keep_rate(cfg, tcfg), tcfg.evit_warmup,
-                            tcfg.evit_anneal)
-        tcfg, tau = tcfg.replace(evit_keep_rate=rate), None
-    out, cache = tofe_train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
-                                    ops=ops)
+    method = methods.get(tcfg.method)
+    tau = tau_at(step, train_cfg.steps, tcfg.tau, tcfg.tau_end, tcfg.tau_schedule) if method.noise else None
+    tcfg = method.train_schedule(cfg, tcfg, step, train_cfg.steps)     # e.g. EViT's annealed keep rate
+    out, cache = methods.train_forward(model.params, images, labels, cfg, tcfg, noise, teacher, tau,
+                                       ops=ops)
     out["tau"] = tau
     if not math.isfinite(out["loss"]):
         return out, None
-    _, grads = tofe_train_backward(cache)
+    _, grads = methods.train_backward(cache)
     return out, grads
 
 

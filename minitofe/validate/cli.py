@@ -15,7 +15,7 @@ MAX_RANDOM_BATCH = 64
 
 def add_golden(sub):
     from ..config import PRESETS
-    from ..tofe.config import METHODS
+    from ..methods import names
     from .golden import MODES
     p = sub.add_parser("golden", help="write a golden bundle: inputs, parameters, every intermediate and "
                                       "gradient of one minitofe step, in one .safetensors file",
@@ -35,7 +35,7 @@ def add_golden(sub):
     src.add_argument("--model", metavar="NAME", help="preset a timm file is an instance of")
     src.add_argument("--heads", metavar="N", type=int,
                      help="attention heads of a timm file (when no --model)")
-    p.add_argument("--method", choices=METHODS, help="ToFe method (default: the weights' own, else tofe)")
+    p.add_argument("--method", choices=names(), help="ToFe method (default: the weights' own, else tofe)")
     p.add_argument("--mode", choices=MODES, default="train", help="train (default), topk or threshold")
     img = p.add_argument_group("images (default: --random 2)").add_mutually_exclusive_group()
     img.add_argument("--images", nargs="+", metavar="FILE", help="image files")

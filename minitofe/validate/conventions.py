@@ -4,7 +4,8 @@ tensor means; and the resolved configs and MACs terms it states (no nulls: every
 """
 from ..config import LN_EPS
 from ..tofe import macs as M
-from ..tofe.budget import dynamicvit_ratios, evit_keep_rate
+from ..methods.dynamicvit_budget import dynamicvit_ratios
+from ..methods.evit_budget import evit_keep_rate
 
 
 def resolved_config(cfg):

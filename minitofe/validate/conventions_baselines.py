@@ -1,7 +1,8 @@
 """The conventions of an ``evit`` or ``dynamicvit`` golden bundle, with this bundle's numbers, and where
 they differ from the authors' released code (docs/baselines.md has the same list, with the reasons)."""
-from ..tofe.budget import baseline_token_counts, dynamicvit_ratios, evit_keep_rate
-from ..tofe.predictor import PREDICTOR_LN_EPS
+from ..methods.dynamicvit_budget import dynamicvit_ratios
+from ..methods.dynamicvit_predictor import PREDICTOR_LN_EPS
+from ..methods.evit_budget import evit_keep_rate, evit_token_counts
 
 EVIT_AUTHORS = (
     "differences from the authors' EViT code: their class and argument default is fuse_token=False (their "
@@ -27,7 +28,7 @@ def baseline_conventions(cfg, tcfg, mode):
 
 def _evit(cfg, tcfg, mode):
     rate = evit_keep_rate(cfg, tcfg)
-    counts = baseline_token_counts(cfg, tcfg, (rate,) * len(tcfg.resolved_stages(cfg.depth)))
+    counts = evit_token_counts(cfg, tcfg, (rate,) * len(tcfg.resolved_stages(cfg.depth)))
     others = ("the others fused into one token sum_j a_j x1_j, weights not renormalised (stage.<s>.fused), "
               "appended after the kept tokens" if tcfg.evit_fuse else "the others dropped (evit_fuse false)")
     c = {

@@ -19,10 +19,12 @@ from .trace_baselines import trace_dynamicvit, trace_evit
 from ..config import ViTConfig
 from ..io.timm import PATCH_KEY, timm_patch_shape
 from ..model import Model, add_tofe, draw_noise, load_model, new_model, teacher_forward
-from ..tofe.config import FAITHFUL_BASELINES, ToFeConfig
+from ..methods import get as method_of
+from ..tofe.config import ToFeConfig
 from ..tofe.inference import resolve_keep_ratios
 
 MODES = ("train", "topk", "threshold")
+OWN_TRACES = {"evit": trace_evit, "dynamicvit": trace_dynamicvit}   # the authors' methods trace themselves
 NUDGE_STD = 0.02     # N(0, NUDGE_STD^2) added to a preset's backbone: the student is not its teacher
 FRESH_STD = 0.5      # fresh ToFe modules: N(0, FRESH_STD^2) on vectors, N(0, 1 / fan_in) on weight matrices
 FRESH = f"N(0, 1/fan_in) on weight matrices, N(0, {FRESH_STD}^2) on vectors"
@@ -148,7 +150,7 @@ def _inputs(rec, model, images, labels, noise=(), teacher=None):
     rec.add("input.labels", labels, "class labels (B,)", role="input", kind="int")
     for s, g in enumerate(noise):
         rec.add(f"input.noise.{s}", g, f"Gumbel noise of stage {s} (B, P, 2)", role="input")
-    dvit = model.tofe.method == "dynamicvit"
+    dvit = method_of(model.tofe.method).teacher_features
     for s, t in enumerate(teacher["tokens"] if teacher and not dvit else ()):
         rec.add(f"input.teacher_tokens.{s}", t, f"dense teacher's tokens at the end of stage {s}",
                 role="input")
@@ -183,16 +185,20 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
         raise ValueError(f"method {tcfg.method!r} is training-free, so no training bundle; use mode 'topk' "
                          f"or 'threshold', or a trained method (tofe, tofe-identity, tofe-uniform, "
                          f"tofe-cumulative, evit, dynamicvit)")
-    if mode == "threshold" and tcfg.method in FAITHFUL_BASELINES:
+    method = method_of(tcfg.method)
+    if mode == "threshold" and method.topk_only:
         raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule): use mode 'topk'")
+    if (tcfg.selector, tcfg.approximator) != ("mlp", "mlp"):
+        raise ValueError(f"golden bundles trace ToFe's mlp selector and approximator, not selector "
+                         f"{tcfg.selector!r} / approximator {tcfg.approximator!r}")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
         noise = draw_noise(np.random.default_rng(noise_seed), cfg, tcfg, len(images), dtype)
-        if tcfg.method == "evit":
-            noise = []                                                # EViT draws nothing
+        if not method.noise:                            # EViT draws nothing, and reads no teacher either
+            noise = []
         teacher = (teacher_forward(model.backbone_params() if teacher is None else teacher, images, cfg,
-                                   tcfg.resolved_stages(cfg.depth)) if tcfg.method != "evit" else None)
+                                   tcfg.resolved_stages(cfg.depth)) if method.noise else None)
         _inputs(rec, model, images, labels, noise, teacher)
         _trace_train(rec, model, images, labels, noise, teacher)
         source = dict(source or {}, noise=f"minitofe.draw_noise(numpy.random.default_rng({noise_seed}), ...)"
@@ -210,18 +216,16 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
 
 
 def _trace_train(rec, model, images, labels, noise, teacher):
-    if model.tofe.method == "evit":
-        return trace_evit(rec, model, images, labels, "train")
-    if model.tofe.method == "dynamicvit":
-        return trace_dynamicvit(rec, model, images, labels, "train", noise, teacher)
+    own = OWN_TRACES.get(model.tofe.method)
+    if own is not None:
+        return own(rec, model, images, labels, "train", noise, teacher)
     return trace_train(rec, model, images, labels, noise, teacher)
 
 
 def _trace_infer(rec, model, images, labels, mode):
-    if model.tofe.method == "evit":
-        return trace_evit(rec, model, images, labels, mode)
-    if model.tofe.method == "dynamicvit":
-        return trace_dynamicvit(rec, model, images, labels, mode)
+    own = OWN_TRACES.get(model.tofe.method)
+    if own is not None:
+        return own(rec, model, images, labels, mode)
     return trace_infer(rec, model, images, mode)
 
 
@@ -229,7 +233,7 @@ def _fixed_ratios(model, mode):
     """A copy whose config carries the keep ratios inference will use (learned ones included), so the
     bundle's metadata states them."""
     tcfg = model.tofe
-    if tcfg.method in ("dense",) + FAITHFUL_BASELINES or mode == "threshold":
+    if tcfg.method == "dense" or method_of(tcfg.method).topk_only or mode == "threshold":
         return model
     learned = model.learned_keep_ratios if tcfg.learned_ratios else None
     ratios = resolve_keep_ratios(tcfg, None, learned)

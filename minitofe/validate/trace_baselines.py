@@ -23,10 +23,11 @@ from ..nn.attention import attention_forward
 from ..nn.block import mlp_forward
 from ..nn.embed import head_forward
 from ..nn.layers import layernorm_forward
-from ..tofe.budget import dynamicvit_ratios, evit_keep_rate
-from ..tofe.evit import cls_attention, evit_block_forward, keep_count, reduce_forward
+from ..methods.dynamicvit_budget import dynamicvit_ratios
+from ..methods.dynamicvit_predictor import patches_to_keep, predictor_forward
+from ..methods.evit_block import cls_attention, evit_block_forward, keep_count, reduce_forward
+from ..methods.evit_budget import evit_keep_rate
 from ..tofe.gumbel import gumbel_softmax_forward
-from ..tofe.predictor import patches_to_keep, predictor_forward
 from ..tofe.scoring import stage_ranges
 from ..tofe.tokens import gather_tokens
 
@@ -58,7 +59,7 @@ def _evit_block(rec, x, params, i, s, H, T, K, fuse):
     return out
 
 
-def trace_evit(rec, model, images, labels, mode):
+def trace_evit(rec, model, images, labels, mode, noise=None, teacher=None):
     """EViT's forward (and, ``mode == "train"``, its loss and gradients) recorded into ``rec``."""
     cfg, tcfg, params = model.cfg, model.tofe, model.params
     stages, T, H = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens, cfg.num_heads

@@ -1,7 +1,7 @@
 """DynamicViT on the reference ViT: the training forward and its hand-written backward (method
 ``dynamicvit``; docs/method.md, "Baselines").
 
-At the start of stage s its predictor (``predictor.py``) scores the patch tokens, with the previous
+At the start of stage s its predictor (``dynamicvit_predictor.py``) scores the patch tokens, with the previous
 decision as the weights of its global half; the decision is cumulative and hard (straight-through
 Gumbel-Softmax of the log-probabilities):
 
@@ -23,15 +23,15 @@ decision's product; the token mask is a constant, as the teacher's outputs are.
 """
 from typing import NamedTuple
 
-from .budget import dynamicvit_ratios
-from .gumbel import gumbel_softmax_backward, gumbel_softmax_forward
-from .losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward, flops_loss_forward,
+from .dynamicvit_budget import dynamicvit_ratios
+from ..tofe.gumbel import gumbel_softmax_backward, gumbel_softmax_forward
+from ..tofe.losses import (approx_loss_backward, approx_loss_forward, flops_loss_backward, flops_loss_forward,
                      kd_loss_backward, kd_loss_forward)
-from .macs import dense_macs, tofe_macs
-from .params import check_tofe_params
-from .predictor import predictor_backward, predictor_forward
-from .ops import resolve
-from .scoring import stage_ranges
+from ..tofe.macs import dense_macs, tofe_macs
+from .dynamicvit_predictor import predictor_backward, predictor_forward
+from ..tofe.ops import resolve
+from .params import check_method_params
+from ..tofe.scoring import stage_ranges
 from ..backend import get_xp, to_numpy
 from ..nn.embed import check_images, embed_forward, head_backward, head_forward
 from ..nn.layers import cross_entropy_backward, cross_entropy_forward, layernorm_backward, layernorm_forward
@@ -69,7 +69,7 @@ def check_dynamicvit_model(params, images, cfg, tcfg):
         raise ValueError("method 'dynamicvit' needs a class-token head (class_token=True, "
                          "global_pool='token'), "
                          f"got class_token={cfg.class_token}, global_pool={cfg.global_pool!r}")
-    check_tofe_params(params, cfg, tcfg)
+    check_method_params(params, cfg, tcfg)
 
 
 def check_dynamicvit_teacher(teacher, B, cfg, tcfg):

@@ -22,6 +22,27 @@ OUT_LAYERS = ("out_conv.0", "out_conv.2", "out_conv.4")
 PREDICTOR_LN_EPS = 1e-5   # the authors' PredictorLG uses torch's default LayerNorm eps, unlike the ViT (1e-6)
 
 
+def predictor_shapes(prefix, C):
+    """``{key: shape}`` of one predictor under ``prefix`` (e.g. ``"tofe.predictor.0."``)."""
+    if C % 4:
+        raise ValueError(f"the DynamicViT predictor needs embed_dim divisible by 4 (C -> C/2 -> C/4), "
+                         f"got {C}")
+    shapes = {prefix + "in_conv.0.weight": (C,), prefix + "in_conv.0.bias": (C,)}
+    for name, (n_out, n_in) in (("in_conv.1", (C, C)), ("out_conv.0", (C // 2, C)),
+                                ("out_conv.2", (C // 4, C // 2)), ("out_conv.4", (2, C // 4))):
+        shapes.update({prefix + name + ".weight": (n_out, n_in), prefix + name + ".bias": (n_out,)})
+    return shapes
+
+
+def dynamicvit_param_shapes(cfg, tcfg):
+    """The predictors of every stage: ``tofe.predictor.{i}.*`` (the layer names of the authors'
+    ``score_predictor.{i}``, so their checkpoints map by that prefix alone)."""
+    shapes = {}
+    for i in range(len(tcfg.resolved_stages(cfg.depth))):
+        shapes.update(predictor_shapes(f"tofe.predictor.{i}.", cfg.embed_dim))
+    return shapes
+
+
 def patches_to_keep(ratio, P, alive):
     """Patches a stage keeps in inference: int(ratio * P) (the authors' floor, the product rounded to 9
     decimals first: 0.35 * 180 is 62.99999999999999 in floats, 63 here, 62 in the authors' code), at least

@@ -15,7 +15,7 @@ fused token's inputs, and its weights a_j into the attention (``cls_attention_ba
 """
 import math
 
-from .tokens import gather_tokens, gather_tokens_backward
+from ..tofe.tokens import gather_tokens, gather_tokens_backward
 from ..backend import get_xp
 from ..nn.attention import attention_backward, attention_forward
 from ..nn.block import mlp_backward, mlp_forward

@@ -12,12 +12,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .budget import evit_keep_rate
-from .evit import evit_block_backward, evit_block_forward, keep_count
-from .macs import dense_macs, tofe_macs
-from .ops import resolve
-from .scoring import stage_ranges
-from .tokens import values_at_positions
+from .evit_budget import evit_keep_rate
+from .evit_block import evit_block_backward, evit_block_forward, keep_count
+from ..tofe.macs import dense_macs, tofe_macs
+from ..tofe.ops import resolve
+from ..tofe.scoring import stage_ranges
+from ..tofe.tokens import values_at_positions
 from ..backend import get_xp, to_numpy
 from ..nn.block import check_default_block
 from ..nn.embed import check_images, embed_forward, head_backward, head_forward
@@ -109,7 +109,7 @@ def evit_forward(params, images, cfg, tcfg, keep_rates, ops=None, train=True):
 
 
 def evit_train_forward(params, images, labels, cfg, tcfg, keep_rate=None, ops=None):
-    """One EViT training forward at ``keep_rate`` (default: the target, ``budget.evit_keep_rate``).
+    """One EViT training forward at ``keep_rate`` (default: the target, ``evit_budget.evit_keep_rate``).
 
     Returns ``out`` (``loss``, ``losses`` {cls, total}, ``logits``, ``keep_rate``, ``kept`` /
     ``dropped`` per stage, ``keep_ratios`` (S,) fraction of the patches kept as themselves, ``tokens``
@@ -145,7 +145,7 @@ def evit_train_backward(cache):
 
 def evit_inference(params, images, cfg, tcfg, keep_ratios=None, ops=None):
     """EViT inference -> logits (B, K), info (the keys of ``tofe_inference``'s info; ``keep_ratios`` here
-    are the per-stage keep rates of the current tokens, default ``budget.evit_keep_rate`` at every stage;
+    are the per-stage keep rates of the current tokens, default ``evit_budget.evit_keep_rate`` at every stage;
     ``stage_outputs`` hold the reduced tokens (B, n_s, C); ``tokens`` the counts n_s)."""
     stages = tcfg.resolved_stages(cfg.depth)
     rates = tuple(keep_ratios) if keep_ratios is not None else (evit_keep_rate(cfg, tcfg),) * len(stages)

@@ -1,37 +1,21 @@
-"""Inference of the authors' baselines, ``evit`` and ``dynamicvit`` (docs/method.md, "Baselines"), and
-the one entry point ``tofe_inference`` hands them to.
+"""DynamicViT's inference (method ``dynamicvit``; docs/method.md, "Baselines").
 
-Both really remove tokens: what a stage drops (DynamicViT) or fuses (EViT) is gone for the rest of the
-network, so the tokens are gathered once per stage and never scattered back. DynamicViT keeps, at stage
-s, the ``predictor.patches_to_keep(ratio_s, P, n)`` tokens with the highest keep probability among the n
-still there (ratios rho^(s+1) by default, ``budget.dynamicvit_ratios``); EViT is ``evit_model``.
-Both decide by top-K only (the authors' rule): ``inference="threshold"`` is refused.
+It really removes tokens: what a stage drops is gone for the rest of the network, so the tokens are
+gathered once per stage and never scattered back. Stage s keeps the
+``dynamicvit_predictor.patches_to_keep(ratio_s, P, n)`` tokens with the highest keep probability among
+the n still there (ratios rho^(s+1) by default, ``dynamicvit_budget.dynamicvit_ratios``). It decides by
+top-K only (the authors' rule).
 """
 import numpy as np
 
-from .budget import dynamicvit_ratios
-from .evit_model import evit_inference
-from .macs import dense_macs, tofe_macs
-from .ops import resolve
-from .predictor import patches_to_keep, predictor_forward
-from .scoring import stage_ranges
-from .tokens import gather_tokens, values_at_positions
+from .dynamicvit_budget import dynamicvit_ratios
+from ..tofe.macs import dense_macs, tofe_macs
+from ..tofe.ops import resolve
+from .dynamicvit_predictor import patches_to_keep, predictor_forward
+from ..tofe.scoring import stage_ranges
+from ..tofe.tokens import gather_tokens, values_at_positions
 from ..backend import get_xp, to_numpy
 from ..nn.embed import embed_forward, head_forward
-
-
-def baseline_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, ops=None):
-    """``tofe_inference`` for evit / dynamicvit (inputs already checked there) -> logits, info."""
-    if tcfg.inference != "topk":
-        raise ValueError(f"method {tcfg.method!r} decides by top-K only (the authors' rule); got "
-                         f"inference={tcfg.inference!r}")
-    if tcfg.method == "evit":
-        if kept_masks is not None:
-            raise ValueError("method 'evit' ranks by its own attention: kept_masks cannot be given")
-        if not cfg.class_token:
-            raise ValueError("method 'evit' needs a class token (class_token=True)")
-        return evit_inference(params, images, cfg, tcfg, keep_ratios, ops=ops)
-    return dynamicvit_inference(params, images, cfg, tcfg, keep_ratios, kept_masks, ops)
 
 
 def dynamicvit_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None, ops=None):

@@ -1,0 +1,27 @@
+"""Every method's ``tofe.*`` parameters, checked against what the registered methods know (docs/method.md,
+"Where each method lives").
+
+A checkpoint may carry modules its method does not use (a ``tofe`` file run as ``tofe-identity``, a
+``dynamicvit`` file run as ``dense``): they are fine. Keys no registered method has for this backbone
+and stage count are reported, with the missing and mis-shaped ones (``tofe.params.check_tofe_params``).
+"""
+from ..registry import entries, get
+from ..tofe.params import check_tofe_params
+
+
+def known_shapes(cfg, tcfg):
+    """``{key: shape}`` of the parameters any registered method would have with this config."""
+    known = {}
+    for m in entries():
+        try:
+            known.update(m.param_shapes(cfg, tcfg.replace(method=m.name)))
+        except ValueError:                  # a width that method cannot take (C % 4, C % r)
+            continue
+    return known
+
+
+def check_method_params(params, cfg, tcfg):
+    """``check_tofe_params`` for method ``tcfg.method`` with the keys every method knows; -> its keys."""
+    want = get(tcfg.method).param_shapes(cfg, tcfg)
+    known = dict(known_shapes(cfg, tcfg), **want)
+    return check_tofe_params(params, cfg, tcfg, want=want, known=known)
