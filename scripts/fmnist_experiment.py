@@ -349,6 +349,10 @@ def choose(run_dir, methods):
             best, why = pick_recipe(val)
             chosen[m] = {"grid": best, "flags": GRID[best], "why": why, "val_top1": val}
     (run_dir / "choice.json").write_text(json.dumps(chosen, indent=1, sort_keys=True))
+    kept = RECORDS / pathlib.Path(run_dir).name            # the choice and its scores beside the records
+    kept.mkdir(parents=True, exist_ok=True)
+    for name, data in (("choice.json", chosen), ("search.json", scores)):
+        (kept / name).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     return chosen
 
 
