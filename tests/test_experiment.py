@@ -193,12 +193,15 @@ def test_a_run_with_only_one_method_keeps_the_other_methods_recipes(tmp_path, mo
     other methods' recipes, and with them their final runs and the remedies, stay in ``choice.json``."""
     monkeypatch.syspath_prepend(str(SCRIPTS))
     import fmnist_experiment as X
+    monkeypatch.setattr(X, "RECORDS", tmp_path / "records")       # never into the repository's records
+
     def val(m, g, seed):          # bb1 ahead for every method but evit, where bb0.1 is (beyond the spread)
         return 0.5 + 0.1 * (g == ("bb0.1" if m == "evit" else "bb1")) + 0.001 * seed
     scores = {X.search_name(m, g, seed): {"val_top1": val(m, g, seed), "macs_ratio": 0.5}
               for m in X.METHODS for g in X.GRID for seed in X.SEARCH_SEEDS}
     (tmp_path / "search.json").write_text(json.dumps(scores))
     chosen = X.choose(tmp_path, ["evit"])
+    assert json.loads((tmp_path / "records" / tmp_path.name / "choice.json").read_text()) == chosen
     assert set(chosen) == set(X.METHODS) == set(X.load_choice(tmp_path))
     assert chosen["tofe"]["grid"] == "bb1" and chosen["evit"]["grid"] == "bb0.1"
     assert X.remedy_jobs(tmp_path)
