@@ -27,14 +27,15 @@ def traced_forward(model, images, keep_ratios=None, freeze="approximator", kept_
     "identity" (frozen tokens carried unchanged; the decisions follow the tokens that path produces).
     ``kept_masks``: one bool (B, P) per stage to replay instead of deciding. ``replace``: None or one entry
     per stage, None or (mask (B, P) bool, values (B, N, C)): the masked patch tokens set to ``values``
-    at the stage's input. trace: ``kept`` / ``frozen`` / ``reused`` (lists of (B, P) bool), ``inputs`` (the stage inputs
-    (B, N, C) after any replacement), ``attention`` (per stage, per block (B, H, n, n), rows = queries,
-    over the gathered tokens), ``idx`` (per stage (B, n) the gathered token positions)."""
+    at the stage's input. trace: ``kept`` / ``frozen`` / ``reused`` (lists of (B, P) bool), ``inputs``
+    (the stage inputs (B, N, C) after any replacement), ``attention`` (per stage, per block (B, H, n, n),
+    rows = queries, over the gathered tokens), ``idx`` (per stage (B, n) the gathered token positions)."""
     if freeze not in ("approximator", "identity"):
         raise ValueError(f"freeze must be 'approximator' or 'identity', got {freeze!r}")
     cfg, tcfg, params = model.cfg, model.tofe, model.params
     stages, T = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens
-    ratios = resolve_keep_ratios(tcfg, keep_ratios, model.learned_keep_ratios if tcfg.learned_ratios else None)
+    learned = model.learned_keep_ratios if tcfg.learned_ratios else None
+    ratios = resolve_keep_ratios(tcfg, keep_ratios, learned)
     x, _ = embed_forward(images, params, cfg)
     x = run_blocks(x, params, cfg, 0, stages[0])
     trace = dict(new_record("inputs", "attention", "idx"))
@@ -134,16 +135,17 @@ def reuse_maps(reused, labels, num_classes, grid):
     return counts.reshape(num_classes + 1, grid, grid), images
 
 
-def control_masks(kept, reused, rng):
-    """Per image, as many random kept non-reused patches as it has reused ones (fewer if it lacks
-    them): (B, P) bool. kept, reused: (B, P) bool."""
-    out = np.zeros_like(reused)
+def matched_masks(kept, reused, rng):
+    """Per image, n = min(reused, kept non-reused) patches drawn at random from each: (reused subset,
+    control), two (B, P) bool with the same count per image. kept, reused: (B, P) bool."""
+    sub, ctrl = np.zeros_like(reused), np.zeros_like(reused)
     for b in range(len(kept)):
-        pool = np.flatnonzero(kept[b] & ~reused[b])
-        r = int(reused[b].sum())
-        if r:
-            out[b, rng.choice(pool, size=min(r, len(pool)), replace=False)] = True
-    return out
+        pool, mine = np.flatnonzero(kept[b] & ~reused[b]), np.flatnonzero(reused[b])
+        n = min(len(pool), len(mine))
+        if n:
+            sub[b, rng.choice(mine, size=n, replace=False)] = True
+            ctrl[b, rng.choice(pool, size=n, replace=False)] = True
+    return sub, ctrl
 
 
 def intervention_logits(model, images, trace, masks, values):
