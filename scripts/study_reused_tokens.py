@@ -15,6 +15,7 @@ docs/img/reused_attention.png, reused_maps.png, reused_interventions.png.
 """
 import argparse
 import pathlib
+import pickle
 
 import numpy as np
 
@@ -151,7 +152,8 @@ def pictures(res, images_raw, labels):
     import matplotlib.pyplot as plt
     IMG.mkdir(parents=True, exist_ok=True)
     g = int(round(res[BUDGETS[0]]["kept"].shape[2] ** 0.5))
-    fig, axes = plt.subplots(1 + len(res), 11, figsize=(16, 1.6 * (1 + len(res)) + 0.6))
+    fig, axes = plt.subplots(1 + len(res), 11, figsize=(15, 1.5 * (1 + len(res)) + 0.4),
+                             gridspec_kw=dict(wspace=0.05, hspace=0.15, left=0.04, right=0.9))
     for c in range(11):
         sel = labels == c if c < 10 else np.ones(len(labels), bool)
         axes[0, c].imshow(images_raw[sel, 0].mean(0), cmap="gray", vmin=0, vmax=1)
@@ -171,7 +173,7 @@ def pictures(res, images_raw, labels):
         names, cols = [], {"cls": "C0", "other": "C2", "reused": "C1"}
         for i, (path, s) in enumerate((p, s) for p in PATHS for s in (1, 2)):
             a = r["att"][path][s]
-            names.append(f"{path[:6]}.\nstage {s + 1}")
+            names.append(f"{path}\nstage {s + 1}")
             for j, gname in enumerate(R.GROUPS):
                 ratio = a[gname][0][1] / a[gname][1][1] if a[gname][2] else np.nan
                 ax.bar(i + 0.27 * (j - 1), ratio, 0.27, color=cols[gname],
@@ -184,8 +186,8 @@ def pictures(res, images_raw, labels):
     fig.savefig(IMG / "reused_attention.png", dpi=90)
     plt.close(fig)
 
-    fig, axes = plt.subplots(1, len(res), figsize=(5 * len(res), 3.4), sharey=True)
-    n_edit = ("reused", "reused (matched)", "control")
+    fig, axes = plt.subplots(1, len(res), figsize=(6 * len(res), 3.6))
+    n_edit = ("reused", "reused (matched)", "control", "reused, background", "reused, garment")
     for ax, (b, r) in zip(np.atleast_1d(axes), res.items()):
         keys = [k for k in r["logits"] if k[0] in n_edit and k[1] != "as run"]
         z0 = r["logits"][("none", "as run")]
@@ -193,8 +195,8 @@ def pictures(res, images_raw, labels):
         vals = [100 * (r["logits"][k].argmax(1) == labels).mean() for k in keys]
         ax.bar(range(len(keys)), vals, color=["C7" if k[0] == "control" else "C1" for k in keys])
         ax.axhline(acc0, color="k", lw=0.8, label=f"as run {acc0:.2f} %")
-        ax.set_xticks(range(len(keys)), [f"{k[0]}\n-> {k[1]}".replace(" (", "\n(") for k in keys],
-                      fontsize=7)
+        ax.set_xticks(range(len(keys)), [f"{k[0]}\n-> {k[1]}".replace(" (", "\n(").replace(", ", ",\n")
+                                         for k in keys], fontsize=7)
         ax.set_ylim(min(vals + [acc0]) - 3, max(vals + [acc0]) + 1)
         ax.set_title(f"{100 * b:.0f} % MACs: test top-1 (%) after replacing", fontsize=9)
         ax.legend(fontsize=8)
@@ -208,13 +210,19 @@ def main():
     ap.add_argument("--n", type=int, default=10000, help="the first N test images")
     ap.add_argument("--check", type=int, default=500, help="images for the float64 check")
     ap.add_argument("--no-pictures", action="store_true")
+    ap.add_argument("--cache", help="a pickle of the measurements: read if it exists, else written")
     args = ap.parse_args()
     images, labels = load_fashion_mnist("test")
     images, labels = images[:args.n], labels[:args.n]
-    check_exact(images[:args.check], BUDGETS)
-    model = minitofe.load_model(WEIGHTS, dtype=np.float32)
     raw = images * FASHION_MNIST_STD + FASHION_MNIST_MEAN
-    res = {b: measure(model, images, labels, raw, budget_ratios(model, "tofe", b)) for b in BUDGETS}
+    if args.cache and pathlib.Path(args.cache).is_file():
+        res = pickle.loads(pathlib.Path(args.cache).read_bytes())
+    else:
+        check_exact(images[:args.check], BUDGETS)
+        model = minitofe.load_model(WEIGHTS, dtype=np.float32)
+        res = {b: measure(model, images, labels, raw, budget_ratios(model, "tofe", b)) for b in BUDGETS}
+        if args.cache:
+            pathlib.Path(args.cache).write_bytes(pickle.dumps(res))
     print(f"\n{len(labels)} test images; background: mean raw pixel < {THRESHOLD}\n")
     for title, text in (("Attention (self excluded)", attention_table(res)),
                         ("Where reused tokens sit", where_table(res, labels)),
