@@ -84,8 +84,8 @@ def attention_shares(probs, idx, reused, T):
     reused patches, other kept patches), self excluded. probs: list of (B, H, n, n) (one per block);
     idx (B, n) gathered positions; reused (B, P) bool. Returns {query group: {"mass": (3,) the mean share
     of the query's attention (self excluded, renormalised) per key group, summing to 1; "uniform": (3,)
-    the share each group would get under uniform attention; "n": queries counted}}; query groups are
-    ``GROUPS`` too. Only images with at least one reused patch among the queries' keys count."""
+    the share each group would get under uniform attention; "n": (query, head, block) rows counted}};
+    query groups are ``GROUPS`` too. Only images with at least one reused patch gathered count."""
     B, n = idx.shape
     is_patch = idx >= T
     key_reused = np.zeros((B, n), dtype=bool)
