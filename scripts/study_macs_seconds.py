@@ -100,6 +100,23 @@ def breakdown_table(run, budget=0.5):
     return "\n".join(lines)
 
 
+def setup_lines(data):
+    """The machine and each run's settings, as the page's setup states them."""
+    m = data["runs"][0]["bench"]["machine"]
+    blas = data.get("blas", {})
+    avx512 = "yes" if data["cpu_flags"].get("avx512f") else "no"
+    lines = [f"{m['cpu']}, {m['cores']} cores, AVX-512 {avx512}; "
+             f"{blas.get('internal_api')} {blas.get('version')} ({blas.get('architecture')} kernels); python "
+             f"{m['python']}, numpy {m['numpy']}, numba {m.get('numba')}; {m['dtype']}"]
+    for run in data["runs"]:
+        b = run["bench"]
+        turns = "; ".join(f"{k}: {v[0]} rounds x {v[1]} calls (+{v[2]} untimed)"
+                          for k, v in b["macs"]["turns"].items())
+        lines.append(f"{run['threads']} thread(s): load average {b['machine']['load_average']} -> "
+                     f"{b['machine']['load_average_after']}, {b['bench_seconds']:.0f} s; {turns}")
+    return lines
+
+
 def draw(data, path):
     import matplotlib
     matplotlib.use("Agg")
@@ -162,7 +179,7 @@ def main(argv=None):
             pathlib.Path(args.out_json).parent.mkdir(parents=True, exist_ok=True)
             pathlib.Path(args.out_json).write_text(json.dumps(data, indent=1) + "\n")   # each run as it ends
     draw(data, args.out_png)
-    print(speed_table(data), "", breakdown_table(data["runs"][0]["bench"]), sep="\n")
+    print(*setup_lines(data), "", speed_table(data), "", breakdown_table(data["runs"][0]["bench"]), sep="\n")
     return 0
 
 
