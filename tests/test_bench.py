@@ -128,3 +128,46 @@ def test_without_numba_the_token_section_compares_the_reference_with_a_copy(caps
     assert main(["bench", "--quick", "--json", "--sections", "tokens"]) == 0
     tokens = json.loads(capsys.readouterr().out)["tokens"]
     assert tokens["gather_reference_vs_copy"]["median"] > 0 and "gather_fast_ms" not in tokens
+
+
+@needs_fast
+def test_the_macs_section_reports_every_method_and_budget(capsys):
+    """``--sections macs --quick --json``: every method at every budget, on both models and batches, with
+    its realised MACs within 2 points of the budget, a speed-up over dense and where its time went."""
+    from minitofe.bench import macs
+    assert main(["bench", "--quick", "--json", "--sections", "macs", "--threads", "1"]) == 0
+    res = json.loads(capsys.readouterr().out)["macs"]
+    rows = [r for r in res["rows"] if r["method"] != "dense"]
+    want = {(name, B, m, b) for name in macs.models(True) for B in macs.batches(True)
+            for m in macs.METHODS for b in macs.BUDGETS}
+    assert {(r["model"], r["batch"], r["method"], r["budget"]) for r in rows} == want
+    for r in rows:
+        assert abs(r["macs_ratio"] - r["budget"]) <= 0.02, r
+        assert r["speedup"]["median"] > 0 and r["speedup"]["min"] > 0 and r["speedup"]["n"] == 2
+        assert r["seconds"] > 0 and r["dense_seconds"] > 0 and r["ideal"] == 1 / r["macs_ratio"]
+        assert r["breakdown"]["total_s"] > 0 and r["breakdown"]["seconds"]["blocks (fast kernels)"] > 0
+    assert all(t == {"blas": 1, "numba": 1} for t in res["threads"].values())     # one process each
+    assert {r["weights"] for r in rows if r["model"] != macs.FMNIST} == {"random weights"}
+
+
+def test_macs_contenders_are_named_for_their_method_and_budget():
+    from minitofe.bench import macs
+    names = macs.contenders()
+    assert names[0] == "dense" and len(names) == 1 + len(macs.METHODS) * len(macs.BUDGETS)
+    assert [macs.parse(c) for c in ("dense", "tofe35", "evit50", "dynamicvit70")] == \
+        [("dense", 1.0), ("tofe", 0.35), ("evit", 0.5), ("dynamicvit", 0.7)]
+
+
+def test_the_macs_breakdown_parts_a_calls_time_without_counting_twice():
+    """The parts of ``macs.breakdown`` never overlap: their sum is the call's time (under cProfile)."""
+    import numpy as np
+
+    from minitofe.bench import macs
+    model, _ = macs.weights_of(macs.FMNIST, "tofe")
+    x = macs.images(model.cfg, 2)
+    ratios = macs.keep_ratios(model, "tofe", 0.5)
+    from minitofe import predict
+    b = macs.breakdown(lambda: predict(model, x, method="tofe", keep_ratios=ratios), calls=2)
+    assert sum(b["seconds"].values()) == pytest.approx(b["total_s"], rel=1e-6)
+    assert {"ToFe selector", "ToFe approximator", "gather / scatter"} <= set(b["seconds"])
+    assert np.isfinite(b["total_s"])

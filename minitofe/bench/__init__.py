@@ -12,8 +12,11 @@ Sections:
     train      one training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch
     profile    NumPy's sgemm GFLOP/s, and the fast forward's time by kind of operation (``bench.profile``)
     startup    ``minitofe predict`` of one image in a fresh process: wall time, peak memory
+    macs       (asked for by name only) do MACs become seconds: tofe, evit, dynamicvit at 35 / 50 / 70 %
+               of the dense MACs, each on its own inference path, against dense; Fashion-MNIST and DeiT-S
 
-``run_bench(json=False, quick=False, threads=None, sections=None, in_process=False) -> dict``; ``quick``
+``run_bench(json=False, quick=False, threads=None, sections=None, in_process=False) -> dict``
+(``sections`` None: every section but ``macs``); ``quick``
 shrinks every size (a smoke test); ``threads`` sets every thread count of the contenders' processes
 (NumPy's BLAS, Numba, OpenMP, torch); ``in_process`` adds the old one-process dense figures, labelled.
 From the shell ``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections a,b]
@@ -31,18 +34,21 @@ import numpy as np
 from .. import kernels
 from .contenders import torch_timm
 from .rounds import profile_in_worker
-from .sections import bench_dense, bench_tofe, bench_tokens, bench_train, dense_in_process
+from .sections import bench_dense, bench_macs, bench_tofe, bench_tokens, bench_train, dense_in_process
 from .startup import bench_startup, run_fresh  # noqa: F401 (run_fresh: minitofe.bench.run_fresh)
 from .tables import format_tables
 
-SECTIONS = ("dense", "tofe", "tokens", "train", "profile", "startup")
+DEFAULT_SECTIONS = ("dense", "tofe", "tokens", "train", "profile", "startup")
+SECTIONS = DEFAULT_SECTIONS + ("macs",)         # macs (~6 min more) runs when asked for by name
 DESCRIPTION = (
     "Time minitofe's NumPy reference against its Numba fast path and, when installed, timm / torch: the "
     "dense forward, ToFe against dense at equal MACs, token gather / scatter, a training step, a profile of "
     "the fast forward, and the start-up of `minitofe predict`. Each contender runs in a process of its own, "
     "in interleaved rounds, on random weights and N(0, 1) images. Prints tables of medians, spreads and "
     "ratios, with the machine they were measured on (--json: one JSON object). A full run takes about 6 "
-    "minutes on 2 cores; --quick (tiny sizes, a smoke test) or --sections (a subset) make it shorter.")
+    "minutes on 2 cores; --quick (tiny sizes, a smoke test) or --sections (a subset) make it shorter. "
+    "--sections macs (only when asked for) times tofe, evit and dynamicvit against dense at 35 / 50 / 70 % "
+    "of its MACs: the speed-up each budget buys.")
 
 
 def machine(threads=None):
@@ -65,14 +71,15 @@ def machine(threads=None):
 def run_bench(json=False, quick=False, threads=None, sections=None, in_process=False):
     """Run the sections (all by default); returns (and unless ``json`` prints as tables) the results."""
     from tqdm.auto import tqdm
-    sections = list(SECTIONS if sections is None else sections)
+    sections = list(DEFAULT_SECTIONS if sections is None else sections)
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise ValueError(f"unknown bench section(s) {unknown}; known: {', '.join(SECTIONS)}")
     t0 = time.perf_counter()
     res = {"machine": machine(threads)}
     runs = {"dense": bench_dense, "tofe": bench_tofe, "tokens": bench_tokens, "train": bench_train,
-            "profile": profile_in_worker, "startup": lambda q, t: bench_startup(q, 2 if q else 5, t)}
+            "profile": profile_in_worker, "macs": bench_macs,
+            "startup": lambda q, t: bench_startup(q, 2 if q else 5, t)}
     with tqdm(sections, desc="bench", unit="section", file=sys.stderr) as bar:   # stdout stays clean
         for name in bar:
             bar.set_postfix_str(name)
@@ -93,7 +100,7 @@ def add_arguments(p):
     p.add_argument("--threads", type=int, metavar="N",
                    help="thread count of every contender (BLAS, Numba, OpenMP, torch); default: as set up")
     p.add_argument("--sections", metavar="A,B",
-                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all of them)")
+                   help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but macs)")
     p.add_argument("--in-process", action="store_true",
                    help="also time the dense contenders all in this one process (the old method), labelled")
 

@@ -12,6 +12,7 @@ from ..tofe.config import ToFeConfig
 from ..methods import inference as tofe_inference
 from ..methods import init_params as init_tofe_params
 from ..tofe.macs import dense_macs, tofe_macs
+from .macs import build_macs
 
 PAPER_RATIOS = (0.49, 0.25, 0.14)           # ToFe's learned keep ratios; scaled to reach a MACs target
 TOFE_TARGETS = (0.70, 0.50, 0.35)           # MACs of the ToFe contenders, as a fraction of dense
@@ -165,7 +166,7 @@ def _train(contender, quick):
     return {"step": step}
 
 
-BUILDERS = {"dense": _dense, "tofe": _tofe, "tokens": _tokens, "train": _train}
+BUILDERS = {"dense": _dense, "tofe": _tofe, "tokens": _tokens, "train": _train, "macs": build_macs}
 
 
 def build(section, contender, quick):

@@ -98,7 +98,7 @@ def ratio(result, key, num, den):
     return _spread(np.divide(rounds[num], rounds[den]))
 
 
-def compare(section, contenders, plan, quick=False, threads=None):
+def compare(section, contenders, plan, quick=False, threads=None, finish=()):
     """Time ``contenders`` of ``section`` in processes of their own.
 
     plan: [(key, rounds, calls)] or [(key, rounds, calls, warmup)] -> {"threads": {contender: counts},
@@ -106,11 +106,13 @@ def compare(section, contenders, plan, quick=False, threads=None):
     "per_round": {key: {contender: [the rounds' medians]}}}; ``ratio(result, key, a, b)`` gives the spread
     of a's time over b's. ``warmup`` calls open every turn untimed (default none): for operations of a
     fraction of a millisecond, whose timed calls would otherwise all fall in the cold start that follows
-    the pause between turns (the other contenders' data in the caches, the core clocked down)."""
+    the pause between turns (the other contenders' data in the caches, the core clocked down). What a
+    contender reported when ready is in "info"; ``finish``: requests put to every contender, one after
+    the other, after the rounds -> "finish": {contender: [replies]}."""
     workers = {c: Worker(section, c, quick, threads) for c in contenders}     # they warm up side by side
     try:
         out = {"threads": {c: w.ready()["threads"] for c, w in workers.items()}, "seconds": {},
-               "per_round": {}}
+               "per_round": {}, "info": {c: w.ready().get("info") for c, w in workers.items()}}
         for key, rounds, calls, *warmup in plan:
             request = {"run": key, "calls": calls, "warmup": warmup[0] if warmup else 0}
             every = {c: [] for c in contenders}
@@ -124,6 +126,11 @@ def compare(section, contenders, plan, quick=False, threads=None):
             out["seconds"][key] = {c: dict(_spread(every[c]), rounds=_spread(per_round[c]))
                                    for c in contenders}
             out["per_round"][key] = per_round
+        out["finish"] = {c: [] for c in contenders}
+        for request in finish:
+            for c in contenders:
+                time.sleep(QUICK_SETTLE_S if quick else SETTLE_S)
+                out["finish"][c].append(workers[c].ask(request))
         return out
     finally:
         for w in workers.values():

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from . import macs
 from .contenders import batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
 from .rounds import compare, ratio
 
@@ -67,6 +68,46 @@ def bench_tofe(quick, threads=None):
                          "dense_seconds": res["seconds"][key]["dense"]["median"],
                          "speedup": ratio(res, key, "dense", c)})
     return {"rows": rows, "threads": res["threads"]}
+
+
+def _macs_turns(name, B, quick):
+    """(rounds, calls a turn, warm-up calls) of the macs section: the Fashion-MNIST model's forwards take
+    milliseconds, so its turns make several calls (after a few untimed ones), as the tokens' do."""
+    if quick:
+        return 2, 1, 0
+    if name == macs.FMNIST:
+        return (9, 20, 3) if B == 1 else (7, 5, 1)
+    return (11, 1, 1) if B == 1 else (5, 1, 0)
+
+
+def bench_macs(quick, threads=None):
+    """Speed-up over dense against the realised MACs ratio: tofe, evit, dynamicvit at 35 / 50 / 70 % of
+    the dense MACs, each on its own inference path with the fast kernels (``bench.macs``), batch 1 and 32,
+    on the Fashion-MNIST model and DeiT-S; and each call's time by part (``macs.breakdown``, after the
+    rounds)."""
+    contenders = macs.contenders()
+    keys = [(name, B, f"{name}/batch{B}") for name in macs.models(quick) for B in macs.batches(quick)]
+    finish = [{"breakdown": key, "calls": 1 if quick or B > 1 else (10 if name == macs.FMNIST else 2)}
+              for name, B, key in keys]
+    res = compare("macs", contenders, [(key, *_macs_turns(name, B, quick)) for name, B, key in keys],
+                  quick, threads, finish=finish)
+    rows = []
+    for i, (name, B, key) in enumerate(keys):
+        for c in contenders:
+            method, budget = macs.parse(c)
+            info = res["info"][c][key]
+            row = {"model": name, "batch": B, "method": method, "budget": budget,
+                   "macs_ratio": round(info["macs_ratio"], 4), "keep_ratios": info["keep_ratios"],
+                   "weights": info["weights"], "seconds": res["seconds"][key][c]["median"],
+                   "dense_seconds": res["seconds"][key]["dense"]["median"],
+                   "breakdown": res["finish"][c][i]["breakdown"]}
+            if c != "dense":
+                row["speedup"] = ratio(res, key, "dense", c)
+                row["ideal"] = 1.0 / row["macs_ratio"]
+                row["of_ideal"] = row["speedup"]["median"] * row["macs_ratio"]
+            rows.append(row)
+    return {"rows": rows, "threads": res["threads"],
+            "turns": {key: _macs_turns(name, B, quick) for name, B, key in keys}}
 
 
 def bench_tokens(quick, threads=None):

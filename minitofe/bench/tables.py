@@ -44,6 +44,25 @@ def _tofe(t):
     return lines
 
 
+def _macs(m):
+    lines = ["", f"do MACs become seconds? each method's own inference path, fast kernels ({_threads(m)})",
+             f"  {'model':<24} {'batch':>5} {'method':<11} {'MACs':>6} {'ms':>9} {'dense ms':>9}   "
+             f"{'speed-up over dense':<22} {'ideal':>6} {'of ideal':>8}"]
+    for r in m["rows"]:
+        if r["method"] != "dense":
+            lines.append(f"  {r['model']:<24} {r['batch']:>5} {r['method']:<11} {r['macs_ratio']:>6.1%} "
+                         f"{1e3 * r['seconds']:>9.2f} {1e3 * r['dense_seconds']:>9.2f}   "
+                         f"{_ratio(r['speedup']):<22} {r['ideal']:>5.2f}x {r['of_ideal']:>8.0%}")
+    lines.append("  where the time goes (one call under cProfile, ms; 50 % budget):")
+    for r in m["rows"]:
+        if r["budget"] in (0.5, 1.0):
+            b = r["breakdown"]
+            parts = sorted(b["seconds"].items(), key=lambda kv: -kv[1])
+            head = f"    {r['model'][:14]:<14} b{r['batch']:<3} {r['method']:<11} {1e3 * b['total_s']:.1f}: "
+            lines.append(head + ", ".join(f"{k} {1e3 * v:.1f}" for k, v in parts if v >= 0.02 * b["total_s"]))
+    return lines
+
+
 def _tokens(t):
     lines = ["", f"gather / scatter of {t['kept']} of {t['shape'][1]} tokens, (B, N, C) = "
              f"{tuple(t['shape'])}: "
@@ -97,7 +116,8 @@ def format_tables(res):
     """The human-readable report of ``run_bench``'s dict."""
     lines = _machine(res["machine"])
     for name, fmt in (("dense", _dense), ("tofe", _tofe), ("tokens", _tokens), ("train", _train),
-                      ("profile", _profile), ("startup", _startup), ("dense_in_process", _in_process)):
+                      ("macs", _macs), ("profile", _profile), ("startup", _startup),
+                      ("dense_in_process", _in_process)):
         if name in res:
             lines += fmt(res[name])
     lines += ["", f"(bench took {res['bench_seconds']:.0f} s)"]

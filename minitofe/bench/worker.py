@@ -6,6 +6,7 @@ caches, thread pools), answers ``ready``, then times what it is asked for, one J
     {"run": KEY, "calls": n}   -> {"times": [seconds, ...]}      n calls of KEY, each timed alone
                                                                  (after "warmup": k untimed ones)
     {"profile": true}          -> {"profile": {...}}             (contender "profile": bench.profile)
+    {"breakdown": KEY, "calls": n} -> {"breakdown": {...}}       KEY's time by part (``bench.macs``)
     {"quit": true}             -> the process exits
 
 The first line in is the spec {"section", "contender", "quick", "threads"}. Replies go to the original
@@ -46,7 +47,8 @@ def serve(spec, reply, read):
         calls = build(spec["section"], spec["contender"], bool(spec.get("quick")))
     for f in calls.values():
         f()
-    reply({"ready": list(calls), "threads": thread_counts(), "pid": os.getpid()})
+    reply({"ready": list(calls), "threads": thread_counts(), "pid": os.getpid(),
+           "info": getattr(calls, "info", None)})
     for line in read:
         req = json.loads(line)
         if req.get("quit"):
@@ -54,6 +56,10 @@ def serve(spec, reply, read):
         if req.get("profile"):
             from .profile import profile_forward
             reply({"profile": profile_forward(bool(spec.get("quick")))})
+            continue
+        if "breakdown" in req:
+            from .macs import breakdown
+            reply({"breakdown": breakdown(calls[req["breakdown"]], int(req.get("calls", 1)))})
             continue
         f, times = calls[req["run"]], []
         for _ in range(int(req.get("warmup", 0))):
