@@ -14,7 +14,6 @@ system they share, e.g. NFS): the workers write the job's files, the driver read
 import json
 import os
 import pathlib
-import platform
 import socket
 import subprocess
 import sys
@@ -78,20 +77,22 @@ def driver_overrides():
 
 def environment(env, repo):
     """What a run's arithmetic depends on, on the machine this runs on: the commit of the checkout
-    ``repo``, the Python / NumPy / Numba versions, and the BLAS library with its core type as threadpoolctl
-    reports it in ``env`` (a child process, so that an ``OPENBLAS_CORETYPE`` set for the jobs is what is
-    read). With Dask it runs on the worker that ran the job (``run_job``)."""
-    probe = ("import json, numpy, threadpoolctl\n"
-             "try:\n import numba; nb = numba.__version__\nexcept ImportError:\n nb = None\n"
-             "blas = [{k: i.get(k) for k in ('internal_api', 'version', 'architecture', 'num_threads')}"
-             " for i in threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']\n"
-             "print(json.dumps({'numpy': numpy.__version__, 'numba': nb, 'blas': blas}))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    ``repo``, and ``minitofe.testing.provenance.arithmetic()`` (Python, NumPy and its SIMD loops, Numba, the
+    BLAS library with its core type) with the BLAS thread counts, read in a child process with ``env`` so
+    that an ``OPENBLAS_CORETYPE`` set for the jobs is what is read. With Dask it runs on the worker that
+    ran the job (``run_job``)."""
+    probe = ("import json, threadpoolctl\n"
+             "from minitofe.testing.provenance import arithmetic\n"
+             "a = arithmetic()\n"
+             "a['blas_threads'] = [i['num_threads'] for i in threadpoolctl.threadpool_info()"
+             " if i.get('user_api') == 'blas']\n"
+             "print(json.dumps(a))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=repo,
+                         check=True)
     git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
                            capture_output=True, text=True)
     return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
-            "python": platform.python_version(), "machine": platform.machine(),
             "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
 
 

@@ -132,8 +132,14 @@ def load():
     """-> (the pinned values, the arithmetic that made them)."""
     with np.load(OUT, allow_pickle=False) as f:
         values = {k: f[k] for k in f.files if k != ARITHMETIC_KEY}
-        made_on = json.loads(str(f[ARITHMETIC_KEY])) if ARITHMETIC_KEY in f.files else None
-    return values, made_on
+    return values, recorded_arithmetic()
+
+
+def recorded_arithmetic():
+    """The arithmetic that made the pinned file (``minitofe.testing.provenance.arithmetic``), or None for a
+    file that predates the record; reads that entry only."""
+    with np.load(OUT, allow_pickle=False) as f:
+        return json.loads(str(f[ARITHMETIC_KEY])) if ARITHMETIC_KEY in f.files else None
 
 
 def mode(made_on):

@@ -1,16 +1,18 @@
 """Suite-wide: the run's header and summary name how the pinned values are compared on this machine
 (``tests/test_pinned.py``)."""
+import functools
 import importlib.util
 import pathlib
 
 _SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "make_pinned.py"
 
 
+@functools.lru_cache(maxsize=None)                  # the header and the summary: read the file once
 def pinned_mode_line():
     spec = importlib.util.spec_from_file_location("make_pinned_header", _SCRIPT)
     make_pinned = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(make_pinned)
-    made_on = make_pinned.load()[1]
+    made_on = make_pinned.recorded_arithmetic()
     how = make_pinned.mode(made_on)
     blas = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}"
                      for b in (made_on or {}).get("blas", []))
