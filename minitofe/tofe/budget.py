@@ -14,6 +14,23 @@ from .macs import dense_macs, tofe_macs
 from .parts import approximator_of, selector_of
 
 
+def method_macs(cfg, tcfg, stages, kept, fused=None, scorer=None):
+    """``macs.tofe_macs`` for ToFe method ``tcfg`` (its parts, approximator, drop rule): kept (B, S) or
+    (S,) token counts per stage, prefix included; ``fused`` (``fused_tokens``): the fused frozen token per
+    stage, or None; ``scorer``: a training-free scorer replaces the learned selector (its own MACs are
+    the caller's to add) -> (macs, dmacs_dkept)."""
+    return tofe_macs(cfg, stages, kept, selector=scorer is None, approximator=tcfg.uses_approximator,
+                     approx_reduction=tcfg.approx_reduction, drop=not tcfg.reuses_tokens,
+                     parts=(selector_of(tcfg), approximator_of(tcfg)), fused=fused)
+
+
+def fused_tokens(tcfg, froze):
+    """The fused frozen tokens the stages' blocks run on besides the kept ones (``tofe_macs``'s
+    ``fused``): ``froze`` (B, S) or (S,) bool, the stage froze a patch of the image, when
+    ``tcfg.fuses_frozen``; else None."""
+    return froze if tcfg.fuses_frozen else None
+
+
 def topk_macs(cfg, tcfg, ratios, scorer=None):
     """MACs of ``topk`` inference with keep ratios ``ratios`` for method ``tcfg.method`` (one image);
     ``scorer``: the caller's training-free scorer instead of the learned selector (``scoring.Scorer``)."""
@@ -24,9 +41,7 @@ def topk_macs(cfg, tcfg, ratios, scorer=None):
         for s in range(1, len(counts)):
             counts[s] = min(counts[s], counts[s - 1])
     kept = np.asarray(counts, dtype=np.float64) + T
-    macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
-                        approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+    macs, _ = method_macs(cfg, tcfg, stages, kept, fused_tokens(tcfg, [n < P for n in counts]), scorer)
     if scorer is not None:
         alive = [P] + counts[:-1] if not tcfg.reuses_tokens else [P] * len(counts)
         macs += sum(scorer.macs(n + T, cfg.embed_dim) for n in alive if n > 0)

@@ -17,6 +17,9 @@ are exact for the matmuls minitofe's code runs (a test counts them independently
                           MLP on the n' it keeps (2 mlp_ratio n' C^2): the class attention it ranks by is
                           the block's own, so EViT has no scorer cost; the fused token is a weighted sum,
                           O(nC), not counted, and it counts as a token in every later block
+    ToFe's fused frozen   option ``fuse_frozen``: a stage that froze a patch runs its blocks on the kept
+    token                 tokens and one fused token, n + 1; the weighted sum that makes it is O(NC), not
+                          counted (as EViT's)
     patch embedding       P C (in_chans p^2);   head  C num_classes (twice when distilled)
 
 ``tofe_macs`` takes the kept token counts per stage as FLOATS (from a straight-through mask sum), so the
@@ -80,7 +83,7 @@ def dense_macs(cfg):
 
 
 def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False,
-              predictor=False, reduce_in_block=False, parts=None):
+              predictor=False, reduce_in_block=False, parts=None, fused=None):
     """Per-image MACs of a reduced ViT and their derivative with respect to ``kept``.
 
     cfg: ViTConfig; stages: S increasing block indices; kept: (B, S) or (S,) float token counts per stage
@@ -92,7 +95,8 @@ scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive
 kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens it
 receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
 (``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
-here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+here. fused (ToFe's ``fuse_frozen``): (B, S) / (S,) 0 / 1, 1 where stage i froze a patch: its blocks run
+on kept[:, i] + 1 tokens (a constant: d/dkept at that count). Returns (macs (B,) or (), dmacs (B, S) / (S,)).
     """
     xp = get_xp(kept)
     kept = xp.asarray(kept)
@@ -108,6 +112,7 @@ here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     sel_macs, sel_dmacs, app_macs, app_dmacs = _part_costs(parts)
     single = kept.ndim == 1
     k = kept[None] if single else kept                                  # (B, S)
+    extra = _fused_counts(xp, fused, k, reduce_in_block)                # (B, S) tokens besides the kept
     C, mr = cfg.embed_dim, cfg.mlp_ratio
     ends = stages[1:] + (depth,)
     macs = xp.full(k.shape[:1], float(patch_embed_macs(cfg) + head_macs(cfg)
@@ -118,8 +123,8 @@ here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
         if reduce_in_block:
             _reduction_block(macs, dmacs, k, i, N, C, mr)
             nb -= 1
-        macs += nb * block_macs(k[:, i], C, mr)
-        dmacs[:, i] += nb * _dblock_macs_dn(k[:, i], C, mr)
+        macs += nb * block_macs(k[:, i] + extra[:, i], C, mr)
+        dmacs[:, i] += nb * _dblock_macs_dn(k[:, i] + extra[:, i], C, mr)
         if predictor:
             alive = k[:, i - 1] - cfg.num_prefix_tokens if i > 0 else cfg.num_patches
             macs += predictor_macs(alive, C)
@@ -137,6 +142,22 @@ here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
             macs += app_macs(N - k[:, i], C, approx_reduction)
             dmacs[:, i] -= app_dmacs(N - k[:, i], C, approx_reduction)
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
+
+
+def _fused_counts(xp, fused, k, reduce_in_block):
+    """``fused`` as (B, S) floats of k's dtype (zeros when None); checked against k's shape."""
+    if fused is None:
+        return xp.zeros_like(k)
+    if reduce_in_block:
+        raise ValueError("tofe_macs: fused (ToFe's fused frozen token) and reduce_in_block (EViT's own "
+                         "fusion) do not go together")
+    extra = xp.asarray(fused).astype(k.dtype)
+    if extra.ndim == 1:
+        extra = extra[None]
+    if extra.shape[-1] != k.shape[-1] or extra.shape[0] not in (1, k.shape[0]):
+        raise ValueError(f"tofe_macs: fused must have the shape of kept {tuple(k.shape)}, got "
+                         f"{tuple(xp.asarray(fused).shape)}")
+    return xp.broadcast_to(extra, k.shape)
 
 
 def _part_costs(parts):

@@ -191,6 +191,9 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
     if (tcfg.selector, tcfg.approximator) != ("mlp", "mlp"):
         raise ValueError(f"golden bundles trace ToFe's mlp selector and approximator, not selector "
                          f"{tcfg.selector!r} / approximator {tcfg.approximator!r}")
+    if tcfg.fuses_frozen:
+        raise ValueError("golden bundles trace ToFe without the fused frozen token; this model has "
+                         "fuse_frozen=True")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
