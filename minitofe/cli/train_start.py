@@ -45,6 +45,11 @@ def check_modules_fit(base, tcfg, theirs, init):
         raise ValueError(f"{init}: its ToFe modules are for stages starting at blocks {list(stages)}, these "
                          f"options ask for {list(ours)}: pass --stages {' '.join(map(str, stages))} to "
                          f"continue them, or {FRESH}")
+    theirs_last = base.tofe.last_stage
+    if theirs_last != tcfg.last_stage:
+        raise ValueError(f"{init}: its ToFe modules were trained with --last-stage {theirs_last}, these "
+                         f"options ask for {tcfg.last_stage}: pass --last-stage {theirs_last} to continue "
+                         f"them, or {FRESH}")
     want = param_shapes(base.cfg, tcfg)
     for key in sorted(set(want) | set(theirs)):
         have = tuple(theirs[key].shape) if key in theirs else None

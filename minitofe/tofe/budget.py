@@ -14,6 +14,16 @@ from .macs import dense_macs, tofe_macs
 from .parts import approximator_of, selector_of
 
 
+def method_macs(cfg, tcfg, stages, kept, selector=True):
+    """``macs.tofe_macs`` of method ``tcfg`` with its ``stages`` for kept token counts ``kept`` ((B, S) or
+    (S,), prefix tokens included): its selector and approximator kinds, the stages that have an
+    approximator (``ToFeConfig.approximated_stages``), dropped or frozen tokens. ``selector``: count the
+    learned selector (False when a caller's scorer replaces it). Returns (macs, dmacs_dkept)."""
+    return tofe_macs(cfg, stages, kept, selector=selector,
+                     approximator=tcfg.approximated_stages(cfg.depth), approx_reduction=tcfg.approx_reduction,
+                     drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+
+
 def topk_macs(cfg, tcfg, ratios, scorer=None):
     """MACs of ``topk`` inference with keep ratios ``ratios`` for method ``tcfg.method`` (one image);
     ``scorer``: the caller's training-free scorer instead of the learned selector (``scoring.Scorer``)."""
@@ -24,9 +34,7 @@ def topk_macs(cfg, tcfg, ratios, scorer=None):
         for s in range(1, len(counts)):
             counts[s] = min(counts[s], counts[s - 1])
     kept = np.asarray(counts, dtype=np.float64) + T
-    macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
-                        approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+    macs, _ = method_macs(cfg, tcfg, stages, kept, selector=scorer is None)
     if scorer is not None:
         alive = [P] + counts[:-1] if not tcfg.reuses_tokens else [P] * len(counts)
         macs += sum(scorer.macs(n + T, cfg.embed_dim) for n in alive if n > 0)

@@ -13,8 +13,8 @@ each stage's kept count, which the straight-through mask passes to every patch o
 from typing import NamedTuple
 
 from .losses import flops_loss_backward, flops_loss_forward
-from .macs import dense_macs, tofe_macs
-from .parts import approximator_of, selector_of
+from .budget import method_macs
+from .macs import dense_macs
 from ..backend import get_xp
 
 
@@ -29,9 +29,7 @@ def budget_loss_forward(masks, cfg, tcfg, stages):
     keep_frac (B, S) fraction of patches kept, cache."""
     T, P = cfg.num_prefix_tokens, cfg.num_patches
     kept = get_xp(masks[0]).stack([m.sum(axis=1) for m in masks], axis=1)              # (B, S), incl. T
-    macs, dmacs = tofe_macs(cfg, stages, kept, selector=True, approximator=tcfg.uses_approximator,
-                            approx_reduction=tcfg.approx_reduction, drop=not tcfg.reuses_tokens,
-                            parts=(selector_of(tcfg), approximator_of(tcfg)))
+    macs, dmacs = method_macs(cfg, tcfg, stages, kept)
     dense = dense_macs(cfg)
     keep_frac = (kept - T) / P                                                         # (B, S)
     if tcfg.method == "tofe-uniform":

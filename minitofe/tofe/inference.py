@@ -17,8 +17,9 @@ import numpy as np
 
 from .config import is_sequence
 from .params import check_tofe_params
-from .parts import approximator_of, selector_of
-from .macs import dense_macs, tofe_macs
+from .parts import approximator_of
+from .budget import method_macs
+from .macs import dense_macs
 from .ops import resolve
 from .record import new_record, record_stage
 from .scoring import stage_ranges, stage_scores, topk_mask
@@ -116,7 +117,7 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
         for j in range(*blocks):
             h = ops.ragged_block_forward(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
         x_out = ops.unpack_rows(x, h, idx_list, offsets)
-    if tcfg.uses_approximator and bool(frozen.any()):
+    if tcfg.approximated_stages(cfg.depth)[s] and bool(frozen.any()):
         rows = xp.nonzero(frozen)
         a, _ = approximator_of(tcfg).forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
         x_out[rows[0], rows[1] + T] = a
@@ -144,9 +145,7 @@ def realised_macs(cfg, tcfg, stages, kept_counts, candidates, scorer=None):
     ``scorer``: the caller's ``scoring.Scorer`` (its MACs), None: the learned selector."""
     T = cfg.num_prefix_tokens
     kept = kept_counts.astype(np.float64) + T
-    macs, _ = tofe_macs(cfg, stages, kept, selector=scorer is None,
-                        approximator=tcfg.uses_approximator, approx_reduction=tcfg.approx_reduction,
-                        drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+    macs, _ = method_macs(cfg, tcfg, stages, kept, selector=scorer is None)
     if scorer is not None:                                    # the caller's scorer, on every candidate
         for n in candidates:                                  # nothing is scored once no patch is left
             n = np.asarray(n, dtype=np.float64)

@@ -87,12 +87,13 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     INCLUDING prefix tokens. Blocks before stages[0] run on N tokens, stage i's blocks on kept[:, i].
     selector: one selector per stage scores N tokens, or with ``drop`` (DynamicViT: dropped tokens are
     gone) the tokens alive before the stage, kept[:, i-1] (N at stage 0). approximator: one per stage on
-    the N - kept[:, i] frozen tokens. (With ``drop``, a stage whose images have no patch left alive
-scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P, then
-kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens it
-receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
-(``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
-here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+    the N - kept[:, i] frozen tokens; or S bools, which stages have one (``ToFeConfig.approximated_stages``:
+    none at the last under ``last_stage="drop"``). (With ``drop``, a stage whose images have no patch left
+    alive scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P,
+    then kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens
+    it receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
+    (``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
+    here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     """
     xp = get_xp(kept)
     kept = xp.asarray(kept)
@@ -106,6 +107,7 @@ here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
         raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
     sel_macs, sel_dmacs, app_macs, app_dmacs = _part_costs(parts)
+    approximated = _per_stage(approximator, S)
     single = kept.ndim == 1
     k = kept[None] if single else kept                                  # (B, S)
     C, mr = cfg.embed_dim, cfg.mlp_ratio
@@ -133,10 +135,21 @@ here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
                 dmacs[:, i - 1] += scored * sel_dmacs(k[:, i - 1], C, approx_reduction)
             else:
                 macs += sel_macs(N, C, approx_reduction)
-        if approximator:
+        if approximated[i]:
             macs += app_macs(N - k[:, i], C, approx_reduction)
             dmacs[:, i] -= app_dmacs(N - k[:, i], C, approx_reduction)
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
+
+
+def _per_stage(approximator, S):
+    """``tofe_macs``'s ``approximator``: one bool for every stage, or S of them -> a tuple of S bools."""
+    if isinstance(approximator, (bool, int)):
+        return (bool(approximator),) * S
+    flags = tuple(bool(a) for a in approximator)
+    if len(flags) != S:
+        raise ValueError(f"tofe_macs: approximator must be a bool or {S} bools (one per stage), "
+                         f"got {len(flags)}: {approximator!r}")
+    return flags
 
 
 def _part_costs(parts):
