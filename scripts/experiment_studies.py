@@ -7,7 +7,7 @@ seeds ``SEEDS``), each compared with a control that is already there, tofe's own
                     layouts with k = 2, 4, 6 (first stage at block 3 in all, so the dense floor is equal)
                     against the default 3 6 9 (k = 3), each with the ``mlp`` and the ``deep`` approximator,
                     and the default layout with ``deep``; 50 %
-    evit (2.5)      EViT's differences from tofe, one at a time, 35 %: the budget placed as EViT's fixed
+    evit-diff (2.5) EViT's differences from tofe, one at a time, 35 %: the budget placed as EViT's fixed
                     keep rate places it (``geo``: fixed ratios rho, rho^2, rho^3), no approximator at the
                     last stage (``lastdrop``), the frozen tokens fused into one (``fused``: only once
                     ``minitofe train`` has ``--fuse-frozen``, see ``fuse_frozen_available``)
@@ -63,7 +63,7 @@ STUDIES = {s.name: s for s in (
         Variant("sel-attention", "attention selector", extra=("--selector", "attention")))),
     Study("skip", "2.2", "Skip length", (0.5,), tuple(
         _skip(k, a) for k in (2, 4, 6) for a in ("mlp", "deep")) + (_skip(DEFAULT_SKIP, "deep"),)),
-    Study("evit", "2.5", "EViT's differences, one at a time", (0.35,), (
+    Study("evit-diff", "2.5", "EViT's differences, one at a time", (0.35,), (
         Variant("geo", "fixed keep ratios rho, rho^2, rho^3 (EViT's placement of the budget)",
                 method="tofe-uniform", geometric=True),
         Variant("lastdrop", "no approximator at the last stage", extra=("--last-stage", "drop")),
