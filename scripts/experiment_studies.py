@@ -9,8 +9,9 @@ seeds ``SEEDS``), each compared with a control that is already there, tofe's own
                     and the default layout with ``deep``; 50 %
     evit-diff (2.5) EViT's differences from tofe, one at a time, 35 %: the budget placed as EViT's fixed
                     keep rate places it (``geo``: fixed ratios rho, rho^2, rho^3), no approximator at the
-                    last stage (``lastdrop``), the frozen tokens fused into one (``fused``: only once
-                    ``minitofe train`` has ``--fuse-frozen``, see ``fuse_frozen_available``)
+                    last stage (``lastdrop``), the frozen tokens fused into one (``fused``,
+                    ``--fuse-frozen``; left out, with a note, by a checkout whose ``minitofe train`` lacks
+                    the flag: ``fuse_frozen_available``)
 
 A job is ``study/tofe-<variant>_<pct>_s<seed>``; seed 0 of every variant comes first, so that a partial
 run has one complete row per variant. ``--only`` takes a study's name or a variant's (``--only selector``,

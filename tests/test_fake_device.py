@@ -72,10 +72,11 @@ def test_backend_switch_recognises_the_fake_device():
 
 
 # ---------------------------------------------------------------- the model on the fake device
-@pytest.mark.parametrize("method, inference", [(m, i) for m in METHODS for i in ("topk", "threshold")
-                                              if i == "topk" or m not in FAITHFUL_BASELINES])   # top-K only
-def test_tofe_inference_runs_on_the_device(method, inference):
-    m, images, _ = _model(method, seed=3, inference=inference, threshold=0.45)
+@pytest.mark.parametrize("method, inference, fuse", [(m, i, False) for m in METHODS for i in ("topk", "threshold")
+                                                    if i == "topk" or m not in FAITHFUL_BASELINES]   # top-K only
+                         + [("tofe", "topk", True), ("tofe", "threshold", True)])      # the fused frozen token
+def test_tofe_inference_runs_on_the_device(method, inference, fuse):
+    m, images, _ = _model(method, seed=3, inference=inference, threshold=0.45, fuse_frozen=fuse)
     logits, info = tofe_inference(m.params, images, CFG, m.tofe)
     dlogits, dinfo = tofe_inference(to_device(m.params), to_device(images), CFG, m.tofe,
                                    ops=kernel_ops(True, like=to_device(images)))
@@ -95,9 +96,9 @@ def test_threshold_inference_on_the_device_exercises_the_ragged_path():
     assert any(len(set(counts[:, s])) > 1 for s in range(counts.shape[1]))
 
 
-@pytest.mark.parametrize("method", LEARNED)
-def test_tofe_training_forward_and_backward_run_on_the_device(method):
-    m, images, rng = _model(method, seed=1)
+@pytest.mark.parametrize("method, fuse", [(m, False) for m in LEARNED] + [("tofe", True)])
+def test_tofe_training_forward_and_backward_run_on_the_device(method, fuse):
+    m, images, rng = _model(method, seed=1, fuse_frozen=fuse)
     labels = np.array([0, 3, 1])
     stages = m.tofe.resolved_stages(CFG.depth)
     noise = draw_noise(rng, CFG, m.tofe, 3, np.float64)

@@ -3,7 +3,8 @@ class-token head (kept queries attend only kept keys), so the logits are those o
 the same weights, whatever the frozen tokens hold; the approximator's parameters, MACs and L_approx term
 at that stage are gone, and the budget buys kept tokens with what it saves. Checked in inference and in
 training (finite differences in float64), through saving and loading, and through ``minitofe train``,
-``eval`` and ``predict``."""
+``eval`` and ``predict``. With the fused frozen token the last stage's frozen tokens do reach the class
+token, through it: ``test_tofe_last_stage_fused.py``."""
 import json
 
 import numpy as np
@@ -93,13 +94,13 @@ def test_the_logits_do_not_depend_on_what_the_last_stages_frozen_tokens_hold(mon
     assert ours["frozen"][-1].any()
     original, rng = inference.run_stage, np.random.default_rng(4)
 
-    def noisy(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
+    def noisy(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, keep_prob=None):
         if s < len(STAGES) - 1:
-            return original(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
+            return original(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, keep_prob)
         b, p = np.nonzero(frozen)
         x = x.copy()
         x[b, p + 1] = 100 * rng.standard_normal((len(b), x.shape[-1]))
-        out = original(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
+        out = original(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, keep_prob)
         out[b, p + 1] = 100 * rng.standard_normal((len(b), x.shape[-1]))
         return out
     monkeypatch.setattr(inference, "run_stage", noisy)

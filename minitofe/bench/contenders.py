@@ -6,6 +6,7 @@ from fixed seeds, so every contender of a section gets the same work. Random wei
 import numpy as np
 
 from .. import kernels
+from ..kernels.packed import freeze
 from ..config import get_config
 from ..nn.params import init_params
 from ..tofe.config import ToFeConfig
@@ -78,7 +79,7 @@ def _dense(contender, quick):
         return {f"batch{B}": (lambda xt=torch.from_numpy(images(B)): timm_call(xt))
                 for B in batches("dense", quick)}
     cfg = get_config(name)
-    params = init_params(cfg, np.random.default_rng(0), np.float32)
+    params = freeze(init_params(cfg, np.random.default_rng(0), np.float32))     # as the CLI's inference
     dense = ToFeConfig(method="dense")
     fast = contender == "fast"
     ops = kernels.ops(fast, like=images(1))                      # None: the reference
@@ -95,6 +96,7 @@ def _tofe(contender, quick):
     rng = np.random.default_rng(0)
     params = init_params(cfg, rng, np.float32)
     params.update(init_tofe_params(cfg, tcfg, rng, np.float32))
+    freeze(params)
     _, ratios = tofe_plan(quick)[contender]
     use = ToFeConfig(method="dense") if ratios is None else tcfg
     ops = kernels.ops(True, like=images(1))

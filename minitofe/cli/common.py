@@ -18,16 +18,19 @@ def load_for_inference(weights=None, random_fallback=False, model=None, heads=No
     weights when none are found, said in the source text). ``model`` / ``heads``: the preset name or head
     count a timm file (.safetensors / .pth) needs."""
     import minitofe
+    from ..kernels.packed import freeze
     if weights:
         loaded = minitofe.load_model(weights, model=model, num_heads=heads)
         if not loaded.cfg.num_classes:
             raise ValueError(f"{weights}: a backbone without classifier head (num_classes=0); this command "
                              f"classifies images (features in Python: minitofe.nn.vit.vit_forward_features)")
+        freeze(loaded.params)          # inference only: the fast path may keep its weights transposed
         return loaded, str(weights), str(weights)
     try:
         loaded, source = minitofe.load_shipped(method=None, random_fallback=random_fallback)
     except ValueError as e:
         raise ValueError(f"{e}; pass --weights FILE") from None
+    freeze(loaded.params)
     return loaded, source, shipped_name()
 
 

@@ -198,10 +198,14 @@ def run_eval(args):
     res.update(weights=source, method=method, backbone=backbone_text(model, name, method), budget=args.budget,
                note=note, macs_g=res["macs"] / 1e9,
                split=args.split if args.data == "fashion-mnist" else str(args.data))
+    fused = model.tofe.replace(method=method).fuses_frozen
+    if fused:
+        res["fuse_frozen"] = True                  # the method runs with the fused frozen token
     if args.json:
         print(json.dumps(res))
         return 0
-    print(f"{source} [{method}]: top-1 {100 * res['top1']:.2f} % on {plural(res['n'], 'image')}, "
+    print(f"{source} [{method}{', fused frozen token' if fused else ''}]: top-1 {100 * res['top1']:.2f} % "
+          f"on {plural(res['n'], 'image')}, "
           f"{res['macs_g']:.3f} G MACs ({100 * res['macs_ratio']:.1f} % of dense), keep ratios "
           f"{[round(r, 3) for r in res['keep_ratios']]}, {res['img_per_s']:.1f} img/s")
     if method == "dense":

@@ -52,8 +52,11 @@ def add_train(sub):
         choices=list(SELECTORS))
     opt("--approximator", "ToFe's approximator kind", choices=list(APPROXIMATORS))
     opt("--last-stage", "the last stage's frozen tokens: 'approximate' them, or 'drop' its approximator (no "
-                        "parameters, MACs or approximation loss there: they cannot reach the class token)",
+                        "parameters, MACs or approximation loss there: its output reaches no logit)",
         choices=list(LAST_STAGE))
+    opt("--fuse-frozen", "fuse each stage's frozen tokens into one extra token that joins the kept ones in "
+                         "the stage's blocks (EViT's fusion on ToFe; docs/method.md, \"Fused frozen "
+                         "token\"); tofe, tofe-identity, tofe-uniform", action=argparse.BooleanOptionalAction)
     opt("--tau", "Gumbel-Softmax temperature (at the start, when --tau-end is given)", type=float)
     opt("--tau-end", "anneal the temperature to this by the last step (cosine); None: constant", type=float)
     opt("--limit", "use the first N training images only", type=int)
@@ -127,7 +130,7 @@ def run_train(args):
     tkw = dict(method=o["method"], target_ratio=o["budget"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
                label_smoothing=o["label_smoothing"], approx_reduction=o["approx_reduction"], tau=o["tau"],
                tau_end=o["tau_end"], selector=o["selector"], approximator=o["approximator"],
-               last_stage=o["last_stage"])
+               last_stage=o["last_stage"], fuse_frozen=o["fuse_frozen"])
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     if o["stages"]:
@@ -137,6 +140,11 @@ def run_train(args):
                              f"give as many --keep-ratios (the default has "
                              f"{len(minitofe.ToFeConfig().keep_ratios)})")
     tcfg = minitofe.ToFeConfig(**tkw)
+    if tcfg.fuse_frozen and not tcfg.fuses_frozen:
+        from ..methods import entries
+        fusing = [m.name for m in entries() if m.learned_selector and m.reuses]
+        raise ValueError(f"--fuse-frozen fuses the tokens a learned selector freezes and can reuse "
+                         f"({', '.join(fusing)}); method {tcfg.method!r} does not freeze tokens that way")
     teacher, teacher_line = start_teacher(base, o, dtype)    # train() keeps its own read-only copy of it
     modules, ratios, modules_line = start_modules(base, tcfg, dict(o, fresh_modules=o["fresh_modules"] or
                                                                    resuming), dtype)

@@ -50,6 +50,12 @@ def check_modules_fit(base, tcfg, theirs, init):
         raise ValueError(f"{init}: its ToFe modules were trained with --last-stage {theirs_last}, these "
                          f"options ask for {tcfg.last_stage}: pass --last-stage {theirs_last} to continue "
                          f"them, or {FRESH}")
+    if base.tofe.fuses_frozen != tcfg.fuses_frozen:
+        how = "with" if base.tofe.fuses_frozen else "without"
+        flag = "--fuse-frozen" if base.tofe.fuses_frozen else "--no-fuse-frozen"
+        raise ValueError(f"{init}: its ToFe modules were trained {how} the fused frozen token, these "
+                         f"options ask for {'it' if tcfg.fuses_frozen else 'none'}: pass {flag} to continue "
+                         f"them, or {FRESH}")
     want = param_shapes(base.cfg, tcfg)
     for key in sorted(set(want) | set(theirs)):
         have = tuple(theirs[key].shape) if key in theirs else None

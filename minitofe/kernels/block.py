@@ -25,6 +25,7 @@ import numpy as np
 from .attention import attend_
 from .layers import (INV_SQRT2, INV_SQRT_2PI, add_bias_, bias_gelu_, bias_gelu_keep_, gelu_backward_,
                      layernorm_, layernorm_backward, layernorm_forward, residual_, residual_layernorm_)
+from .packed import weight_t
 from .softmax import masked_softmax_, masked_softmax_backward_, softmax_, softmax_backward_
 from .threads import ROW_COST, for_rows, gemm_threads, sized_blas, use_threads
 from ..config import LN_EPS
@@ -86,7 +87,7 @@ def _heads(qkv, B, n, H):
 def _linear_(a, w, out):
     """out (M, K) <- a (M, C) @ w.T for w (K, C), on as many BLAS threads as the size is worth."""
     use_threads(gemm_threads(a.shape[0], w.shape[0], a.shape[1]))
-    np.matmul(a, w.T, out=out)
+    np.matmul(a, weight_t(w), out=out)
 
 
 def _add_bias_(y, bias):

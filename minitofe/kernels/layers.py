@@ -16,6 +16,7 @@ DeiT-S batch 1 on one busy thread). The backward kernels keep ``prange``.
 import numpy as np
 
 from .mathf import INV_SQRT2, INV_SQRT_2PI, erf, exp, jit, pjit, prange
+from .packed import weight_t
 from .threads import ROW_COST, for_rows, gemm_threads, use_threads
 from ..config import LN_EPS
 
@@ -192,7 +193,7 @@ def linear_forward(x, w, b=None):
     x2 = _rows(x)
     y = np.empty((x2.shape[0], w.shape[0]), dtype=np.result_type(x, w))
     use_threads(gemm_threads(x2.shape[0], w.shape[0], x2.shape[1]))
-    np.matmul(x2, w.T, out=y)
+    np.matmul(x2, weight_t(w), out=y)
     if b is not None:
         for_rows(y.shape[0], ROW_COST * y.shape[1], lambda i, j: add_bias_(y[i:j], b))
     return y.reshape(x.shape[:-1] + (w.shape[0],)), (x, w, b is not None)

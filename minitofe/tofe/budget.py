@@ -14,14 +14,24 @@ from .macs import dense_macs, tofe_macs
 from .parts import approximator_of, selector_of
 
 
-def method_macs(cfg, tcfg, stages, kept, selector=True):
-    """``macs.tofe_macs`` of method ``tcfg`` with its ``stages`` for kept token counts ``kept`` ((B, S) or
-    (S,), prefix tokens included): its selector and approximator kinds, the stages that have an
-    approximator (``ToFeConfig.approximated_stages``), dropped or frozen tokens. ``selector``: count the
-    learned selector (False when a caller's scorer replaces it). Returns (macs, dmacs_dkept)."""
-    return tofe_macs(cfg, stages, kept, selector=selector,
+def method_macs(cfg, tcfg, stages, kept, fused=None, scorer=None):
+    """``macs.tofe_macs`` of ToFe method ``tcfg`` with its ``stages``, the one call every MACs count of a
+    method makes: its selector and approximator kinds, the stages that have an approximator
+    (``ToFeConfig.approximated_stages``: not the last under ``last_stage="drop"``), its drop rule. kept:
+    (B, S) or (S,) token counts per stage, prefix included; ``fused`` (``fused_tokens``): the fused frozen
+    token per stage, or None; ``scorer``: a training-free scorer replaces the learned selector (its own
+    MACs are the caller's to add) -> (macs, dmacs_dkept)."""
+    return tofe_macs(cfg, stages, kept, selector=scorer is None,
                      approximator=tcfg.approximated_stages(cfg.depth), approx_reduction=tcfg.approx_reduction,
-                     drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)))
+                     drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)),
+                     fused=fused)
+
+
+def fused_tokens(tcfg, froze):
+    """The fused frozen tokens the stages' blocks run on besides the kept ones (``tofe_macs``'s
+    ``fused``): ``froze`` (B, S) or (S,) bool, the stage froze a patch of the image, when
+    ``tcfg.fuses_frozen``; else None."""
+    return froze if tcfg.fuses_frozen else None
 
 
 def topk_macs(cfg, tcfg, ratios, scorer=None):
@@ -34,7 +44,7 @@ def topk_macs(cfg, tcfg, ratios, scorer=None):
         for s in range(1, len(counts)):
             counts[s] = min(counts[s], counts[s - 1])
     kept = np.asarray(counts, dtype=np.float64) + T
-    macs, _ = method_macs(cfg, tcfg, stages, kept, selector=scorer is None)
+    macs, _ = method_macs(cfg, tcfg, stages, kept, fused_tokens(tcfg, [n < P for n in counts]), scorer)
     if scorer is not None:
         alive = [P] + counts[:-1] if not tcfg.reuses_tokens else [P] * len(counts)
         macs += sum(scorer.macs(n + T, cfg.embed_dim) for n in alive if n > 0)

@@ -13,7 +13,7 @@ each stage's kept count, which the straight-through mask passes to every patch o
 from typing import NamedTuple
 
 from .losses import flops_loss_backward, flops_loss_forward
-from .budget import method_macs
+from .budget import fused_tokens, method_macs
 from .macs import dense_macs
 from ..backend import get_xp
 
@@ -28,8 +28,10 @@ def budget_loss_forward(masks, cfg, tcfg, stages):
     """masks: S arrays (B, N) (prefix tokens 1) -> loss (float), macs (B,), macs_ratio (B,),
     keep_frac (B, S) fraction of patches kept, cache."""
     T, P = cfg.num_prefix_tokens, cfg.num_patches
-    kept = get_xp(masks[0]).stack([m.sum(axis=1) for m in masks], axis=1)              # (B, S), incl. T
-    macs, dmacs = method_macs(cfg, tcfg, stages, kept)
+    xp = get_xp(masks[0])
+    kept = xp.stack([m.sum(axis=1) for m in masks], axis=1)                            # (B, S), incl. T
+    froze = xp.stack([(m[:, T:] < 0.5).any(axis=1) for m in masks], axis=1)            # (B, S) constant
+    macs, dmacs = method_macs(cfg, tcfg, stages, kept, fused_tokens(tcfg, froze))
     dense = dense_macs(cfg)
     keep_frac = (kept - T) / P                                                         # (B, S)
     if tcfg.method == "tofe-uniform":

@@ -88,8 +88,13 @@ class ToFeConfig:
     selector: str = "mlp"             # token selector kind: "mlp" (the paper's), "linear", "attention"
     approximator: str = "mlp"         # approximator kind: "mlp" (the paper's), "deep"
     # the last stage's frozen tokens: "approximate" (the paper's) or "drop": no approximator there [ours];
-    # they cannot reach a class-token head (kept queries attend only kept keys)
+    # its output cannot reach a class-token head (kept queries attend only kept keys; a fused frozen
+    # token is made from the stage's input)
     last_stage: str = "approximate"
+    # [ours] the frozen patches fused into one extra token that joins the kept ones in each stage's blocks
+    # (EViT's fusion on ToFe: ``tofe/fuse.py``); read by methods whose learned selector freezes and
+    # reuses tokens (``fuses_frozen``), ignored by the others; files saved before it load with False
+    fuse_frozen: bool = False
 
     def __post_init__(self):
         def bad(msg):
@@ -147,8 +152,9 @@ class ToFeConfig:
                 raise TypeError(f"ToFeConfig: {name} must be a number or None, got {v!r}")
             if v is not None and not 0.0 < v <= 1.0:
                 bad(f"{name} must lie in (0, 1] (or be None), got {v}")
-        if not isinstance(self.evit_fuse, bool):
-            raise TypeError(f"ToFeConfig: evit_fuse must be True or False, got {self.evit_fuse!r}")
+        for name in ("evit_fuse", "fuse_frozen"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"ToFeConfig: {name} must be True or False, got {getattr(self, name)!r}")
         for name in ("evit_warmup", "evit_anneal"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 bad(f"{name} must lie in [0, 1] (a fraction of the training steps), "
@@ -192,6 +198,12 @@ class ToFeConfig:
     @property
     def reuses_tokens(self):
         return method_of(self.method).reuses
+
+    @property
+    def fuses_frozen(self):
+        """``fuse_frozen`` as the method reads it: on for a learned selector that freezes and reuses
+        tokens (tofe, tofe-identity, tofe-uniform), off for every other method."""
+        return self.fuse_frozen and self.learned_selector and self.reuses_tokens
 
     @property
     def trainable(self):

@@ -7,6 +7,8 @@ unchanged (``tofe-identity``), or are dropped for good (``tofe-cumulative``: the
 again). A caller may score with its own ``scoring.Scorer`` instead of the learned selector (the
 training-free methods of ``minitofe.methods`` do). ``topk`` keeps the same K = round(rho_i * P) in every
 image; ``threshold`` keeps ``keep_prob > threshold`` per image and runs the blocks on a packed ragged batch.
+With ``fuse_frozen`` the frozen patches of each image are fused into one token that runs with its kept
+ones and is dropped after the stage's blocks (``fuse.py``).
 
 Returns the logits and a record per stage of which patches were kept, frozen and reused (frozen at an
 earlier stage, kept now; ``record.record_stage``, shared with training), with the realised MACs per
@@ -15,10 +17,11 @@ image (``macs.tofe_macs``). ``tofe_inference`` reads embed -> dense blocks -> pe
 """
 import numpy as np
 
+from .budget import fused_tokens, method_macs
 from .config import is_sequence
+from .fuse import with_fused_token
 from .params import check_tofe_params
 from .parts import approximator_of
-from .budget import method_macs
 from .macs import dense_macs
 from .ops import resolve
 from .record import new_record, record_stage
@@ -74,7 +77,7 @@ def tofe_inference(params, images, cfg, tcfg, keep_ratios=None, kept_masks=None,
         scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", alive, ops, scorer)
         kept = decide(scores, s, alive, ratios, kept_masks, tcfg, scorer is None)      # (B, P) bool
         frozen, ever_frozen = record_stage(info, kept, drop, ever_frozen)
-        x = run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops)
+        x = run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, scores)
         info["dropped"].append(to_numpy(~kept) if alive is not None else np.zeros((B, P), bool))
         info["keep_prob"].append(to_numpy(scores))
         info["stage_outputs"].append(x)
@@ -101,22 +104,29 @@ def decide(scores, s, alive, ratios, kept_masks, tcfg, learned=True):
     return topk_mask(scores, int(round(ratios[s] * P)), alive)
 
 
-def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops):
+def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, keep_prob=None):
     """Stage s on x (B, N, C): the keep path runs the blocks (lo, hi) on the prefix and kept tokens only
     (gathered when every image keeps as many, else packed into one ragged batch) and writes them back;
-    the freeze path puts the frozen tokens through the approximator (or leaves them) -> x_out (B, N, C)."""
-    xp, T = get_xp(x), cfg.num_prefix_tokens
+    the freeze path puts the frozen tokens through the approximator (or leaves them) -> x_out (B, N, C).
+    ``keep_prob`` (B, P): the selector's, to weight the fused frozen token (``tcfg.fuses_frozen``)."""
+    xp, T, N = get_xp(x), cfg.num_prefix_tokens, x.shape[1]
     token_mask = xp.concatenate([xp.ones((x.shape[0], T), dtype=bool), kept], axis=1)     # (B, N)
-    counts = kept.sum(axis=1)
+    x_in = x
+    if tcfg.fuses_frozen:                                   # token N: the fused frozen patches, if any
+        x_in, token_mask = with_fused_token(x, token_mask, frozen, keep_prob, T)       # (B, N + 1, ...)
+    counts = token_mask.sum(axis=1)
     if bool((counts == counts[0]).all()):
-        idx = mask_to_indices(token_mask)                                              # (B, T + K)
-        x_out = ops.scatter_tokens(x, ops.run_blocks(ops.gather_tokens(x, idx), params, cfg, *blocks), idx)
+        idx = mask_to_indices(token_mask)                                              # (B, T + K [+ 1])
+        h = ops.run_blocks(ops.gather_tokens(x_in, idx), params, cfg, *blocks)
+        x_out = ops.scatter_tokens(x_in, h, idx)
     else:                                                             # ragged: pack real tokens only
         idx_list = ragged_indices(token_mask)
-        h, offsets = ops.pack_rows(x, idx_list)
+        h, offsets = ops.pack_rows(x_in, idx_list)
         for j in range(*blocks):
             h = ops.ragged_block_forward(h, offsets, params, f"blocks.{j}.", cfg.num_heads)
-        x_out = ops.unpack_rows(x, h, idx_list, offsets)
+        x_out = ops.unpack_rows(x_in, h, idx_list, offsets)
+    if x_out.shape[1] > N:                                  # the fused token is dropped after the blocks
+        x_out = xp.ascontiguousarray(x_out[:, :N])
     if tcfg.approximated_stages(cfg.depth)[s] and bool(frozen.any()):
         rows = xp.nonzero(frozen)
         a, _ = approximator_of(tcfg).forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
@@ -145,7 +155,8 @@ def realised_macs(cfg, tcfg, stages, kept_counts, candidates, scorer=None):
     ``scorer``: the caller's ``scoring.Scorer`` (its MACs), None: the learned selector."""
     T = cfg.num_prefix_tokens
     kept = kept_counts.astype(np.float64) + T
-    macs, _ = method_macs(cfg, tcfg, stages, kept, selector=scorer is None)
+    fused = fused_tokens(tcfg, kept_counts < cfg.num_patches)      # (B, S) an image that froze a patch
+    macs, _ = method_macs(cfg, tcfg, stages, kept, fused, scorer)
     if scorer is not None:                                    # the caller's scorer, on every candidate
         for n in candidates:                                  # nothing is scored once no patch is left
             n = np.asarray(n, dtype=np.float64)

@@ -17,6 +17,9 @@ are exact for the matmuls minitofe's code runs (a test counts them independently
                           MLP on the n' it keeps (2 mlp_ratio n' C^2): the class attention it ranks by is
                           the block's own, so EViT has no scorer cost; the fused token is a weighted sum,
                           O(nC), not counted, and it counts as a token in every later block
+    ToFe's fused frozen   option ``fuse_frozen``: a stage that froze a patch runs its blocks on the kept
+    token                 tokens and one fused token, n + 1; the weighted sum that makes it is O(NC), not
+                          counted (as EViT's)
     patch embedding       P C (in_chans p^2);   head  C num_classes (twice when distilled)
 
 ``tofe_macs`` takes the kept token counts per stage as FLOATS (from a straight-through mask sum), so the
@@ -80,7 +83,7 @@ def dense_macs(cfg):
 
 
 def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_reduction=4, drop=False,
-              predictor=False, reduce_in_block=False, parts=None):
+              predictor=False, reduce_in_block=False, parts=None, fused=None):
     """Per-image MACs of a reduced ViT and their derivative with respect to ``kept``.
 
     cfg: ViTConfig; stages: S increasing block indices; kept: (B, S) or (S,) float token counts per stage
@@ -93,23 +96,18 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     then kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens
     it receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
     (``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
-    here. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
+    here. fused (ToFe's ``fuse_frozen``): (B, S) / (S,) 0 / 1, 1 where stage i froze a patch: its blocks
+    run on kept[:, i] + 1 tokens (a constant: d/dkept at that count); it does not change what the
+    approximators count. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     """
     xp = get_xp(kept)
-    kept = xp.asarray(kept)
-    if kept.dtype.kind != "f":
-        kept = kept.astype(xp.float64)
-    stages = tuple(int(s) for s in stages)
+    kept, stages = _checked(xp, kept, stages, cfg.depth)
     S, depth, N = len(stages), cfg.depth, cfg.num_tokens
-    if kept.ndim not in (1, 2) or kept.shape[-1] != S:
-        raise ValueError(f"tofe_macs: kept must be (B, {S}) or ({S},) for stages {stages}, "
-                         f"got shape {tuple(kept.shape)}")
-    if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
-        raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
     sel_macs, sel_dmacs, app_macs, app_dmacs = _part_costs(parts)
     approximated = _per_stage(approximator, S)
     single = kept.ndim == 1
     k = kept[None] if single else kept                                  # (B, S)
+    extra = _fused_counts(xp, fused, k, reduce_in_block)                # (B, S) tokens besides the kept
     C, mr = cfg.embed_dim, cfg.mlp_ratio
     ends = stages[1:] + (depth,)
     macs = xp.full(k.shape[:1], float(patch_embed_macs(cfg) + head_macs(cfg)
@@ -120,8 +118,8 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
         if reduce_in_block:
             _reduction_block(macs, dmacs, k, i, N, C, mr)
             nb -= 1
-        macs += nb * block_macs(k[:, i], C, mr)
-        dmacs[:, i] += nb * _dblock_macs_dn(k[:, i], C, mr)
+        macs += nb * block_macs(k[:, i] + extra[:, i], C, mr)
+        dmacs[:, i] += nb * _dblock_macs_dn(k[:, i] + extra[:, i], C, mr)
         if predictor:
             alive = k[:, i - 1] - cfg.num_prefix_tokens if i > 0 else cfg.num_patches
             macs += predictor_macs(alive, C)
@@ -141,6 +139,21 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
 
 
+def _checked(xp, kept, stages, depth):
+    """``tofe_macs``'s kept counts (as floats) and stages (as ints), or a ValueError naming the misfit."""
+    kept = xp.asarray(kept)
+    if kept.dtype.kind != "f":
+        kept = kept.astype(xp.float64)
+    stages = tuple(int(s) for s in stages)
+    S = len(stages)
+    if kept.ndim not in (1, 2) or kept.shape[-1] != S:
+        raise ValueError(f"tofe_macs: kept must be (B, {S}) or ({S},) for stages {stages}, "
+                         f"got shape {tuple(kept.shape)}")
+    if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
+    return kept, stages
+
+
 def _per_stage(approximator, S):
     """``tofe_macs``'s ``approximator``: one bool for every stage, or S of them -> a tuple of S bools."""
     if isinstance(approximator, (bool, int)):
@@ -150,6 +163,22 @@ def _per_stage(approximator, S):
         raise ValueError(f"tofe_macs: approximator must be a bool or {S} bools (one per stage), "
                          f"got {len(flags)}: {approximator!r}")
     return flags
+
+
+def _fused_counts(xp, fused, k, reduce_in_block):
+    """``fused`` as (B, S) floats of k's dtype (zeros when None); checked against k's shape."""
+    if fused is None:
+        return xp.zeros_like(k)
+    if reduce_in_block:
+        raise ValueError("tofe_macs: fused (ToFe's fused frozen token) and reduce_in_block (EViT's own "
+                         "fusion) do not go together")
+    extra = xp.asarray(fused).astype(k.dtype)
+    if extra.ndim == 1:
+        extra = extra[None]
+    if extra.shape[-1] != k.shape[-1] or extra.shape[0] not in (1, k.shape[0]):
+        raise ValueError(f"tofe_macs: fused must have the shape of kept {tuple(k.shape)}, got "
+                         f"{tuple(xp.asarray(fused).shape)}")
+    return xp.broadcast_to(extra, k.shape)
 
 
 def _part_costs(parts):

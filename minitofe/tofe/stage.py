@@ -8,12 +8,15 @@
     mix:     x_out = m * h + (1 - m) * a
 
 All N tokens run through the blocks; the key mask makes kept queries attend only kept keys, so a frozen
-token never influences a kept one. The stage backward runs the pairs in reverse: mix, keep, freeze,
-select. ``m`` is the hard straight-through decision (``hard=False``: the soft sample, smooth for finite
-differences); the mask gets gradient from the mix, from every masked block and from the budget loss.
+token never influences a kept one (with ``fuse_frozen``, only through their fused token N, which joins
+the keep path and is dropped after it: ``fuse.py``). The stage backward runs the pairs in reverse: mix,
+keep, freeze, select. ``m`` is the hard straight-through decision (``hard=False``: the soft sample,
+smooth for finite differences); the mask gets gradient from the mix, from every masked block and from
+the budget loss (and, with the fused token, from its weights).
 """
 from typing import Callable, NamedTuple
 
+from .fuse import append_fused_backward, append_fused_forward
 from .gumbel import gumbel_softmax_backward, gumbel_softmax_forward
 from .losses import approx_loss_backward, approx_loss_forward
 from .parts import approximator_of, selector_of
@@ -44,6 +47,7 @@ class StageCache(NamedTuple):
     c_select: SelectCache
     c_blocks: list        # one block cache per block of the stage, in forward order
     c_freeze: FreezeCache
+    c_fuse: tuple = None  # the fused token's cache (``fuse.append_fused_forward``); None without it
 
 
 def select_forward(x, m_prev, params, s, T, noise, tau, hard, drop, selector):
@@ -59,8 +63,9 @@ def select_forward(x, m_prev, params, s, T, noise, tau, hard, drop, selector):
     return sel_logits, m_patch, cache
 
 
-def select_backward(dm_patch, cache):
-    """dm_patch: (B, P) -> dx (B, N, C), grads, dm_prev (B, P) (0.0 unless drop)."""
+def select_backward(dm_patch, cache, dsel_logits=None):
+    """dm_patch: (B, P) -> dx (B, N, C), grads, dm_prev (B, P) (0.0 unless drop). ``dsel_logits``:
+    (B, N, 2) a gradient the logits receive besides the decision's (the fused token's weights)."""
     xp, T = get_xp(dm_patch), cache.num_prefix
     dm_prev = 0.0
     if cache.m_prev is not None:                       # m_patch = keep_value * m_prev
@@ -71,6 +76,8 @@ def select_backward(dm_patch, cache):
     B, P = dm_patch.shape
     dsel = xp.zeros((B, T + P, 2), dtype=dm_patch.dtype)                           # (B, N, 2)
     dsel[:, T:] = gumbel_softmax_backward(dy, cache.c_gumbel)
+    if dsel_logits is not None:
+        dsel = dsel + dsel_logits
     dx, grads = cache.sel_backward(dsel, cache.c_sel)
     return dx, grads, dm_prev
 
@@ -140,20 +147,32 @@ def stage_train_forward(x, m_prev, params, cfg, tcfg, s, blocks, noise, tau, har
                                                    not tcfg.reuses_tokens, selector_of(tcfg))
     xp = get_xp(x)
     m = xp.concatenate([xp.ones((x.shape[0], T), dtype=x.dtype), m_patch], axis=1)     # (B, N)
-    h, c_blocks = keep_path_forward(x, m, params, blocks, cfg.num_heads, block_fwd)
+    x_in, m_in, c_fuse = x, m, None
+    if tcfg.fuses_frozen:                                   # the frozen patches' fused token as token N
+        x_in, m_in, c_fuse = append_fused_forward(x, m, sel_logits, T)               # (B, N + 1, ...)
+    h, c_blocks = keep_path_forward(x_in, m_in, params, blocks, cfg.num_heads, block_fwd)
+    h = h[:, :x.shape[1]]                                   # the fused token is dropped at the stage's end
     approximate = tcfg.approximated_stages(cfg.depth)[s]
     a, term, c_freeze = freeze_path_forward(x, m_patch, params, s, tcfg, approximate, teacher_tokens, T)
-    return mix_forward(h, a, m), m, sel_logits, term, StageCache(h, a, m, c_select, c_blocks, c_freeze)
+    return mix_forward(h, a, m), m, sel_logits, term, StageCache(h, a, m, c_select, c_blocks, c_freeze,
+                                                                 c_fuse)
 
 
 def stage_train_backward(dx_out, dm_budget, dm_next, cache, block_bwd):
     """dx_out: (B, N, C); dm_budget: (B,) the budget loss's gradient per kept patch; dm_next: (B, P) the
     next stage's gradient into this decision (drop methods; else 0.0) -> dx, grads, dm_prev."""
     dh, da, dm = mix_backward(dx_out, cache.h, cache.a, cache.m)
+    dsel_logits = None
+    if cache.c_fuse is not None:                            # the fused token: no gradient from outside
+        xp = get_xp(dh)
+        dh = xp.concatenate([dh, xp.zeros_like(dh[:, :1])], axis=1)                 # (B, N + 1, C)
+        dm = xp.concatenate([dm, xp.zeros_like(dm[:, :1])], axis=1)                 # (B, N + 1)
     dh, grads, dm = keep_path_backward(dh, dm, cache.c_blocks, block_bwd)
+    if cache.c_fuse is not None:
+        dh, dm, dsel_logits = append_fused_backward(dh, dm, cache.c_fuse)
     da, g = freeze_path_backward(da, cache.c_freeze)
     grads.update(g)
     dm_patch = dm[:, cache.c_select.num_prefix:] + dm_budget[:, None] + dm_next            # (B, P)
-    dxs, g, dm_prev = select_backward(dm_patch, cache.c_select)
+    dxs, g, dm_prev = select_backward(dm_patch, cache.c_select, dsel_logits)
     grads.update(g)
     return dh + da + dxs, grads, dm_prev

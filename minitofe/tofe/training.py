@@ -17,8 +17,9 @@ used with the identity approximator (it would have no parameters to train and wo
 *input* toward the teacher's stage *output*) [ours]. ``tofe-cumulative`` multiplies each stage's decision
 by the previous one (a dropped token never returns) and carries dropped tokens unchanged (they are masked
 out of all later attention). ``tofe-uniform`` replaces the MACs budget by a per-stage keep-ratio penalty
-``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. The baselines have training
-forwards of their own (``minitofe.methods``).
+``lam * sum_i (mean keep_i - rho_i)^2`` toward the fixed equal ratios. With ``fuse_frozen`` each stage's
+blocks also run on the fused frozen token, and the budget counts it (``fuse.py``). The baselines have
+training forwards of their own (``minitofe.methods``).
 
 This module reads as the paper's figure, embed -> dense blocks -> stages -> head -> losses, forward and
 back; the pieces are pairs of their own: one stage (select -> keep path -> freeze path -> mix) in

@@ -104,7 +104,7 @@ def freeze_path_logits(model, images, keep_ratios=None, ops=None):
         for s, blocks in enumerate(stage_ranges(cfg, stages)):
             scores = stage_scores(x, params, cfg, tcfg, s, f"blocks.{blocks[0]}.", None)     # (B, P)
             kept = decide(scores, s, None, ratios, None, tcfg)
-            out = run_stage(x, kept, ~kept, params, cfg, run_tcfg, s, blocks, ops)
+            out = run_stage(x, kept, ~kept, params, cfg, run_tcfg, s, blocks, ops, scores)
             if path == "oracle":                 # frozen tokens: what the blocks make of every token
                 every = ops.run_blocks(x, params, cfg, *blocks)
                 b, q = get_xp(x).nonzero(~kept)

@@ -33,6 +33,9 @@ def traced_forward(model, images, keep_ratios=None, freeze="approximator", kept_
     if freeze not in ("approximator", "identity"):
         raise ValueError(f"freeze must be 'approximator' or 'identity', got {freeze!r}")
     cfg, tcfg, params = model.cfg, model.tofe, model.params
+    if tcfg.fuses_frozen:
+        raise ValueError("traced_forward re-runs plain ToFe inference; this model fuses its frozen tokens "
+                         "(fuse_frozen), which the trace does not follow")
     stages, T = tcfg.resolved_stages(cfg.depth), cfg.num_prefix_tokens
     learned = model.learned_keep_ratios if tcfg.learned_ratios else None
     ratios = resolve_keep_ratios(tcfg, keep_ratios, learned)

@@ -194,6 +194,9 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
     if tcfg.last_stage != "approximate":
         raise ValueError(f"golden bundles trace an approximator at every stage, not last_stage="
                          f"{tcfg.last_stage!r}")
+    if tcfg.fuses_frozen:
+        raise ValueError("golden bundles trace ToFe without the fused frozen token; this model has "
+                         "fuse_frozen=True")
     dtype = images.dtype if hasattr(images, "dtype") else None
     rec = Record()
     if mode == "train":
