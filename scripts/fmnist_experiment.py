@@ -1,8 +1,9 @@
 """The Fashion-MNIST experiment, from the backbone to the table and the curves, in one resumable command.
 
     python scripts/fmnist_experiment.py status              # what is done, what runs, what is left
-    python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|remedy|all] [--only M ...]
+    python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|remedy|study|all] [--only M ...]
                                             [--seeds 0 ...] [--engine dask --scheduler tcp://HOST:8786]
+    python scripts/fmnist_experiment.py budget [--phase P] [--only M ...] [--jobs N]   # what is left, in hours
     python scripts/fmnist_experiment.py report              # test-set evaluations, table, pictures
     python scripts/fmnist_experiment.py records [--against RUN_DIR]   # every run's record (results/fmnist/)
 
@@ -27,9 +28,17 @@ their last checkpoint):
 4. ``remedy`` — tofe with each of ``REMEDIES`` (a change aimed at where ToFe falls short), seed 0, at 50 %
    and 35 % MACs with tofe's recipe, scored on the validation split against tofe's seed-0 final runs
    (``RUN_DIR/remedy.json``); a remedy kept there (above tofe) then gets seeds 1 and 2 at that budget.
-5. ``report`` — only now the test set: every final model at its budget, the seed-0 models and the
+5. ``study`` — the studies of ``experiment_studies.py`` (tofe changed in one thing at a time: the selector
+   kind, how many blocks frozen tokens skip, EViT's differences), trained as the final runs are, each
+   against tofe's own final runs; ``--only`` takes a study's or a variant's name (``--only selector``).
+6. ``report`` — only now the test set: every final model at its budget, the seed-0 models and the
    training-free baselines at budgets 0.3 ... 1.0 (the curves), the learned keep ratios per stage, the
-   per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs).
+   per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs), and the studies'
+   tables and figure (``report_studies.py``: ``studies.md``, ``studies.json``, ``skip.png``).
+
+``budget`` prints, per phase and study, the runs left and their estimated core-hours and wall hours at
+``--jobs N`` (``experiment_budget.py``: the median wall time of finished runs of the same kind in
+``RUN_DIR/times.json``, else stated defaults).
 
 Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time on
 this machine, or one task each on the workers of a Dask cluster (``--engine dask``: docs/cluster.md;
@@ -49,6 +58,7 @@ import subprocess
 import sys
 
 import experiment_runners as runners
+import experiment_studies as studies
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MODEL = "vit_fmnist_patch4_28"
@@ -113,12 +123,52 @@ def backbone_cfg():
     return minitofe.load_model(BACKBONE_NPZ).cfg if BACKBONE_NPZ.is_file() else get_config(MODEL)
 
 
-def uniform_ratios(budget):
-    """Equal keep ratios for every stage that meet ``budget`` (the tofe-uniform ablation)."""
+def _fixed_ratio_config(**tofe):
+    """The backbone's ViTConfig and a ``tofe-uniform`` ToFeConfig with ``tofe``'s fields (``stages``:
+    as many starting keep ratios)."""
+    from minitofe.tofe.config import ToFeConfig, default_stages
+    cfg = backbone_cfg()
+    stages = tofe.get("stages") or default_stages(cfg.depth)
+    return cfg, ToFeConfig(method="tofe-uniform", keep_ratios=(1.0,) * len(stages), **tofe)
+
+
+def uniform_ratios(budget, **tofe):
+    """Equal keep ratios for every stage that meet ``budget`` (the tofe-uniform ablation); ``tofe``:
+    ToFeConfig fields of the model they are for (``stages``, ``approximator``)."""
     from minitofe.tofe.budget import ratios_for_budget
-    from minitofe.tofe.config import ToFeConfig
-    cfg, tcfg = backbone_cfg(), ToFeConfig(method="tofe-uniform")
-    return ratios_for_budget(cfg, tcfg, budget, (1.0,) * len(tcfg.resolved_stages(cfg.depth)))
+    cfg, tcfg = _fixed_ratio_config(**tofe)
+    return ratios_for_budget(cfg, tcfg, budget, tcfg.keep_ratios)
+
+
+def geometric_rho(budget, iters=60, **tofe):
+    """The largest rho whose fixed keep ratios rho, rho^2, rho^3 (one power per stage: the profile EViT's
+    fixed keep rate gives cumulatively) keep the ``topk`` MACs within ``budget``: a bisection on
+    ``topk_macs`` (each stage keeps at least one patch). ``tofe``: ToFeConfig fields, as ``uniform_ratios``."""
+    from minitofe.tofe.budget import topk_macs
+    from minitofe.tofe.macs import dense_macs
+    cfg, tcfg = _fixed_ratio_config(**tofe)
+    target, P = budget * dense_macs(cfg), cfg.num_patches
+    if topk_macs(cfg, tcfg, _powers(1.0 / P, tcfg, P)) > target:
+        cheapest = topk_macs(cfg, tcfg, _powers(1.0 / P, tcfg, P)) / dense_macs(cfg)
+        raise ValueError(f"budget {budget}: below the cheapest fixed-ratio setting ({cheapest:.3f} of dense "
+                         f"MACs)")
+    lo, hi = 1.0 / P, 1.0                          # the MACs grow with rho
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if topk_macs(cfg, tcfg, _powers(mid, tcfg, P)) <= target else (lo, mid)
+    return lo
+
+
+def _powers(rho, tcfg, P):
+    """rho, rho^2, ... as kept patches (``topk``'s rounding, at least one) over P, one per stage."""
+    return tuple(max(round(rho ** (s + 1) * P), 1) / P for s in range(len(tcfg.keep_ratios)))
+
+
+def geometric_ratios(budget, **tofe):
+    """EViT's placement of ``budget``: fixed keep ratios rho, rho^2, rho^3 (``geometric_rho``), each the
+    whole number of patches it keeps over P, so that no rounding of the printed ratio moves a count."""
+    cfg, tcfg = _fixed_ratio_config(**tofe)
+    return _powers(geometric_rho(budget, **tofe), tcfg, cfg.num_patches)
 
 
 def method_flags(method, budget):
@@ -142,8 +192,9 @@ def search_name(method, grid, seed):
     return f"{method}_{round(100 * search_budget(method))}_{grid}_s{seed}"
 
 
-def final_jobs(methods, run_dir, seeds=None):
-    chosen = load_choice(run_dir)
+def final_jobs(methods, run_dir, seeds=None, chosen=None):
+    """``chosen``: each method's recipe (None: ``choice.json``'s; a method without one has no final runs)."""
+    chosen = load_choice(run_dir) if chosen is None else chosen
     jobs = []
     for seed in SEEDS if seeds is None else seeds:      # seed 0 of every method first
         for m in methods:
@@ -156,8 +207,8 @@ def final_jobs(methods, run_dir, seeds=None):
     return jobs
 
 
-def remedy_jobs(run_dir):
-    chosen = load_choice(run_dir).get("tofe")
+def remedy_jobs(run_dir, chosen=None):
+    chosen = (load_choice(run_dir) if chosen is None else chosen).get("tofe")
     return [] if chosen is None else [
         ("remedy", f"tofe-{r}_{round(100 * b)}_s0", [*method_flags("tofe", b), *GRID[chosen["grid"]], *flags,
                                                       "--seed", "0", "--steps", str(steps(FINAL_EPOCHS))])
@@ -239,6 +290,8 @@ def job_fields(run_dir, phase, name, flags):
         chosen = load_choice(run_dir).get(method)
         if chosen:
             fields["recipe"] = chosen
+    if phase == "study":
+        fields.update(studies.record_fields(run_dir, name))
     return fields
 
 
@@ -426,7 +479,7 @@ def records(run_dir, against=None):
         print(f"| {run} | {fmt(mine.get(run))} |" + (f" {fmt(other.get(run))} |" if against else ""))
 
 
-def status(run_dir, methods):
+def status(run_dir, methods, only=None):
     print(f"backbone: {'done' if BACKBONE.is_file() else 'missing'} ({BACKBONE.name})")
     for phase, jobs in (("search", search_jobs(methods)), ("final", final_jobs(methods, run_dir)),
                         ("remedy", remedy_jobs(run_dir) + kept_remedy_seed_jobs(run_dir))):
@@ -434,6 +487,7 @@ def status(run_dir, methods):
         started = [n for _, n, _ in jobs if not is_done(run_dir, phase, n)
                    and (job_dir(run_dir, phase, n) / "checkpoint.npz").is_file()]
         print(f"{phase}: {len(done)} of {len(jobs)} done; started: {started or '-'}")
+    print("\n".join(studies.status_lines(run_dir, only)))
     print(f"choice: {json.dumps(load_choice(run_dir))}")
 
 
@@ -452,12 +506,16 @@ def run_phases(args, run_dir, methods, client):
         run_jobs(remedy_jobs(run_dir), run_dir, args.jobs, client)
         score_remedies(run_dir)
         run_jobs(kept_remedy_seed_jobs(run_dir), run_dir, args.jobs, client)
+    if args.phase in ("study", "all"):
+        for line in studies.left_out(args.only):
+            print(line)
+        run_jobs(studies.study_jobs(run_dir, args.only, args.seeds), run_dir, args.jobs, client)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("what", choices=["status", "run", "report", "records"])
-    p.add_argument("--phase", choices=["backbone", "search", "final", "remedy", "all"], default="all")
+    p.add_argument("what", choices=["status", "run", "budget", "report", "records"])
+    p.add_argument("--phase", choices=["backbone", "search", "final", "remedy", "study", "all"], default="all")
     p.add_argument("--jobs", type=int, default=2, help="training processes at a time (one thread each; "
                                                         "the local engine)")
     p.add_argument("--engine", choices=["local", "dask"], default="local",
@@ -466,9 +524,12 @@ def main(argv=None):
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="the Dask scheduler of --engine dask, e.g. tcp://HOST:8786; its workers must see "
                         "--run-dir and this checkout at the same paths")
-    p.add_argument("--only", nargs="+", choices=list(METHODS), help="methods to run (default: all)")
+    p.add_argument("--only", nargs="+", choices=[*METHODS, *studies.STUDIES, *studies.variant_names()],
+                   help="methods, studies or study variants to run (default: all); a phase runs what it "
+                        "names of its own kind: --only selector runs the selector study alone")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), choices=SEEDS,
-                   help="final runs of these seeds only (e.g. 0: one complete row per method first)")
+                   help="final and study runs of these seeds only (e.g. 0: one complete row per method "
+                        "first)")
     p.add_argument("--run-dir", default=str(REPO / "runs" / "experiment"))
     p.add_argument("--against", help="records: another experiment's run folder, its records beside")
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
@@ -482,16 +543,20 @@ def main(argv=None):
                 "--scheduler is for --engine dask")
     run_dir = pathlib.Path(args.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    methods = args.only or list(METHODS)
+    methods = list(METHODS) if args.only is None else [m for m in args.only if m in METHODS]
     if args.what == "status":
-        status(run_dir, methods)
+        status(run_dir, methods, args.only)
+        return 0
+    if args.what == "budget":
+        from experiment_budget import budget
+        print(budget(run_dir, args.phase, methods, args.only, args.jobs))
         return 0
     if args.what == "records":
         records(run_dir, args.against)
         return 0
     if args.what == "report":
         from fmnist_report import report
-        report(run_dir, methods)
+        report(run_dir, methods or list(METHODS))
         return 0
     client = runners.connect(args.scheduler) if args.engine == "dask" else None    # unreachable: stop now
     try:

@@ -17,7 +17,9 @@ Writes to ``RUN_DIR/report/``:
 - ``table.md`` also: the remedies beside their decision on val, and the compute each phase took;
 - ``stage_errors.json`` / ``stage_errors.png``  per-stage approximation error on the test set, and (JSON,
                    ``freeze_paths``) the test top-1 of the seed-0 tofe models with their trained
-                   approximator, the identity and an oracle freeze path.
+                   approximator, the identity and an oracle freeze path;
+- ``studies.md`` / ``studies.json`` / ``skip.png``  the studies against tofe's final runs
+                   (``report_studies.py``).
 """
 import json
 import math
@@ -359,6 +361,8 @@ def report(run_dir, methods):
                                test_macs_ratio=res["macs_ratio"])
         curves(cache, models, out / "curves.png")
         keep_ratio_plot(cache, models, out / "keep_ratios.png")
+        from report_studies import study_report
+        study_report(cache, run_dir, out)
     finally:
         cache_path.write_text(json.dumps(cache, indent=1, sort_keys=True))
     approximation_errors(models, out / "stage_errors.json", out / "stage_errors.png")

@@ -90,3 +90,20 @@ def test_freeze_paths_refuse_what_they_cannot_measure():
         freeze_path_logits(_model("tofe"), np.zeros((2, 1, 9, 8)))
     with pytest.raises(ValueError, match="2 images but 3 labels"):
         freeze_path_accuracy(_model("tofe"), images, np.zeros(3, int))
+
+
+def test_errors_relative_to_the_teachers_update_carry_the_stage_length():
+    """Against the teacher's own update over the stage: carrying a token unchanged from where the teacher
+    had it misses all of that update (1.0 at the first stage, whose input is the teacher's); the numerators
+    are those of the errors relative to the token; ``blocks`` is the stage's length."""
+    tcfg = minitofe.ToFeConfig(stages=(1, 3), keep_ratios=(0.5, 0.5))
+    model = minitofe.new_model(CFG, tcfg, np.random.default_rng(6), np.float64)
+    images = np.random.default_rng(7).standard_normal((4, 1, 8, 8))
+    rows = stage_errors(model, images, model.backbone_params(), batch_size=3)
+    assert [r["blocks"] for r in rows] == [2, 1]
+    assert abs(rows[0]["identity_update"] - 1.0) < 1e-12
+    model.params["tofe.approx.0.fc2.bias"] = model.params["tofe.approx.0.fc2.bias"] + 0.3
+    rows = stage_errors(model, images, model.backbone_params())
+    for r in rows:
+        assert abs(r["frozen_update"] / r["identity_update"] - r["frozen"] / r["identity"]) < 1e-12
+    assert rows[0]["frozen_update"] != rows[0]["identity_update"]

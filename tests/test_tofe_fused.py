@@ -88,11 +88,13 @@ def test_nothing_frozen_gives_no_fused_token_and_underflow_a_plain_mean(dtype):
 # ---------------------------------------------------------------- training == inference, and the option
 @pytest.mark.parametrize("method", ["tofe", "tofe-identity", "tofe-uniform"])
 @pytest.mark.parametrize("keep_all_in_image_0", [False, True])
-def test_masked_training_forward_equals_gather_inference(method, keep_all_in_image_0):
+@pytest.mark.parametrize("last", ["approximate", "drop"])
+def test_masked_training_forward_equals_gather_inference(method, keep_all_in_image_0, last):
     """The hard-mask training forward (all N tokens + the fused token as token N) against inference that
     gathers the kept tokens and appends f; image 0 keeping every patch makes the batch ragged, with no
-    fused token for that image."""
-    model, images = _model(TCFG.replace(method=method, alpha=0.0, beta=0.0))
+    fused token for that image. ``last``: ``last_stage`` ("drop": the last stage's frozen tokens, fused
+    all the same, are carried unchanged)."""
+    model, images = _model(TCFG.replace(method=method, alpha=0.0, beta=0.0, last_stage=last))
     noise = minitofe.draw_noise(np.random.default_rng(4), CFG, model.tofe, 3, np.float64)
     if keep_all_in_image_0:
         for n in noise:
@@ -104,6 +106,9 @@ def test_masked_training_forward_equals_gather_inference(method, keep_all_in_ima
     assert np.max(np.abs(logits - out["logits"])) <= 1e-12
     for s in range(3):
         assert np.max(np.abs(info["stage_outputs"][s] - out["stage_outputs"][s])) <= 1e-12
+    frozen = ~kept[2]
+    carried = np.array_equal(info["stage_outputs"][2][:, T:][frozen], info["stage_outputs"][1][:, T:][frozen])
+    assert frozen.any() and carried == (last == "drop" or method == "tofe-identity")
     np.testing.assert_array_equal(info["macs"], out["macs"])           # the same count, both ways
     plain, _ = minitofe.predict(model, images, kept_masks=kept, method=method)
     model.tofe = model.tofe.replace(fuse_frozen=False)

@@ -66,7 +66,8 @@ def model_case(draw, methods=("tofe", "tofe-identity", "tofe-uniform", "tofe-cum
     stages = tuple(sorted(draw(st.sets(st.integers(0, depth - 1), min_size=1, max_size=3))))
     ratios = tuple(draw(st.sampled_from([0.25, 0.5, 0.75, 1.0])) for _ in stages)
     tcfg = ToFeConfig(method=draw(st.sampled_from(methods)), stages=stages, keep_ratios=ratios,
-                      alpha=0.0, beta=0.0, fuse_frozen=draw(st.booleans()))    # read by tofe, -identity, -uniform
+                      alpha=0.0, beta=0.0, fuse_frozen=draw(st.booleans()),    # read by tofe, -identity, -uniform
+                      last_stage=draw(st.sampled_from(["approximate", "drop"])))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 31)))
     params = {k: v + 0.3 * rng.standard_normal(v.shape) for k, v in init_params(cfg, rng).items()}
     params.update({k: v + 0.3 * rng.standard_normal(v.shape) for k, v in init_tofe_params(cfg, tcfg, rng).items()})

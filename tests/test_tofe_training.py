@@ -34,12 +34,15 @@ def _setup(method="tofe", seed=0, cfg=CFG, **kw):
     return params, images, labels, tcfg, teacher, noise, rng
 
 
-@pytest.mark.parametrize("method, fuse", [("tofe", False), ("tofe-identity", False), ("tofe-uniform", False),
-                                          ("tofe-cumulative", False), ("tofe", True), ("tofe-identity", True)])
-def test_soft_relaxation_whole_model_finite_differences(method, fuse):
+@pytest.mark.parametrize("method, fuse, last", [(m, False, "approximate") for m in (
+    "tofe", "tofe-identity", "tofe-uniform", "tofe-cumulative")] + [
+    ("tofe", True, "approximate"), ("tofe-identity", True, "approximate"), ("tofe", True, "drop")])
+def test_soft_relaxation_whole_model_finite_differences(method, fuse, last):
     """``fuse``: with the fused frozen token (``tofe/fuse.py``), whose weights send gradient to the
-    patches, the mask and the selector's keep probability."""
-    params, images, labels, tcfg, teacher, noise, rng = _setup(method, tau=2.0, fuse_frozen=fuse)
+    patches, the mask and the selector's keep probability; ``last``: ``last_stage`` (with "drop" the last
+    stage's frozen patches get gradient through the fused token only)."""
+    params, images, labels, tcfg, teacher, noise, rng = _setup(method, tau=2.0, fuse_frozen=fuse,
+                                                               last_stage=last)
     f = lambda: tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=False)[0]["loss"]
     out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher, hard=False)
     dimages, grads = tofe_train_backward(cache)
@@ -51,13 +54,14 @@ def test_soft_relaxation_whole_model_finite_differences(method, fuse):
     assert rel_error(numerical_grad(f, images), dimages) < 1e-6
 
 
-@pytest.mark.parametrize("fuse", [False, True])
-def test_hard_mask_gradients_with_the_straight_through_surrogate(monkeypatch, fuse):
+@pytest.mark.parametrize("fuse, last", [(False, "approximate"), (True, "approximate"), (True, "drop")])
+def test_hard_mask_gradients_with_the_straight_through_surrogate(monkeypatch, fuse, last):
     """Hard forward: the value uses the 0/1 mask, the backward the soft Gumbel Jacobian. The surrogate
     whose finite differences equal that gradient keeps the hard value at the base point and moves with the
     soft sample: m(theta) = hard(theta_0) + y_soft(theta) - y_soft(theta_0). ``fuse``: the fused frozen
-    token's weights (1 - m_j) q_j / sum_k (1 - m_k) q_k take that m too."""
-    params, images, labels, tcfg, teacher, noise, rng = _setup("tofe", seed=1, fuse_frozen=fuse)
+    token's weights (1 - m_j) q_j / sum_k (1 - m_k) q_k take that m too; ``last``: ``last_stage``."""
+    params, images, labels, tcfg, teacher, noise, rng = _setup("tofe", seed=1, fuse_frozen=fuse,
+                                                               last_stage=last)
     out, cache = tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher)
     assert all(set(np.unique(m)) <= {0.0, 1.0} for m in out["masks"])
     assert 0 < out["keep_ratios"].min() and out["keep_ratios"].max() < 1
@@ -82,7 +86,9 @@ def test_hard_mask_gradients_with_the_straight_through_surrogate(monkeypatch, fu
         nonlocal calls
         calls = iter(base)
         return tofe_train_forward(params, images, labels, CFG, tcfg, noise, teacher)[0]["loss"]
-    errs = check_param_grads(f, params, grads)
+    # h = 1e-5: with last_stage="drop" the first selector's small gradient takes ~3e-6 of rounding at
+    # h = 1e-6 (shrinking with h as rounding does: 4e-7 at 1e-5, 3e-8 at 1e-4), the others' ~1e-7
+    errs = check_param_grads(f, params, grads, h=1e-5)
     assert max(errs.values()) < 1e-6, sorted(errs.items(), key=lambda t: -t[1])[:3]
     assert rel_error(numerical_grad(f, images), dimages) < 1e-6
     sel = [k for k in params if k.startswith("tofe.selector.")]

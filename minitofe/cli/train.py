@@ -12,6 +12,7 @@ from .train_options import DEFAULTS, options, record_options
 
 def add_train(sub):
     from ..methods import names
+    from ..tofe.config import LAST_STAGE
     from ..tofe.parts import APPROXIMATORS, SELECTORS
     p = sub.add_parser("train", help="train ToFe / a baseline / the backbone (resumable)",
                        description="Fine-tune ToFe or a baseline from a backbone with minitofe's own "
@@ -50,6 +51,9 @@ def add_train(sub):
     opt("--selector", "ToFe's token selector kind (docs/method.md, \"Selector and approximator kinds\")",
         choices=list(SELECTORS))
     opt("--approximator", "ToFe's approximator kind", choices=list(APPROXIMATORS))
+    opt("--last-stage", "the last stage's frozen tokens: 'approximate' them, or 'drop' its approximator (no "
+                        "parameters, MACs or approximation loss there: its output reaches no logit)",
+        choices=list(LAST_STAGE))
     opt("--fuse-frozen", "fuse each stage's frozen tokens into one extra token that joins the kept ones in "
                          "the stage's blocks (EViT's fusion on ToFe; docs/method.md, \"Fused frozen "
                          "token\"); tofe, tofe-identity, tofe-uniform", action=argparse.BooleanOptionalAction)
@@ -126,7 +130,7 @@ def run_train(args):
     tkw = dict(method=o["method"], target_ratio=o["budget"], alpha=o["alpha"], beta=o["beta"], lam=o["lam"],
                label_smoothing=o["label_smoothing"], approx_reduction=o["approx_reduction"], tau=o["tau"],
                tau_end=o["tau_end"], selector=o["selector"], approximator=o["approximator"],
-               fuse_frozen=o["fuse_frozen"])
+               last_stage=o["last_stage"], fuse_frozen=o["fuse_frozen"])
     if o["keep_ratios"]:
         tkw["keep_ratios"] = tuple(o["keep_ratios"])
     if o["stages"]:

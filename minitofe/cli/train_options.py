@@ -11,8 +11,8 @@ from ..io.shipped import BACKBONE_MODEL
 # resumed run started with (--resume) can sit between these and the flags given now.
 DEFAULTS = dict(model=BACKBONE_MODEL, method="tofe", budget=0.5, keep_ratios=None, steps=1000, batch=32,
                 lr=1e-3, backbone_lr_scale=0.1, alpha=0.5, beta=1.0, lam=2.0, label_smoothing=0.1, limit=None,
-                approx_reduction=4, selector="mlp", approximator="mlp", fuse_frozen=False, tau=1.0,
-                tau_end=None, stages=None,
+                approx_reduction=4, selector="mlp", approximator="mlp", last_stage="approximate",
+                fuse_frozen=False, tau=1.0, tau_end=None, stages=None,
                 data="fashion-mnist", data_root=None, out="runs/tofe", seed=0, dtype="float32", init=None,
                 teacher=None, fresh_modules=False, fast=True, teacher_cache=False, eval_every=200,
                 eval_images=1000, checkpoint_every=100, warmup_steps=50)

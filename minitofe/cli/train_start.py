@@ -45,10 +45,15 @@ def check_modules_fit(base, tcfg, theirs, init):
         raise ValueError(f"{init}: its ToFe modules are for stages starting at blocks {list(stages)}, these "
                          f"options ask for {list(ours)}: pass --stages {' '.join(map(str, stages))} to "
                          f"continue them, or {FRESH}")
+    theirs_last = base.tofe.last_stage
+    if theirs_last != tcfg.last_stage:
+        raise ValueError(f"{init}: its ToFe modules were trained with --last-stage {theirs_last}, these "
+                         f"options ask for {tcfg.last_stage}: pass --last-stage {theirs_last} to continue "
+                         f"them, or {FRESH}")
     if base.tofe.fuses_frozen != tcfg.fuses_frozen:
-        theirs = "with" if base.tofe.fuses_frozen else "without"
+        how = "with" if base.tofe.fuses_frozen else "without"
         flag = "--fuse-frozen" if base.tofe.fuses_frozen else "--no-fuse-frozen"
-        raise ValueError(f"{init}: its ToFe modules were trained {theirs} the fused frozen token, these "
+        raise ValueError(f"{init}: its ToFe modules were trained {how} the fused frozen token, these "
                          f"options ask for {'it' if tcfg.fuses_frozen else 'none'}: pass {flag} to continue "
                          f"them, or {FRESH}")
     want = param_shapes(base.cfg, tcfg)

@@ -13,11 +13,12 @@ from ..tofe.params import check_tofe_params
 
 
 def known_shapes(cfg, tcfg):
-    """``{key: shape}`` of the parameters any registered method would have with this config."""
+    """``{key: shape}`` of the parameters any registered method would have with this config (with an
+    approximator at every stage: a file of the last stage's too may be run with ``last_stage="drop"``)."""
     known = {}
     for m in entries():
         try:
-            known.update(m.param_shapes(cfg, tcfg.replace(method=m.name)))
+            known.update(m.param_shapes(cfg, tcfg.replace(method=m.name, last_stage="approximate")))
         except ValueError:                  # a width that method cannot take (C % 4, C % r)
             continue
     return known

@@ -15,13 +15,16 @@ from .parts import approximator_of, selector_of
 
 
 def method_macs(cfg, tcfg, stages, kept, fused=None, scorer=None):
-    """``macs.tofe_macs`` for ToFe method ``tcfg`` (its parts, approximator, drop rule): kept (B, S) or
-    (S,) token counts per stage, prefix included; ``fused`` (``fused_tokens``): the fused frozen token per
-    stage, or None; ``scorer``: a training-free scorer replaces the learned selector (its own MACs are
-    the caller's to add) -> (macs, dmacs_dkept)."""
-    return tofe_macs(cfg, stages, kept, selector=scorer is None, approximator=tcfg.uses_approximator,
-                     approx_reduction=tcfg.approx_reduction, drop=not tcfg.reuses_tokens,
-                     parts=(selector_of(tcfg), approximator_of(tcfg)), fused=fused)
+    """``macs.tofe_macs`` of ToFe method ``tcfg`` with its ``stages``, the one call every MACs count of a
+    method makes: its selector and approximator kinds, the stages that have an approximator
+    (``ToFeConfig.approximated_stages``: not the last under ``last_stage="drop"``), its drop rule. kept:
+    (B, S) or (S,) token counts per stage, prefix included; ``fused`` (``fused_tokens``): the fused frozen
+    token per stage, or None; ``scorer``: a training-free scorer replaces the learned selector (its own
+    MACs are the caller's to add) -> (macs, dmacs_dkept)."""
+    return tofe_macs(cfg, stages, kept, selector=scorer is None,
+                     approximator=tcfg.approximated_stages(cfg.depth), approx_reduction=tcfg.approx_reduction,
+                     drop=not tcfg.reuses_tokens, parts=(selector_of(tcfg), approximator_of(tcfg)),
+                     fused=fused)
 
 
 def fused_tokens(tcfg, froze):

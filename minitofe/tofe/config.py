@@ -40,6 +40,7 @@ def default_stages(depth):
 NUMBER_FIELDS = ("threshold", "tau", "alpha", "kd_temperature", "beta", "lam", "target_ratio",
                  "label_smoothing", "evit_warmup", "evit_anneal", "dvit_ratio_weight", "dvit_kl_weight",
                  "dvit_token_weight")
+LAST_STAGE = ("approximate", "drop")                     # what the last stage does with its frozen tokens
 OPTIONAL_RATES = ("evit_keep_rate", "dvit_rho")          # None: chosen to meet target_ratio (tofe.budget)
 
 
@@ -86,6 +87,10 @@ class ToFeConfig:
     # ToFe's parts (``tofe/parts.py``): files saved before these fields load with the defaults
     selector: str = "mlp"             # token selector kind: "mlp" (the paper's), "linear", "attention"
     approximator: str = "mlp"         # approximator kind: "mlp" (the paper's), "deep"
+    # the last stage's frozen tokens: "approximate" (the paper's) or "drop": no approximator there [ours];
+    # its output cannot reach a class-token head (kept queries attend only kept keys; a fused frozen
+    # token is made from the stage's input)
+    last_stage: str = "approximate"
     # [ours] the frozen patches fused into one extra token that joins the kept ones in each stage's blocks
     # (EViT's fusion on ToFe: ``tofe/fuse.py``); read by methods whose learned selector freezes and
     # reuses tokens (``fuses_frozen``), ignored by the others; files saved before it load with False
@@ -135,7 +140,8 @@ class ToFeConfig:
         if not 0.0 <= self.label_smoothing < 1.0:
             bad(f"label_smoothing must lie in [0, 1), got {self.label_smoothing}")
         self._check_baseline_fields(bad)
-        for name, kinds in (("selector", SELECTORS), ("approximator", APPROXIMATORS)):
+        for name, kinds in (("selector", SELECTORS), ("approximator", APPROXIMATORS),
+                            ("last_stage", LAST_STAGE)):
             if getattr(self, name) not in kinds:
                 bad(f"unknown {name} {getattr(self, name)!r}; choose one of {list(kinds)}")
 
@@ -181,6 +187,13 @@ class ToFeConfig:
     @property
     def uses_approximator(self):
         return method_of(self.method).uses_approximator
+
+    def approximated_stages(self, depth):
+        """Per stage, does its freeze path run an approximator: every stage of a method that uses one,
+        but the last under ``last_stage="drop"`` (its frozen tokens are carried unchanged, uncounted)."""
+        S = len(self.resolved_stages(depth))
+        return tuple(self.uses_approximator and not (self.last_stage == "drop" and s == S - 1)
+                     for s in range(S))
 
     @property
     def reuses_tokens(self):

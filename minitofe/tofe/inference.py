@@ -127,7 +127,7 @@ def run_stage(x, kept, frozen, params, cfg, tcfg, s, blocks, ops, keep_prob=None
         x_out = ops.unpack_rows(x_in, h, idx_list, offsets)
     if x_out.shape[1] > N:                                  # the fused token is dropped after the blocks
         x_out = xp.ascontiguousarray(x_out[:, :N])
-    if tcfg.uses_approximator and bool(frozen.any()):
+    if tcfg.approximated_stages(cfg.depth)[s] and bool(frozen.any()):
         rows = xp.nonzero(frozen)
         a, _ = approximator_of(tcfg).forward(x[rows[0], rows[1] + T], params, f"tofe.approx.{s}.", ops)
         x_out[rows[0], rows[1] + T] = a

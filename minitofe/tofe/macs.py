@@ -90,26 +90,21 @@ def tofe_macs(cfg, stages, kept, *, selector=True, approximator=True, approx_red
     INCLUDING prefix tokens. Blocks before stages[0] run on N tokens, stage i's blocks on kept[:, i].
     selector: one selector per stage scores N tokens, or with ``drop`` (DynamicViT: dropped tokens are
     gone) the tokens alive before the stage, kept[:, i-1] (N at stage 0). approximator: one per stage on
-    the N - kept[:, i] frozen tokens. (With ``drop``, a stage whose images have no patch left alive
-scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P, then
-kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens it
-receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
-(``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
-here. fused (ToFe's ``fuse_frozen``): (B, S) / (S,) 0 / 1, 1 where stage i froze a patch: its blocks run
-on kept[:, i] + 1 tokens (a constant: d/dkept at that count). Returns (macs (B,) or (), dmacs (B, S) / (S,)).
+    the N - kept[:, i] frozen tokens; or S bools, which stages have one (``ToFeConfig.approximated_stages``:
+    none at the last under ``last_stage="drop"``). (With ``drop``, a stage whose images have no patch left
+    alive scores nothing.) predictor (DynamicViT): one per stage on the patch tokens alive before it (P,
+    then kept[:, i-1] - T). reduce_in_block (EViT): stage i's first block runs its attention on the tokens
+    it receives (N, then kept[:, i-1]) and its MLP on kept[:, i]. parts: (selector kind, approximator kind)
+    (``tofe.part.Part``: their ``macs`` / ``dmacs``); None: ToFe's MLP selector and approximator, counted
+    here. fused (ToFe's ``fuse_frozen``): (B, S) / (S,) 0 / 1, 1 where stage i froze a patch: its blocks
+    run on kept[:, i] + 1 tokens (a constant: d/dkept at that count); it does not change what the
+    approximators count. Returns (macs (B,) or (), dmacs_dkept (B, S) or (S,)).
     """
     xp = get_xp(kept)
-    kept = xp.asarray(kept)
-    if kept.dtype.kind != "f":
-        kept = kept.astype(xp.float64)
-    stages = tuple(int(s) for s in stages)
+    kept, stages = _checked(xp, kept, stages, cfg.depth)
     S, depth, N = len(stages), cfg.depth, cfg.num_tokens
-    if kept.ndim not in (1, 2) or kept.shape[-1] != S:
-        raise ValueError(f"tofe_macs: kept must be (B, {S}) or ({S},) for stages {stages}, "
-                         f"got shape {tuple(kept.shape)}")
-    if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
-        raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
     sel_macs, sel_dmacs, app_macs, app_dmacs = _part_costs(parts)
+    approximated = _per_stage(approximator, S)
     single = kept.ndim == 1
     k = kept[None] if single else kept                                  # (B, S)
     extra = _fused_counts(xp, fused, k, reduce_in_block)                # (B, S) tokens besides the kept
@@ -138,10 +133,36 @@ on kept[:, i] + 1 tokens (a constant: d/dkept at that count). Returns (macs (B,)
                 dmacs[:, i - 1] += scored * sel_dmacs(k[:, i - 1], C, approx_reduction)
             else:
                 macs += sel_macs(N, C, approx_reduction)
-        if approximator:
+        if approximated[i]:
             macs += app_macs(N - k[:, i], C, approx_reduction)
             dmacs[:, i] -= app_dmacs(N - k[:, i], C, approx_reduction)
     return (macs[0], dmacs[0]) if single else (macs, dmacs)
+
+
+def _checked(xp, kept, stages, depth):
+    """``tofe_macs``'s kept counts (as floats) and stages (as ints), or a ValueError naming the misfit."""
+    kept = xp.asarray(kept)
+    if kept.dtype.kind != "f":
+        kept = kept.astype(xp.float64)
+    stages = tuple(int(s) for s in stages)
+    S = len(stages)
+    if kept.ndim not in (1, 2) or kept.shape[-1] != S:
+        raise ValueError(f"tofe_macs: kept must be (B, {S}) or ({S},) for stages {stages}, "
+                         f"got shape {tuple(kept.shape)}")
+    if S == 0 or stages[0] < 0 or stages[-1] >= depth or any(b <= a for a, b in zip(stages, stages[1:])):
+        raise ValueError(f"tofe_macs: stages must be strictly increasing in [0, {depth}), got {stages}")
+    return kept, stages
+
+
+def _per_stage(approximator, S):
+    """``tofe_macs``'s ``approximator``: one bool for every stage, or S of them -> a tuple of S bools."""
+    if isinstance(approximator, (bool, int)):
+        return (bool(approximator),) * S
+    flags = tuple(bool(a) for a in approximator)
+    if len(flags) != S:
+        raise ValueError(f"tofe_macs: approximator must be a bool or {S} bools (one per stage), "
+                         f"got {len(flags)}: {approximator!r}")
+    return flags
 
 
 def _fused_counts(xp, fused, k, reduce_in_block):

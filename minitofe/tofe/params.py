@@ -29,17 +29,18 @@ from ..nn.params import check_init_args, key_mismatch, trunc_normal
 
 def tofe_param_shapes(cfg, tcfg, selector=None, approximator=None):
     """Ordered ``{key: shape}`` of the ToFe modules for backbone ``cfg`` (ViTConfig) and ``tcfg``
-    (ToFeConfig). ``selector`` / ``approximator`` override what the method needs (None: ask tcfg)."""
+    (ToFeConfig). ``selector`` / ``approximator`` override what the method needs (None: ask tcfg, which
+    has no approximator at the last stage under ``last_stage="drop"``; True: one at every stage)."""
     S = len(tcfg.resolved_stages(cfg.depth))
     selector = tcfg.learned_selector if selector is None else selector
-    approximator = tcfg.uses_approximator if approximator is None else approximator
+    approximated = tcfg.approximated_stages(cfg.depth) if approximator is None else (approximator,) * S
     C = cfg.embed_dim
     shapes = {}
     for i in range(S):
         if selector:
             shapes.update(selector_of(tcfg).shapes(f"tofe.selector.{i}.", C, tcfg.approx_reduction))
     for i in range(S):
-        if approximator:
+        if approximated[i]:
             shapes.update(approximator_of(tcfg).shapes(f"tofe.approx.{i}.", C, tcfg.approx_reduction))
     return shapes
 
@@ -82,6 +83,10 @@ def check_tofe_params(params, cfg, tcfg, want=None, known=None):
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
     check_default_block(cfg, "ToFe")
+    if tcfg.last_stage == "drop" and cfg.global_pool != "token":
+        raise ValueError(f"last_stage='drop' needs a head that reads the class token only (global_pool="
+                         f"'token'), got global_pool={cfg.global_pool!r}: the head would average the last "
+                         f"stage's frozen tokens, which no approximator updates")
     want = tofe_param_shapes(cfg, tcfg) if want is None else want
     C, r = cfg.embed_dim, tcfg.approx_reduction
     if known is None:

@@ -3,7 +3,8 @@
 
     select:  m = [1 (prefix), hard_gumbel(selector(x))[..., keep]]     (B, N)   (drop methods: * m_prev)
     keep:    h = Blocks(x), every block with attention key mask m        (B, N, C)
-    freeze:  a = A(x) (``tofe``) or x (``tofe-identity``, ``tofe-cumulative``)
+    freeze:  a = A(x) (``tofe``) or x (``tofe-identity``, ``tofe-cumulative``, the last stage under
+             ``last_stage="drop"``)
     mix:     x_out = m * h + (1 - m) * a
 
 All N tokens run through the blocks; the key mask makes kept queries attend only kept keys, so a frozen
@@ -100,10 +101,12 @@ def keep_path_backward(dh, dm, c_blocks, block_bwd):
     return dh, grads, dm
 
 
-def freeze_path_forward(x, m_patch, params, s, tcfg, teacher_tokens, T):
+def freeze_path_forward(x, m_patch, params, s, tcfg, approximate, teacher_tokens, T):
     """-> a (B, N, C), the stage's L_approx term (None without it), cache. L_approx compares A(x) with
-    the teacher's stage output on the frozen patches (m < 0.5, a constant: no gradient to the mask)."""
-    if not tcfg.uses_approximator:
+    the teacher's stage output on the frozen patches (m < 0.5, a constant: no gradient to the mask).
+    ``approximate``: the stage has an approximator (``ToFeConfig.approximated_stages``); else its frozen
+    tokens are carried unchanged, with no L_approx term."""
+    if not approximate:
         return x, None, FreezeCache(None, None, None, tcfg.beta, T)
     approximator = approximator_of(tcfg)
     a, c_a = approximator.forward(x, params, f"tofe.approx.{s}.")
@@ -149,7 +152,8 @@ def stage_train_forward(x, m_prev, params, cfg, tcfg, s, blocks, noise, tau, har
         x_in, m_in, c_fuse = append_fused_forward(x, m, sel_logits, T)               # (B, N + 1, ...)
     h, c_blocks = keep_path_forward(x_in, m_in, params, blocks, cfg.num_heads, block_fwd)
     h = h[:, :x.shape[1]]                                   # the fused token is dropped at the stage's end
-    a, term, c_freeze = freeze_path_forward(x, m_patch, params, s, tcfg, teacher_tokens, T)
+    approximate = tcfg.approximated_stages(cfg.depth)[s]
+    a, term, c_freeze = freeze_path_forward(x, m_patch, params, s, tcfg, approximate, teacher_tokens, T)
     return mix_forward(h, a, m), m, sel_logits, term, StageCache(h, a, m, c_select, c_blocks, c_freeze,
                                                                  c_fuse)
 

@@ -10,7 +10,10 @@ for three sets S: the *frozen* patches after the freeze path (the approximator's
 carried unchanged), the same frozen patches had they been carried unchanged (``identity``: the stage's
 input; what the approximator has to beat), and the *kept* patches (their error comes from attending to
 fewer tokens and from the fine-tuned weights). Lower is closer to the teacher; 1.0 is as far as a zero
-token.
+token. The same errors of the frozen patches are also given relative to the update the teacher makes to
+those tokens over the stage, ``sum ||t_i - t0_i||^2`` with ``t0`` the teacher's token at the stage start
+(``frozen_update``, ``identity_update``): the share of the skipped blocks' work the freeze path misses,
+comparable between stages of different lengths (``blocks``: how many blocks the frozen tokens skip).
 
 ``freeze_path_accuracy`` asks what the freeze path costs in accuracy: the same selectors and keep path
 (each stage deciding on the tokens its path produced), with three freeze paths, ``approximator`` (as
@@ -32,8 +35,9 @@ from ..tofe.training import teacher_forward
 
 
 def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
-    """Per stage: ``frozen``, ``identity`` and ``kept`` relative errors (see the module docstring) and the
-    mean fraction of patches frozen, over ``images`` (B, Cin, H, W). ``predict_kw`` go to ``predict``
+    """Per stage: ``frozen``, ``identity`` and ``kept`` relative errors, ``frozen_update`` and
+    ``identity_update`` (see the module docstring), the ``blocks`` skipped and the mean fraction of patches
+    frozen, over ``images`` (B, Cin, H, W). ``predict_kw`` go to ``predict``
     (``method``, ``keep_ratios``, ``fast`` ...). Returns a list of dicts, one per stage."""
     cfg = model.cfg
     stages = model.tofe.resolved_stages(cfg.depth)
@@ -45,11 +49,16 @@ def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
         teacher = teacher_forward(teacher_params, x, cfg, stages)["tokens"]
         first, _ = embed_forward(x, model.params, cfg)
         inputs = [run_blocks(first, model.params, cfg, 0, stages[0])] + info["stage_outputs"][:-1]
+        t_first, _ = embed_forward(x, teacher_params, cfg)
+        starts = [run_blocks(t_first, teacher_params, cfg, 0, stages[0])] + teacher[:-1]
         if sums is None:
-            sums = [{"frozen": [0.0, 0.0], "identity": [0.0, 0.0], "kept": [0.0, 0.0], "n_frozen": 0,
-                     "n": 0} for _ in stages]
+            sums = [{"frozen": [0.0, 0.0], "identity": [0.0, 0.0], "kept": [0.0, 0.0], "update": 0.0,
+                     "n_frozen": 0, "n": 0} for _ in stages]
         for s, acc in enumerate(sums):
             t = to_numpy(teacher[s])
+            b, p = np.nonzero(info["frozen"][s])
+            update = t[b, p + T] - to_numpy(starts[s])[b, p + T]
+            acc["update"] += float((update * update).sum())
             out, inp = to_numpy(info["stage_outputs"][s]), to_numpy(inputs[s])
             for name, mask, value in (("frozen", info["frozen"][s], out),
                                       ("identity", info["frozen"][s], inp),
@@ -61,11 +70,13 @@ def stage_errors(model, images, teacher_params, batch_size=250, **predict_kw):
             acc["n_frozen"] += int(info["frozen"][s].sum())
             acc["n"] += info["frozen"][s].size
     result = []
-    for s, acc in enumerate(sums):
-        row = {"stage": s, "frozen_fraction": acc["n_frozen"] / acc["n"]}
+    for s, (acc, (lo, hi)) in enumerate(zip(sums, stage_ranges(cfg, stages))):
+        row = {"stage": s, "blocks": hi - lo, "frozen_fraction": acc["n_frozen"] / acc["n"]}
         for name in ("frozen", "identity", "kept"):
             num, den = acc[name]
             row[name] = num / den if den > 0 else float("nan")
+        for name in ("frozen", "identity"):
+            row[f"{name}_update"] = acc[name][0] / acc["update"] if acc["update"] > 0 else float("nan")
         result.append(row)
     return result
 

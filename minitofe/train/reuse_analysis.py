@@ -59,7 +59,7 @@ def traced_forward(model, images, keep_ratios=None, freeze="approximator", kept_
             h, cache = block_forward(h, params, f"blocks.{j}.", cfg.num_heads)
             probs.append(cache.c_attn[6])            # (B, H, n, n): attention_forward's A
         out = scatter_tokens(x, h, idx)
-        if freeze == "approximator" and tcfg.uses_approximator and bool(frozen.any()):
+        if freeze == "approximator" and tcfg.approximated_stages(cfg.depth)[s] and bool(frozen.any()):
             b, p = np.nonzero(frozen)
             out[b, p + T], _ = approximator_of(tcfg).forward(x[b, p + T], params, f"tofe.approx.{s}.")
         trace["attention"].append(probs)

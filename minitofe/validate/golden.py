@@ -191,6 +191,9 @@ def make_golden(path, model, images, labels, mode="train", noise_seed=2, teacher
     if (tcfg.selector, tcfg.approximator) != ("mlp", "mlp"):
         raise ValueError(f"golden bundles trace ToFe's mlp selector and approximator, not selector "
                          f"{tcfg.selector!r} / approximator {tcfg.approximator!r}")
+    if tcfg.last_stage != "approximate":
+        raise ValueError(f"golden bundles trace an approximator at every stage, not last_stage="
+                         f"{tcfg.last_stage!r}")
     if tcfg.fuses_frozen:
         raise ValueError("golden bundles trace ToFe without the fused frozen token; this model has "
                          "fuse_frozen=True")
