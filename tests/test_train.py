@@ -93,6 +93,35 @@ def test_resume_from_another_config_is_refused(tmp_path):
               progress=False)
 
 
+def _rewrite_meta(path, edit):
+    """The checkpoint at ``path`` with its metadata passed through ``edit`` (as another version wrote it)."""
+    from minitofe.train.checkpoint import save_checkpoint
+    params, opt, meta = load_checkpoint(path)
+    edit(meta)
+    meta.pop("opt_step")
+    save_checkpoint(path, params, opt, meta)
+
+
+def test_a_run_started_by_an_older_minitofe_resumes(tmp_path):
+    """A checkpoint written before a config field existed (the selector and approximator kinds, the fused
+    token, the last stage's rule) holds no value for it: it resumes with the field's default, the only
+    behaviour its code had; a field today's configs do not know is refused, naming it."""
+    data = _data()
+    model = _model()
+    train(model, model.backbone_params(), data, None, _tcfg(tmp_path, "old", steps=2), progress=False)
+    ckpt = tmp_path / "old" / "checkpoint.npz"
+    added = ("selector", "approximator", "fuse_frozen", "last_stage")
+    _rewrite_meta(ckpt, lambda meta: [meta["tofe"].pop(k) for k in added])
+    out = train(_model(), model.backbone_params(), data, None, _tcfg(tmp_path, "old", steps=4), resume=True,
+                progress=False)
+    assert load_checkpoint(ckpt)[2]["step"] == 4 and out.tofe.selector == "mlp"
+    _rewrite_meta(ckpt, lambda meta: meta["tofe"].update(gone_field=1))
+    with pytest.raises(ValueError, match=r"checkpoint.npz: cannot resume: its 'tofe' config does not read: "
+                                         r".*gone_field"):
+        train(_model(), model.backbone_params(), data, None, _tcfg(tmp_path, "old", steps=6), resume=True,
+              progress=False)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     import minitofe.train.loop as trainer
     real_step = trainer.train_step
