@@ -17,9 +17,9 @@ Sections:
                of the dense MACs, each on its own inference path, against dense; Fashion-MNIST and DeiT-S
 
 ``run_bench(json=False, quick=False, threads=None, sections=None, in_process=False) -> dict``
-(``sections`` None: every section but ``macs``); ``quick``
-shrinks every size (a smoke test); ``threads`` sets every thread count of the contenders' processes
-(NumPy's BLAS, Numba, OpenMP, torch); ``in_process`` adds the old one-process dense figures, labelled.
+(``sections`` None: every section but ``macs``); ``quick`` shrinks every size (a smoke test); ``threads``
+sets every thread count of the contenders' processes (NumPy's BLAS, Numba, OpenMP, torch, onnxruntime's
+intra-op pool); ``in_process`` adds the old one-process dense figures, labelled.
 From the shell ``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections a,b]
 [--in-process]``, or ``minitofe bench`` with the same options.
 """
@@ -111,7 +111,8 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="thread count of every contender (BLAS, Numba, OpenMP, torch); default: as set up")
+                   help="thread count of every contender (BLAS, Numba, OpenMP, torch, onnxruntime's intra-op "
+                        "pool); default: as set up")
     p.add_argument("--sections", metavar="A,B",
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but macs)")
     p.add_argument("--in-process", action="store_true",
