@@ -5,7 +5,8 @@ Each contender runs in a process of its own, and the processes take turns in int
 (median of the per-round ratios, with their spread). Random weights, float32, images of N(0, 1) noise.
 Sections:
 
-    dense      DeiT-S forward, batch 1 / 8 / 32: minitofe reference, minitofe fast, timm
+    dense      DeiT-S forward, batch 1 / 8 / 32: minitofe reference, minitofe fast, timm eager, onnxruntime,
+               torch.compile (the last three when installed: ``bench.runtimes``)
     tofe       ToFe top-k at 70 / 50 / 35 % of the dense MACs (``macs.tofe_macs``) against dense, fast path
     tokens     gather and scatter of 50 % of DeiT-S's tokens (batch 32) against a plain copy of as many bytes;
                also the fast kernels on the copy's own rows (what the loop costs, apart from the pattern)
@@ -16,13 +17,14 @@ Sections:
                of the dense MACs, each on its own inference path, against dense; Fashion-MNIST and DeiT-S
 
 ``run_bench(json=False, quick=False, threads=None, sections=None, in_process=False) -> dict``
-(``sections`` None: every section but ``macs``); ``quick``
-shrinks every size (a smoke test); ``threads`` sets every thread count of the contenders' processes
-(NumPy's BLAS, Numba, OpenMP, torch); ``in_process`` adds the old one-process dense figures, labelled.
+(``sections`` None: every section but ``macs``); ``quick`` shrinks every size (a smoke test); ``threads``
+sets every thread count of the contenders' processes (NumPy's BLAS, Numba, OpenMP, torch, onnxruntime's
+intra-op pool); ``in_process`` adds the old one-process dense figures, labelled.
 From the shell ``python -m minitofe.bench [--json] [--quick] [--threads N] [--sections a,b]
 [--in-process]``, or ``minitofe bench`` with the same options.
 """
 import argparse
+import importlib
 import json as _json
 import os
 import platform
@@ -41,9 +43,10 @@ from .tables import format_tables
 DEFAULT_SECTIONS = ("dense", "tofe", "tokens", "train", "profile", "startup")
 SECTIONS = DEFAULT_SECTIONS + ("macs",)         # macs (~6 min more) runs when asked for by name
 DESCRIPTION = (
-    "Time minitofe's NumPy reference against its Numba fast path and, when installed, timm / torch: the "
-    "dense forward, ToFe against dense at equal MACs, token gather / scatter, a training step, a profile of "
-    "the fast forward, and the start-up of `minitofe predict`. Each contender runs in a process of its own, "
+    "Time minitofe's NumPy reference against its Numba fast path and, when installed, timm / torch (the "
+    "dense forward also against onnxruntime and torch.compile): the dense forward, ToFe against dense at "
+    "equal MACs, token gather / scatter, a training step, a profile of the fast forward, and the start-up "
+    "of `minitofe predict`. Each contender runs in a process of its own, "
     "in interleaved rounds, on random weights and N(0, 1) images. Prints tables of medians, spreads and "
     "ratios, with the machine they were measured on (--json: one JSON object). A full run takes about 6 "
     "minutes on 2 cores; --quick (tiny sizes, a smoke test) or --sections (a subset) make it shorter. "
@@ -65,7 +68,17 @@ def machine(threads=None):
     if kernels.available():
         import numba
         info["numba"] = numba.__version__
+    info["onnxruntime"] = _version("onnxruntime")
+    info.update({lib: v for lib in ("onnx", "onnxscript") if (v := _version(lib))})     # when present
     return info
+
+
+def _version(module):
+    """``module.__version__``, or None when it does not import."""
+    try:
+        return importlib.import_module(module).__version__
+    except ImportError:
+        return None
 
 
 def run_bench(json=False, quick=False, threads=None, sections=None, in_process=False):
@@ -98,7 +111,8 @@ def add_arguments(p):
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--quick", action="store_true", help="tiny sizes, a smoke test")
     p.add_argument("--threads", type=int, metavar="N",
-                   help="thread count of every contender (BLAS, Numba, OpenMP, torch); default: as set up")
+                   help="thread count of every contender (BLAS, Numba, OpenMP, torch, onnxruntime's intra-op "
+                        "pool); default: as set up")
     p.add_argument("--sections", metavar="A,B",
                    help=f"comma-separated subset of {','.join(SECTIONS)} (default: all but macs)")
     p.add_argument("--in-process", action="store_true",

@@ -1,7 +1,8 @@
 """What ``minitofe bench`` times: for each section and contender, the calls to time, built in the process
-that times them (``bench.worker``). ``build(section, contender, quick) -> {key: callable}``; every
-callable runs one complete operation (a forward, a training step, one gather) on inputs made here
-from fixed seeds, so every contender of a section gets the same work. Random weights, float32.
+that times them (``bench.worker``). ``build(section, contender, quick, threads=None) -> {key: callable}``;
+every callable runs one complete operation (a forward, a training step, one gather) on inputs made here
+from fixed seeds, so every contender of a section gets the same work. Random weights, float32. The
+dense section's optional runtimes (onnxruntime, ``torch.compile``) are built in ``bench.runtimes``.
 """
 import numpy as np
 
@@ -17,6 +18,10 @@ from .macs import build_macs
 
 PAPER_RATIOS = (0.49, 0.25, 0.14)           # ToFe's learned keep ratios; scaled to reach a MACs target
 TOFE_TARGETS = (0.70, 0.50, 0.35)           # MACs of the ToFe contenders, as a fraction of dense
+# The contenders that run torch in their process (onnxruntime's too: its export and its check against the
+# eager model): ``--threads N`` gives them ``torch.set_num_threads(N)`` (``bench.worker``).
+TORCH_CONTENDERS = frozenset({"timm", "torch", "torch_compile", "onnxruntime"})
+RUNTIMES = ("onnxruntime", "torch_compile")     # the dense section's optional runtimes (``bench.runtimes``)
 
 
 def torch_timm():
@@ -27,6 +32,15 @@ def torch_timm():
     except ImportError:
         return None, None
     return torch, timm
+
+
+def timm_model(name):
+    """timm's ``name`` with random weights, in eval mode; the same weights in every process (seed 0, drawn
+    from torch's global generator, whose state is put back afterwards)."""
+    torch, timm = torch_timm()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return timm.create_model(name, pretrained=False).eval()
 
 
 def dense_model(quick):
@@ -70,8 +84,8 @@ def tofe_plan(quick):
 def _dense(contender, quick):
     name = dense_model(quick)
     if contender == "timm":
-        torch, timm = torch_timm()
-        model = timm.create_model(name, pretrained=False).eval()
+        torch, _ = torch_timm()
+        model = timm_model(name)
 
         def timm_call(xt):
             with torch.inference_mode():
@@ -171,8 +185,12 @@ def _train(contender, quick):
 BUILDERS = {"dense": _dense, "tofe": _tofe, "tokens": _tokens, "train": _train, "macs": build_macs}
 
 
-def build(section, contender, quick):
-    """The calls to time for one contender of one section: {key: callable}."""
+def build(section, contender, quick, threads=None):
+    """The calls to time for one contender of one section: {key: callable}; ``threads`` (the bench's
+    ``--threads``) reaches the runtimes that take a thread count of their own (onnxruntime)."""
     if section not in BUILDERS:
         raise ValueError(f"unknown bench section {section!r}; known: {sorted(BUILDERS)}")
+    if section == "dense" and contender in RUNTIMES:
+        from .runtimes import build_runtime
+        return build_runtime(contender, quick, threads)
     return BUILDERS[section](contender, quick)

@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 
-from . import macs
-from .contenders import batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
+from . import macs, runtimes
+from .contenders import RUNTIMES, batches, build, dense_model, token_case, tofe_plan, torch_timm, train_model
 from .rounds import compare, ratio
 
 # Untimed calls that open each turn of the gather / scatter section, and the timed calls of a turn. A call
@@ -35,8 +35,12 @@ def _speed(res, key, B, c):
 
 
 def bench_dense(quick, threads=None):
-    """DeiT-S forward at batch 1 / 8 / 32: minitofe reference, minitofe fast, timm (when installed)."""
-    contenders = ["reference", "fast"] + (["timm"] if torch_timm()[0] else [])
+    """DeiT-S forward at batch 1 / 8 / 32: minitofe reference, minitofe fast, and where installed timm
+    eager, onnxruntime and ``torch.compile`` (``bench.runtimes``). "skipped" says which of those were left
+    out and why; "settings" what the runtimes reported when built (onnxruntime's session, the export)."""
+    skipped = runtimes.skipped()
+    others = [c for c in ("timm",) + RUNTIMES if c not in skipped]
+    contenders = ["reference", "fast"] + others
     plan = [(f"batch{B}", *_rounds(B, quick)) for B in batches("dense", quick)]
     res = compare("dense", contenders, plan, quick, threads)
     rows = []
@@ -45,10 +49,11 @@ def bench_dense(quick, threads=None):
         for c in contenders:
             row.update(_speed(res, key, B, c))
         row["fast_vs_reference"] = ratio(res, key, "reference", "fast")     # time over time: a speed ratio
-        if "timm" in contenders:
-            row["fast_vs_timm"] = ratio(res, key, "timm", "fast")
+        for c in others:
+            row[f"fast_vs_{c}"] = ratio(res, key, c, "fast")
         rows.append(row)
-    return {"rows": rows, "threads": res["threads"]}
+    return {"rows": rows, "threads": res["threads"], "skipped": skipped,
+            "settings": {c: res["info"][c] for c in RUNTIMES if c in others}}
 
 
 def bench_tofe(quick, threads=None):

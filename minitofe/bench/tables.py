@@ -19,18 +19,43 @@ def _threads(section):
 def _machine(m):
     return [f"{m['cpu']}, {m['cores']} cores, load average {m.get('load_average')} -> "
             f"{m.get('load_average_after')}, python {m['python']}, numpy {m['numpy']}, numba "
-            f"{m.get('numba', '-')}, torch {m['torch'] or '-'}, timm {m.get('timm') or '-'}, {m['dtype']}, "
-            f"threads {m.get('threads') or 'as set up'}; each contender in a process of its own", ""]
+            f"{m.get('numba', '-')}, torch {m['torch'] or '-'}, timm {m.get('timm') or '-'}, onnxruntime "
+            f"{m.get('onnxruntime') or '-'}, {m['dtype']}, threads {m.get('threads') or 'as set up'}; each "
+            f"contender in a process of its own", ""]
+
+
+DENSE_OTHERS = ("timm", "onnxruntime", "torch_compile")     # the optional contenders, when they ran
+
+
+def _ort_settings(s):
+    return (f"  onnxruntime {s['onnxruntime']}: {s['graph_optimization_level']}, intra-op threads "
+            f"{s['intra_op_num_threads'] or 'ORT default'}, inter-op {s['inter_op_num_threads']}, "
+            f"{s['execution_mode']}, {', '.join(s['providers'])}; opset {s['opset']}, {s['file']} "
+            f"({s['file_bytes'] / 2**20:.1f} MiB{', exported this run' if s['exported_this_run'] else ''})")
 
 
 def _dense(d):
+    others = [c for c in DENSE_OTHERS if f"{c}_img_s" in d["rows"][0]]
     lines = [f"dense forward, images/s ({_threads(d)})",
-             f"  {'model':<24} {'batch':>5} {'reference':>10} {'fast':>8} {'timm':>8}   {'fast/timm':<22} "
-             f"fast/reference"]
+             f"  {'model':<24} {'batch':>5} " + " ".join(f"{c:>13}" for c in ["reference", "fast"] + others)]
     for r in d["rows"]:
-        lines.append(f"  {r['model']:<24} {r['batch']:>5} {_num(r['reference_img_s']):>10} "
-                     f"{_num(r['fast_img_s']):>8} {_num(r.get('timm_img_s')):>8}   "
-                     f"{_ratio(r.get('fast_vs_timm')):<22} {_ratio(r['fast_vs_reference'])}")
+        lines.append(f"  {r['model']:<24} {r['batch']:>5} " +
+                     " ".join(f"{_num(r[f'{c}_img_s']):>13}" for c in ["reference", "fast"] + others))
+    lines.append("  fast speed / another's, median [min, max] over the rounds:")
+    heads = " ".join(f"{'fast/' + c:<24}" for c in ["reference"] + others)
+    lines.append(f"  {'batch':>5}   {heads}".rstrip())
+    for r in d["rows"]:
+        lines.append(f"  {r['batch']:>5}   " + " ".join(f"{_ratio(r[f'fast_vs_{c}']):<24}"
+                                                       for c in ["reference"] + others).rstrip())
+    if d.get("settings", {}).get("onnxruntime"):
+        lines.append(_ort_settings(d["settings"]["onnxruntime"]))
+    compiled = d.get("settings", {}).get("torch_compile")
+    if compiled:
+        lines.append(f"  torch.compile: {compiled['backend']}, mode {compiled['mode']}, dynamic "
+                     f"{compiled['dynamic']}; compiled in " +
+                     ", ".join(f"{s:.0f} s ({k})" for k, s in compiled["compile_s"].items()))
+    if d.get("skipped"):
+        lines.append("  left out: " + "; ".join(f"{c} ({why})" for c, why in d["skipped"].items()))
     return lines
 
 

@@ -11,8 +11,9 @@ caches, thread pools), answers ``ready``, then times what it is asked for, one J
 
 The first line in is the spec {"section", "contender", "quick", "threads"}. Replies go to the original
 stdout; anything a library prints goes to stderr, so it cannot corrupt the protocol. With ``threads``
-the torch contender gets ``torch.set_num_threads(threads)`` (NumPy, Numba and OpenMP get theirs from the
-environment the parent sets before the process starts).
+the contenders that run torch (``contenders.TORCH_CONTENDERS``) get ``torch.set_num_threads(threads)``, and
+onnxruntime's session its intra-op thread count (NumPy, Numba and OpenMP get theirs from the environment
+the parent sets before the process starts).
 """
 import json
 import os
@@ -37,14 +38,14 @@ def thread_counts():
 
 def serve(spec, reply, read):
     """Build the contender, warm it up, then answer requests until told to quit (or input ends)."""
-    from .contenders import build
-    if spec.get("threads") and spec.get("contender") in ("timm", "torch"):
+    from .contenders import TORCH_CONTENDERS, build
+    if spec.get("threads") and spec.get("contender") in TORCH_CONTENDERS:
         import torch
         torch.set_num_threads(int(spec["threads"]))
     if spec["contender"] == "profile":
         calls = {}
     else:
-        calls = build(spec["section"], spec["contender"], bool(spec.get("quick")))
+        calls = build(spec["section"], spec["contender"], bool(spec.get("quick")), spec.get("threads"))
     for f in calls.values():
         f()
     reply({"ready": list(calls), "threads": thread_counts(), "pid": os.getpid(),
