@@ -11,7 +11,8 @@ Sections:
     tokens     gather and scatter of 50 % of DeiT-S's tokens (batch 32) against a plain copy of as many bytes;
                also the fast kernels on the copy's own rows (what the loop costs, apart from the pattern)
     train      one training step (forward, backward, AdamW) of DeiT-Ti at batch 32, against torch
-    profile    NumPy's sgemm GFLOP/s, and the fast forward's time by kind of operation (``bench.profile``)
+    profile    NumPy's sgemm GFLOP/s, the fast forward's time by kind of operation (``bench.profile``), and
+               onnxruntime's in the same kinds when it is installed (``bench.runtime_profile``)
     startup    ``minitofe predict`` of one image in a fresh process: wall time, peak memory
     macs       (asked for by name only) do MACs become seconds: tofe, evit, dynamicvit at 35 / 50 / 70 %
                of the dense MACs, each on its own inference path, against dense; Fashion-MNIST and DeiT-S

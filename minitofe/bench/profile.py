@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from .. import kernels
+from ..kernels.packed import freeze
 from ..config import get_config
 from ..nn.params import init_params
 from ..tofe.config import ToFeConfig
@@ -87,10 +88,13 @@ def op_times(params, cfg, B, reps):
     return {"batch": B, "forward_s": total, "seconds": kinds, "gflops": gflops}
 
 
-def profile_forward(quick=False):
-    """The profile section: sgemm GFLOP/s and the fast forward's time by kind of operation."""
+def profile_forward(quick=False, threads=None):
+    """The profile section: sgemm GFLOP/s, the fast forward's time by kind of operation, and (when it is
+    installed) onnxruntime's on the same model in the same kinds (``bench.runtime_profile``)."""
+    from .runtime_profile import ort_profile
     cfg = get_config(dense_model(quick))
-    params = init_params(cfg, np.random.default_rng(0), np.float32)
+    params = freeze(init_params(cfg, np.random.default_rng(0), np.float32))      # as the dense contender
     sizes = (1, 2) if quick else (1, 32)
     return {"model": dense_model(quick), "sgemm_gflops": sgemm_gflops(cfg, sizes, 256 if quick else 2048),
-            "ops": [op_times(params, cfg, B, 1 if quick or B > 8 else 3) for B in sizes]}
+            "ops": [op_times(params, cfg, B, 1 if quick or B > 8 else 3) for B in sizes],
+            "onnxruntime": ort_profile(quick, threads, sizes)}

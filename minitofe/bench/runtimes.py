@@ -96,15 +96,21 @@ def export_onnx(model, dest):
                       dynamic_shapes=({0: batch},))
 
 
-def ort_session(path, threads):
-    """An onnxruntime session on ``path`` with the bench's settings (``threads`` None: ORT's default)."""
+def session_options(threads):
+    """The bench's onnxruntime session options (``threads`` None: ORT's default intra-op pool)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = int(threads) if threads else 0        # 0: ORT's default
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    return options
+
+
+def ort_session(path, threads):
+    """An onnxruntime session on ``path`` with the bench's settings (``session_options``)."""
+    import onnxruntime as ort
+    return ort.InferenceSession(path, session_options(threads), providers=["CPUExecutionProvider"])
 
 
 def _versions():

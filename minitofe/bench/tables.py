@@ -112,11 +112,18 @@ def _profile(p):
     g = p["sgemm_gflops"]
     lines = ["", f"profile ({p['model']}, fast path; {_threads({'threads': {'process': p['threads']}})})",
              "  NumPy sgemm GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in g.items())]
-    for r in p["ops"]:
-        lines.append(f"  batch {r['batch']}: forward {1e3 * r['forward_s']:.1f} ms; "
-                     + ", ".join(f"{k} {1e3 * v:.1f} ms ({v / r['forward_s']:.0%})" for k, v in
-                                 sorted(r["seconds"].items(), key=lambda kv: -kv[1]) if v > 0))
-        lines.append("    matmuls: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in r["gflops"].items()))
+    ort = p.get("onnxruntime") or {}
+    for who, rows in (("minitofe fast (cProfile)", p["ops"]),
+                      ("onnxruntime (its profiler)", ort.get("rows", []))):
+        lines.append(f"  {who}:")
+        for r in rows:
+            lines.append(f"    batch {r['batch']}: forward {1e3 * r['forward_s']:.1f} ms; "
+                         + ", ".join(f"{k} {1e3 * v:.1f} ms ({v / r['forward_s']:.0%})" for k, v in
+                                     sorted(r["seconds"].items(), key=lambda kv: -kv[1]) if v > 0))
+            lines.append("      matmuls: " + ", ".join(f"{k} {v:.0f} GFLOP/s"
+                                               for k, v in r["gflops"].items()))
+    if "skipped" in ort:
+        lines.append(f"  onnxruntime left out: {ort['skipped']}")
     return lines
 
 

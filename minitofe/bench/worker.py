@@ -56,7 +56,7 @@ def serve(spec, reply, read):
             return
         if req.get("profile"):
             from .profile import profile_forward
-            reply({"profile": profile_forward(bool(spec.get("quick")))})
+            reply({"profile": profile_forward(bool(spec.get("quick")), spec.get("threads"))})
             continue
         if "breakdown" in req:
             from .macs import breakdown

@@ -7,6 +7,7 @@ number of steps), and names the first difference otherwise. Read with ``allow_pi
 """
 import json
 import os
+from dataclasses import asdict
 
 import numpy as np
 
@@ -57,3 +58,22 @@ def check_same_run(path, meta, expected):
             if have.get(key) != want.get(key):
                 raise ValueError(f"{path}: cannot resume: {section}.{key} is {have.get(key)!r} in the "
                                  f"checkpoint but {want.get(key)!r} now (another config)")
+
+
+def as_now(path, meta, model):
+    """The checkpoint's configs read the way a config of today reads them: a field it does not hold (one
+    added since, e.g. the selector kind) gets its default, the behaviour of the code that wrote it, so that
+    a run started by an older minitofe resumes; a field today's configs do not know is refused, naming it."""
+    from .config import TrainConfig
+    meta = dict(meta)
+    readers = {"model": type(model.cfg).from_dict, "tofe": type(model.tofe).from_dict,
+               "train": lambda d: asdict(TrainConfig(**d))}
+    for section, read in readers.items():
+        if isinstance(meta.get(section), dict):
+            try:
+                cfg = read(meta[section])
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{path}: cannot resume: its {section!r} config does not read: "
+                                 f"{e}") from None
+            meta[section] = cfg if isinstance(cfg, dict) else cfg.to_dict()
+    return meta

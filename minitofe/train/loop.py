@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import numpy as np
 
-from .checkpoint import check_same_run, load_checkpoint, save_checkpoint
+from .checkpoint import as_now, check_same_run, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .evaluation import evaluate
 from .optim import adamw_init, adamw_step, clip_grad_norm, cosine_lr
@@ -106,23 +106,6 @@ def _expected_meta(model, train_cfg):
     return {"model": model.cfg.to_dict(), "tofe": model.tofe.to_dict(), "train": asdict(train_cfg)}
 
 
-def _as_now(path, meta, model):
-    """The checkpoint's configs read the way a config of today reads them: a field it does not hold (one
-    added since, e.g. the selector kind) gets its default, the behaviour of the code that wrote it, so that
-    a run started by an older minitofe resumes; a field today's configs do not know is refused, naming it."""
-    meta = dict(meta)
-    readers = {"model": type(model.cfg).from_dict, "tofe": type(model.tofe).from_dict,
-               "train": lambda d: asdict(TrainConfig(**d))}
-    for section, read in readers.items():
-        if isinstance(meta.get(section), dict):
-            try:
-                cfg = read(meta[section])
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{path}: cannot resume: its {section!r} config does not read: {e}") from None
-            meta[section] = cfg if isinstance(cfg, dict) else cfg.to_dict()
-    return meta
-
-
 def _trim_log(path, last_step):
     """Keep only log lines of steps <= last_step (steps after the checkpoint are redone on resume)."""
     if not os.path.exists(path):
@@ -163,7 +146,7 @@ def train(model, teacher_params, train_data, eval_data=None, train_cfg=TrainConf
     start = 0
     if resume and os.path.exists(ckpt):
         params, opt, meta = load_checkpoint(ckpt)
-        check_same_run(ckpt, _as_now(ckpt, meta, model), _expected_meta(model, train_cfg))
+        check_same_run(ckpt, as_now(ckpt, meta, model), _expected_meta(model, train_cfg))
         if set(params) != set(model.params):
             raise ValueError(f"{ckpt}: parameter keys differ from the model's")
         model.params.update(params)
