@@ -38,3 +38,31 @@ def test_large_calls_and_a_user_choice_are_left_alone(two_threads, monkeypatch):
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")
     with blas_threads_for(1):
         assert _blas_threads() == {2}
+
+
+WATCH_NUMPY = """
+import os, sys
+seen = []
+class Watch:                      # notes the variable when NumPy (and with it OpenBLAS) is first imported
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and not seen:
+            seen.append(os.environ.get("OPENBLAS_THREAD_TIMEOUT"))
+sys.meta_path.insert(0, Watch())
+import minitofe
+print(seen[0])
+"""
+
+
+@pytest.mark.parametrize("given", [None, "12"])
+def test_importing_minitofe_first_shortens_openblas_s_spin_unless_the_user_chose(given):
+    """OpenBLAS reads OPENBLAS_THREAD_TIMEOUT once, when NumPy loads it: ``import minitofe`` sets it (to 6:
+    2**6 cycles of spinning) before it imports NumPy, and keeps a value the user set."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if given:
+        env["OPENBLAS_THREAD_TIMEOUT"] = given
+    out = subprocess.run([sys.executable, "-c", WATCH_NUMPY], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == [given or "6"]

@@ -64,6 +64,7 @@ def machine(threads=None):
     torch, timm = torch_timm()
     info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
             "dtype": "float32", "fast_kernels": kernels.available(), "threads": threads,
+            "openblas_thread_timeout": os.environ.get("OPENBLAS_THREAD_TIMEOUT"),   # as the workers start
             "load_average": [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None,
             "torch": torch.__version__ if torch else None, "timm": timm.__version__ if timm else None}
     if kernels.available():

@@ -20,8 +20,9 @@ def _machine(m):
     return [f"{m['cpu']}, {m['cores']} cores, load average {m.get('load_average')} -> "
             f"{m.get('load_average_after')}, python {m['python']}, numpy {m['numpy']}, numba "
             f"{m.get('numba', '-')}, torch {m['torch'] or '-'}, timm {m.get('timm') or '-'}, onnxruntime "
-            f"{m.get('onnxruntime') or '-'}, {m['dtype']}, threads {m.get('threads') or 'as set up'}; each "
-            f"contender in a process of its own", ""]
+            f"{m.get('onnxruntime') or '-'}, {m['dtype']}, threads {m.get('threads') or 'as set up'}, "
+            f"OPENBLAS_THREAD_TIMEOUT {m.get('openblas_thread_timeout') or '-'}; each contender in a "
+            f"process of its own", ""]
 
 
 DENSE_OTHERS = ("timm", "onnxruntime", "torch_compile")     # the optional contenders, when they ran
