@@ -53,12 +53,22 @@ def test_the_copy_goes_with_its_weight():
     assert key not in packed._cache
 
 
-def test_freeze_leaves_views_and_other_values_alone():
+def test_freeze_marks_views_and_what_they_view_and_leaves_other_values_alone():
     base = _weight()
     params = {"own": _weight(1), "view": base[1:], "scalar": 3}
     freeze(params)
     assert not params["own"].flags.writeable
-    assert params["view"].flags.writeable and base.flags.writeable
+    assert not params["view"].flags.writeable and not base.flags.writeable
+    wt = weight_t(params["view"])
+    assert not np.shares_memory(wt, base) and np.array_equal(wt, base[1:].T)
+    with pytest.raises(ValueError, match="read-only"):
+        base[1, 0] = 5.0                                   # the kept copy cannot go stale
+
+
+def test_a_loaded_model_s_weights_are_frozen_by_the_cli():
+    from minitofe.cli.common import load_for_inference
+    model, _, _ = load_for_inference(random_fallback=True)
+    assert not any(v.flags.writeable for v in model.params.values())
 
 
 @pytest.mark.parametrize("method", ["dense", "tofe"])

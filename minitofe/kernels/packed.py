@@ -51,13 +51,16 @@ def weight_t(w):
 
 
 def freeze(params):
-    """Mark every NumPy array of ``params`` ({key: array}) read-only in place, so that the fast path may
-    keep transposed copies of them (``weight_t``); returns ``params``. For weights that only run
-    inference (the CLI's predict / eval / demo do this); an array that is a view of a writeable one stays
-    as it is (its base could still change it) and is read as it is at every call."""
+    """Mark every NumPy array of ``params`` ({key: array}) read-only in place, and every array it is a
+    view of (a loaded file's weights are often views of one buffer), so that the fast path may keep
+    transposed copies of them (``weight_t``); returns ``params``. For weights that only run inference
+    (the CLI's predict / eval / demo do this): a later write to them, or to an array they view, raises
+    ``ValueError`` instead of leaving a kept copy stale."""
     for v in params.values():
-        if isinstance(v, np.ndarray) and v.base is None:
-            v.flags.writeable = False
+        a = v
+        while isinstance(a, np.ndarray):
+            a.flags.writeable = False
+            a = a.base
     return params
 
 
