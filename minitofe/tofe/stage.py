@@ -148,7 +148,9 @@ def stage_train_forward(x, m_prev, params, cfg, tcfg, s, blocks, noise, tau, har
     xp = get_xp(x)
     m = xp.concatenate([xp.ones((x.shape[0], T), dtype=x.dtype), m_patch], axis=1)     # (B, N)
     x_in, m_in, c_fuse = x, m, None
-    if tcfg.fuses_frozen:                                   # the frozen patches' fused token as token N
+    # the frozen patches' fused token as token N; when no image froze a patch it would be masked out of
+    # every image's attention and carry no gradient: left out, so that keep-all stays exactly dense
+    if tcfg.fuses_frozen and bool((m_patch < 0.5).any()):
         x_in, m_in, c_fuse = append_fused_forward(x, m, sel_logits, T)               # (B, N + 1, ...)
     h, c_blocks = keep_path_forward(x_in, m_in, params, blocks, cfg.num_heads, block_fwd)
     h = h[:, :x.shape[1]]                                   # the fused token is dropped at the stage's end
