@@ -14,9 +14,10 @@ that every frozen keep probability underflows to 0 still gives a mean (uniform),
 Training (``append_fused_forward``) runs the stage's masked blocks on the N tokens and ``f`` as token N,
 whose key mask is 1 when the image froze a patch (m < 0.5: a constant of the decision, like L_approx's
 frozen set) and 0 otherwise (a stage where no image of the batch froze a patch leaves the token out: it
-would be masked out everywhere, and keep-all training stays bit-identical to dense); the backward sends the gradient of ``f`` to the patches, to the mask ``m``
-and, through ``keep_prob``, to the selector's logits. Inference (``with_fused_token``) appends ``f`` as
-token N where the image froze a patch, so the stage gathers it with the kept tokens.
+would be masked out everywhere, and keep-all training stays bit-identical to dense); the backward sends
+the gradient of ``f`` to the patches, to the mask ``m`` and, through ``keep_prob``, to the selector's
+logits. Inference (``with_fused_token``) appends ``f`` as token N where the image froze a patch, so the
+stage gathers it with the kept tokens.
 """
 from ..backend import get_xp
 from ..nn.layers import softmax_backward, softmax_forward
