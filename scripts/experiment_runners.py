@@ -32,6 +32,9 @@ CONNECT_TIMEOUT = 20
 # reported as FAILED at once). A task whose worker died is rescheduled by the scheduler itself, up to its
 # ``distributed.scheduler.allowed-failures`` times (default 3).
 RETRIES = 2
+# the records the driver writes into the checkout as the runs go (``fmnist_experiment.RECORDS``): they do not
+# make the checkout "dirty" in the records, its code is what that flag is about
+OWN_RECORDS = "results/fmnist"
 # Linux: the training process is killed with the worker that started it (PR_SET_PDEATHSIG, which execv
 # keeps), so a worker killed mid-job leaves no orphan writing the job's folder while the rescheduled task
 # resumes it. argv: the parent's pid, then the command to become.
@@ -89,11 +92,17 @@ def environment(env, repo):
              "print(json.dumps(a))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=repo,
                          check=True)
-    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                           capture_output=True, text=True)
-    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip()),
+    return {**checkout_state(repo),
             "openblas_coretype": (env or os.environ).get("OPENBLAS_CORETYPE"), **json.loads(out.stdout)}
+
+
+def checkout_state(repo):
+    """``{"commit", "dirty"}`` of the checkout ``repo``: its commit (None outside git), and whether a tracked
+    file differs from it, the records the driver itself writes there (``OWN_RECORDS``) left out."""
+    git = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True)
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            f":!{OWN_RECORDS}"], cwd=repo, capture_output=True, text=True)
+    return {"commit": git.stdout.strip() or None, "dirty": bool(dirty.stdout.strip())}
 
 
 def stamp():
@@ -106,24 +115,58 @@ def stamp():
 def run_local(jobs, n_parallel, cwd, overrides, started, finished, poll=5.0):
     """Run ``jobs`` ``n_parallel`` at a time as child processes in ``cwd``, each appending its output to
     ``out/stdout.log``. ``started(job)`` is called as a job starts, ``finished(job, result)`` as it ends,
-    ``result = {"returncode", "seconds"}``."""
-    env, queue, running = job_env(overrides), list(jobs), {}
+    ``result = {"returncode", "seconds"}``. A job whose ``out/job.lock`` another process holds (a second
+    driver on the same run folder, a Dask task, or the training process of a driver that was stopped) is
+    skipped with a line saying so: two processes never write one job's folder. Returns the skipped jobs."""
+    env, queue, running, skipped = job_env(overrides), list(jobs), {}, []
     while queue or running:
         while queue and len(running) < n_parallel:
             job = queue.pop(0)
-            cmd = command(job)
+            lock = try_lock(job)
+            if lock is None:
+                print(f"[{stamp()}] skip {job.key}: another process runs it ({job.out}/job.lock is held)",
+                      flush=True)
+                skipped.append(job)
+                continue
+            cmd = command(job)                      # under the lock: no other process writes the checkpoint
             started(job)
             log = open(pathlib.Path(job.out) / "stdout.log", "a")
             print(f"[{stamp()}] start {job.key}: {' '.join(cmd)}", flush=True)
-            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd),
-                            time.time(), log)
+            fds = () if lock is NO_LOCK else (lock.fileno(),)      # the training process holds it too
+            running[job] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                             pass_fds=fds), time.time(), log, lock)
         time.sleep(poll)
-        for job, (proc, t0, log) in list(running.items()):
+        for job, (proc, t0, log, lock) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[job]
             log.close()
+            if lock is not NO_LOCK:
+                lock.close()
             finished(job, {"returncode": proc.returncode, "seconds": time.time() - t0})
+    return skipped
+
+
+NO_LOCK = object()      # where there are no advisory file locks (``fcntl``: not on Windows)
+
+
+def try_lock(job):
+    """The job's ``out/job.lock``, open and locked (exclusive), or None when another process holds it;
+    ``NO_LOCK`` where the platform has no ``fcntl``. The lock goes when every process holding the file
+    (the driver, the training process it starts) has closed it or ended."""
+    try:
+        import fcntl
+    except ImportError:
+        return NO_LOCK
+    out = pathlib.Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lock = open(out / "job.lock", "a")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    return lock
 
 
 # ---- Dask distributed: one task per job, on any worker of the cluster ----

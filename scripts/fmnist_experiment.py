@@ -43,9 +43,11 @@ their last checkpoint):
 Every training job is one ``minitofe train`` process with one BLAS/Numba thread, ``--jobs`` at a time on
 this machine, or one task each on the workers of a Dask cluster (``--engine dask``: docs/cluster.md;
 ``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to
-``RUN_DIR/<phase>/<name>/``. Each run's record (method, budget, seed, flags, the recipe and the val scores
-that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall minutes, val and
-test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
+``RUN_DIR/<phase>/<name>/``; the job's process and its driver hold ``job.lock`` there, so a second
+driver on the same run folder (the command started twice, or on two phases at once) skips the jobs the first
+one runs instead of writing their folders too. Each run's record (method, budget, seed, flags, the recipe
+and the val scores that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall
+minutes, val and test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
 repository: a regeneration on another machine is compared with it run by run (``records`` prints them side
 by side).
 """
@@ -350,7 +352,10 @@ def run_jobs(jobs, run_dir, n_parallel, client=None):
 
     todo = [train_job(run_dir, *j) for j in queue]
     if client is None:
-        runners.run_local(todo, n_parallel, REPO, overrides, started, finished)
+        skipped = runners.run_local(todo, n_parallel, REPO, overrides, started, finished)
+        if skipped:
+            print(f"{len(skipped)} job(s) left to the process that holds their lock; run this again when it "
+                  f"has ended: {' '.join(j.key for j in skipped)}", flush=True)
     else:
         runners.run_dask(todo, client, REPO, overrides, started, finished)
 

@@ -191,3 +191,62 @@ def test_the_engine_and_the_scheduler_go_together(tmp_path, monkeypatch, capsys)
         with pytest.raises(SystemExit) as e:
             X.main(["run", *argv, "--run-dir", str(tmp_path)])
         assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_local_pool_skips_a_job_another_process_holds_and_its_child_keeps_the_lock(tmp_path, monkeypatch,
+                                                                                       capsys):
+    """Two drivers on one run folder (the command started twice): a job whose ``job.lock`` is held is
+    skipped, not run a second time beside the first; the job it runs keeps its lock in the training
+    process, so a driver stopped mid-job does not free the job to a second driver. No Dask needed."""
+    fcntl = pytest.importorskip("fcntl")
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import experiment_runners as runners
+    held, free = (runners.Job(f"search/{n}", str(tmp_path / n), ("--version",), ("--version",))
+                  for n in ("held", "free"))
+    ends, seen = [], {}
+
+    def started(job):                         # while the child runs: another process cannot take the lock
+        seen[job.key] = runners.try_lock(job)
+
+    real_popen, passed = subprocess.Popen, []
+
+    def popen(cmd, **kw):                     # which files the training process inherits
+        passed.extend(os.path.realpath(f"/proc/self/fd/{fd}") for fd in kw.get("pass_fds", ()))
+        return real_popen(cmd, **kw)
+
+    monkeypatch.setattr(runners.subprocess, "Popen", popen)
+    (tmp_path / "held").mkdir()
+    with open(tmp_path / "held" / "job.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        skipped = runners.run_local([held, free], 2, REPO, runners.ONE_THREAD, started,
+                                    lambda job, result: ends.append((job.key, result["returncode"])), poll=0.05)
+    assert skipped == [held] and ends == [("search/free", 0)] and list(seen) == ["search/free"]
+    assert seen["search/free"] is None                               # held by the driver and its child
+    assert passed == [str((tmp_path / "free" / "job.lock").resolve())]
+    assert "skip search/held: another process runs it" in capsys.readouterr().out
+    assert not (tmp_path / "held" / "stdout.log").exists()
+    again = runners.try_lock(free)                                   # free again once the job has ended
+    assert again is not None
+    again.close()
+
+
+def test_the_records_the_driver_writes_do_not_make_the_checkout_dirty(tmp_path, monkeypatch):
+    """A run's records go into the checkout (``results/fmnist/``) as the runs go: the next run's record must
+    not call its code "dirty" for that; a change to anything else does."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import experiment_runners as runners
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True)                     # noqa: E731
+    record, code = tmp_path / runners.OWN_RECORDS / "run" / "a.json", tmp_path / "code.py"
+    record.parent.mkdir(parents=True)
+    record.write_text("{}")
+    code.write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    assert runners.checkout_state(tmp_path)["dirty"] is False
+    record.write_text('{"status": "done"}')
+    assert runners.checkout_state(tmp_path)["dirty"] is False
+    code.write_text("x = 2\n")
+    state = runners.checkout_state(tmp_path)
+    assert state["dirty"] is True and len(state["commit"]) == 40
