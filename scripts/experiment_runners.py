@@ -24,8 +24,8 @@ CHECKPOINT = "checkpoint.npz"
 # one BLAS / Numba / OpenMP thread per training process: the jobs run side by side, one per core
 ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 # what a job takes from the driver's environment on top of its own machine's: where the data is, and the
-# BLAS core type the run was asked to compute with
-PASSED_ON = ("MINITOFE_FASHION_MNIST", "OPENBLAS_CORETYPE")
+# BLAS core type the run was asked to compute with, and where the teacher's outputs are kept between runs
+PASSED_ON = ("MINITOFE_FASHION_MNIST", "OPENBLAS_CORETYPE", "MINITOFE_TEACHER_CACHE_DIR")
 # how long the driver tries to reach the scheduler before it gives up (seconds)
 CONNECT_TIMEOUT = 20
 # how many times Dask runs a task again after it raised (a job that exits non-zero does not raise: it is

@@ -45,7 +45,9 @@ this machine, or one task each on the workers of a Dask cluster (``--engine dask
 ``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to
 ``RUN_DIR/<phase>/<name>/``; the job's process and its driver hold ``job.lock`` there, so a second
 driver on the same run folder (the command started twice, or on two phases at once) skips the jobs the first
-one runs instead of writing their folders too. Each run's record (method, budget, seed, flags, the recipe
+one runs instead of writing their folders too. The dense teacher's outputs are computed by the first job of
+a teacher and stage layout and kept in ``RUN_DIR/teacher-cache/`` (~4 GB each) for the others, which map
+them read-only (``MINITOFE_TEACHER_CACHE_DIR``; minitofe.train.teacher_cache). Each run's record (method, budget, seed, flags, the recipe
 and the val scores that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall
 minutes, val and test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
 repository: a regeneration on another machine is compared with it run by run (``records`` prints them side
@@ -103,6 +105,9 @@ GRID = {"bb0.1": ["--backbone-lr-scale", "0.1"], "bb1": ["--backbone-lr-scale", 
 # the backbone fine-tuned at the full learning rate, as the new modules are
 DEFAULT_GRID = "bb1"
 RECORDS = REPO / "results" / "fmnist"
+# the teacher's outputs, computed by the first run of a teacher, data and code and mapped by the others
+# (minitofe.train.teacher_cache; ~4 GB a stage layout), unless MINITOFE_TEACHER_CACHE_DIR says elsewhere
+TEACHER_CACHE = "teacher-cache"
 # remedies tried for tofe on val (name -> extra flags), each against tofe's seed-0 final run at the same
 # budget. With the stages at blocks 3, 6, 9 of 12, the three dense blocks and the ToFe modules cost 29 %
 # of the dense MACs before a single patch is kept, so 35 % leaves a keep ratio of ~0.09 per stage; a
@@ -325,7 +330,7 @@ def run_jobs(jobs, run_dir, n_parallel, client=None):
     tasks of the Dask cluster of ``client``. Their wall times go to ``times.json``, their records to
     ``results/fmnist/`` as each one starts (the local pool: with this machine's environment) and ends (Dask:
     with the environment of the worker that ran it)."""
-    overrides = runners.driver_overrides()
+    overrides = {"MINITOFE_TEACHER_CACHE_DIR": str(run_dir / TEACHER_CACHE), **runners.driver_overrides()}
     times_path = run_dir / "times.json"
     queue = [j for j in jobs if not is_done(run_dir, j[0], j[1])]
     print(f"{len(jobs) - len(queue)} of {len(jobs)} jobs done; {len(queue)} to run", flush=True)

@@ -177,9 +177,9 @@ def _train_loop(model, teacher_params, train_data, eval_data, train_cfg, run, pr
     scales, frozen = run["scales"], run["frozen"]
     cache = None
     if train_cfg.teacher_cache and model.tofe.needs_teacher and start < train_cfg.steps:
-        from .teacher_cache import TeacherCache
-        cache = TeacherCache(teacher_params, images, model.cfg, model.tofe.resolved_stages(model.cfg.depth),
-                             train_cfg.batch_size, fast=train_cfg.fast, progress=progress)
+        from .teacher_cache import teacher_cache
+        cache = teacher_cache(teacher_params, images, model.cfg, model.tofe.resolved_stages(model.cfg.depth),
+                              train_cfg.batch_size, fast=train_cfg.fast, progress=progress)
 
     def save(step):
         meta = dict(_expected_meta(model, train_cfg), step=step,
