@@ -4,7 +4,7 @@
     python scripts/fmnist_experiment.py run [--jobs 2] [--phase search|final|remedy|study|all] [--only M ...]
                                             [--seeds 0 ...] [--engine dask --scheduler tcp://HOST:8786]
     python scripts/fmnist_experiment.py budget [--phase P] [--only M ...] [--jobs N]   # what is left, in hours
-    python scripts/fmnist_experiment.py report              # test-set evaluations, table, pictures
+    python scripts/fmnist_experiment.py report [--against RUN_DIR]    # the test set: tables, pictures
     python scripts/fmnist_experiment.py records [--against RUN_DIR]   # every run's record (results/fmnist/)
 
 Phases, each resumable (run it again after a stop: finished jobs are skipped, unfinished ones resume from
@@ -541,7 +541,8 @@ def main(argv=None):
                    help="final and study runs of these seeds only (e.g. 0: one complete row per method "
                         "first)")
     p.add_argument("--run-dir", default=str(REPO / "runs" / "experiment"))
-    p.add_argument("--against", help="records: another experiment's run folder, its records beside")
+    p.add_argument("--against", help="records: another experiment's run folder, its records beside; "
+                                     "report: its seed-0 finals compared, the verdicts' machine spread")
     p.add_argument("--torch-python", default=sys.executable, help="a Python with torch + timm (backbone)")
     p.add_argument("--backbone-epochs", type=float, default=24)
     p.add_argument("--backbone-run-dir", default=str(REPO / "runs" / "backbone"),
@@ -566,7 +567,7 @@ def main(argv=None):
         return 0
     if args.what == "report":
         from fmnist_report import report
-        report(run_dir, methods or list(METHODS))
+        report(run_dir, methods or list(METHODS), args.against)
         return 0
     client = runners.connect(args.scheduler) if args.engine == "dask" else None    # unreachable: stop now
     try:

@@ -63,12 +63,13 @@ def _row(lines, rows, method, budget, res):
                  f"{' / '.join(f'{v:.2f}' for v in ratios)} |")
 
 
-def verdict(mt, st, nt, m, s, n):
+def verdict(mt, st, nt, m, s, n, machine=0.0):
     """Is tofe's mean (mt, std st over nt seeds) apart from another's (m, s, n) by more than the seed
-    spread std_a + std_b? A one-seed row (or a training-free one) borrows tofe's std for itself."""
+    spread std_a + std_b, plus ``machine`` (what a regeneration elsewhere moved a run by:
+    ``report_rerun``)? A one-seed row (or a training-free one) borrows tofe's std for itself."""
     if nt < 2:
         return None, "no (tofe has one seed only)"
-    spread = st + (st if n < 2 else s)
+    spread = st + (st if n < 2 else s) + machine
     note = "" if n > 1 else " (one seed: tofe's std used for it too)"
     return spread, ("yes" if abs(mt - m) > spread else "no") + note
 
@@ -82,7 +83,7 @@ CLAIMS = {"tofe-identity": "the MLP approximator against the identity",
           "idle (training-free)": "against idle tokens without training (frozen tokens carried unchanged)"}
 
 
-def table(cache, models, dense):
+def table(cache, models, dense, machine=0.0):
     lines = [f"Dense backbone: {100 * dense['top1']:.2f} % top-1 (n = {dense['n']}).", "",
              "| method | MACs target | seeds | top-1 (%) mean ± std | realised MACs (%) "
              "| keep ratios per stage |",
@@ -96,12 +97,13 @@ def table(cache, models, dense):
             _row(lines, rows, f"{method} (training-free)", budget,
                  [_eval(cache, X.BACKBONE_NPZ, method, budget)])
     lines += ["", "tofe against each other method at the same MACs; 'apart' when |mean difference| > "
-                  "std_tofe + std_other (the seed spread):"]
+                  "std_tofe + std_other (the seed spread)" + (f" + {machine:.2f} (the machine spread: "
+                                                            "rerun.md)" if machine else "") + ":"]
     for (method, budget), (m, s, n) in rows.items():
         if method not in CLAIMS or ("tofe", budget) not in rows:
             continue
         mt, st, nt = rows[("tofe", budget)]
-        spread, say = verdict(mt, st, nt, m, 0.0 if math.isnan(s) else s, n)
+        spread, say = verdict(mt, st, nt, m, 0.0 if math.isnan(s) else s, n, machine)
         lines.append(f"- {100 * budget:.0f} %, {CLAIMS[method]}: tofe {mt:.2f} vs {method} {m:.2f} "
                      f"(diff {mt - m:+.2f}" + ("" if spread is None else f", spread {spread:.2f}") +
                      f"): apart? {say}")
@@ -344,15 +346,21 @@ def freeze_paths(models, images, labels):
     return result
 
 
-def report(run_dir, methods):
+def report(run_dir, methods, against=None):
+    """The report (module docstring); with ``against`` (another run folder of the experiment) also
+    ``rerun.md``, and the table's verdicts with the machine spread it measures (``report_rerun``)."""
     out = run_dir / "report"
     out.mkdir(exist_ok=True)
     cache_path = out / "evals.json"
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
     models = final_models(run_dir, methods)
     try:
+        machine = 0.0
+        if against is not None:
+            from report_rerun import rerun_report
+            machine = rerun_report(cache, run_dir, against, methods)
         dense = _eval(cache, X.BACKBONE_NPZ, "dense", None)
-        (out / "table.md").write_text(table(cache, models, dense) + remedy_table(cache, run_dir)
+        (out / "table.md").write_text(table(cache, models, dense, machine) + remedy_table(cache, run_dir)
                                          + compute_table(run_dir))
         for (method, budget), runs in models.items():        # each final run's record gets its test figure
             for _, path in runs:
