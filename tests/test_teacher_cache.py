@@ -1,6 +1,7 @@
 """The teacher's outputs stored between runs (``MINITOFE_TEACHER_CACHE_DIR``): the same arrays bit for bit,
 read-only, under a key that changes with anything they depend on; training from them trains the same."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -37,7 +38,10 @@ def _arrays(cache):
 def test_a_stored_cache_is_the_computed_one_bit_for_bit_and_read_only(store, monkeypatch):
     params, images = _model().backbone_params(), _images()
     computed = tc.teacher_cache(params, images, CFG, STAGES, chunk=8)
-    assert len(list(store.iterdir())) == 1
+    (folder,) = store.iterdir()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask             # not mkdtemp's private 0700
 
     def no_forward(*a, **k):
         raise AssertionError("the teacher was run again")

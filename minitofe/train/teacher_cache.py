@@ -136,6 +136,9 @@ def _store(cache, folder):
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)               # a folder as mkdir makes it (mkdtemp's is private: 0700)
         np.save(tmp / "logits.npy", cache.logits)
         for i, t in enumerate(cache.tokens):
             np.save(tmp / f"tokens{i}.npy", t)
