@@ -11,9 +11,10 @@ The big runs are float32 (the trends, not the last digit, are the point); the ch
 re-run equals ``predict`` is float64 on the first ``--check`` images. Prints markdown tables and writes
 docs/img/reused_attention.png, reused_maps.png, reused_interventions.png.
 
-    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python scripts/study_reused_tokens.py [--n 10000]
+    PYTHONPATH=. OPENBLAS_NUM_THREADS=1 python scripts/study_reused_tokens.py [--n 10000] [--weights A B C]
 """
 import argparse
+import hashlib
 import pathlib
 import pickle
 
@@ -36,9 +37,9 @@ EDITS = (("reused", "as run"), ("reused", "dense"), ("reused", "zeros"), ("reuse
          ("reused, background", "zeros"), ("reused, garment", "zeros"))
 
 
-def check_exact(images, budgets):
+def check_exact(images, budgets, weights=WEIGHTS):
     """float64: the traced re-run's logits and masks against ``predict``'s; the as-run replacement."""
-    model = minitofe.load_model(WEIGHTS, dtype=np.float64)
+    model = minitofe.load_model(weights, dtype=np.float64)
     x = images.astype(np.float64)
     for b in budgets:
         ratios = budget_ratios(model, "tofe", b)
@@ -146,6 +147,42 @@ def edit_table(res, labels):
     return "\n".join(lines)
 
 
+def _figures(r, labels):
+    """The figures the seed table compares, of one model at one budget (``measure``'s result)."""
+    out = {}
+    for path in PATHS:
+        for s in (1, 2):
+            a = r["att"][path][s]
+            mass, uni = (sum(a[g][i][1] for g in R.GROUPS) for i in (0, 1))
+            out[f"attention to reused / uniform, from all ({path}, stage {s + 1})"] = mass / uni
+    for s in (1, 2):
+        out[f"reused / image, stage {s + 1}"] = r["reused"][:, s].sum(1).mean()
+    u = r["reused"]
+    out["background share of reused"] = (u & r["bg"][:, None]).sum() / max(u.sum(), 1)
+    top1 = lambda z: 100 * (z.argmax(1) == labels).mean()          # noqa: E731
+    base = top1(r["logits"][("none", "as run")])
+    out["top-1 as run (%)"] = base
+    for who, what in (("reused", "dense"), ("reused", "zeros"), ("reused (matched)", "zeros"),
+                      ("control", "zeros")):
+        out[f"top-1 change (points), {who} -> {what}"] = top1(r["logits"][(who, what)]) - base
+    return out
+
+
+def seed_table(runs, labels):
+    """Mean ± std over the models of ``runs`` ({model name: {budget: measure's result}}), per budget."""
+    names = list(runs)
+    lines = [f"| budget | figure | mean ± std over {len(names)} models | " + " | ".join(names) + " |",
+             "|---" * (3 + len(names)) + "|"]
+    for b in BUDGETS:
+        per = [_figures(runs[n][b], labels) for n in names]
+        for key in per[0]:
+            v = np.array([f[key] for f in per])
+            spread = f" ± {v.std(ddof=1):.3f}" if len(v) > 1 else ""
+            lines.append(f"| {100 * b:.0f} % | {key} | {v.mean():.3f}{spread} | "
+                         + " | ".join(f"{x:.3f}" for x in v) + " |")
+    return "\n".join(lines)
+
+
 def pictures(res, images_raw, labels):
     import matplotlib
     matplotlib.use("Agg")
@@ -210,23 +247,37 @@ def main():
     ap.add_argument("--n", type=int, default=10000, help="the first N test images")
     ap.add_argument("--check", type=int, default=500, help="images for the float64 check")
     ap.add_argument("--no-pictures", action="store_true")
-    ap.add_argument("--cache", help="a pickle of the measurements: read if it exists, else written")
+    ap.add_argument("--cache", help="a folder of the measurements, one pickle per model and image count: "
+                                    "read where it exists, else written")
+    ap.add_argument("--weights", nargs="+", default=[str(WEIGHTS)],
+                    help="ToFe models (e.g. the seeds of one recipe): the tables and pictures are the first "
+                         "one's, and a table of the main figures over all of them, mean ± std")
     args = ap.parse_args()
     images, labels = load_fashion_mnist("test")
     images, labels = images[:args.n], labels[:args.n]
     raw = images * FASHION_MNIST_STD + FASHION_MNIST_MEAN
-    if args.cache and pathlib.Path(args.cache).is_file():
-        res = pickle.loads(pathlib.Path(args.cache).read_bytes())
-    else:
-        check_exact(images[:args.check], BUDGETS)
-        model = minitofe.load_model(WEIGHTS, dtype=np.float32)
-        res = {b: measure(model, images, labels, raw, budget_ratios(model, "tofe", b)) for b in BUDGETS}
+    runs = {}
+    for path in args.weights:
+        digest = hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+        stored = pathlib.Path(args.cache or ".") / f"reused-{digest}-n{args.n}.pkl"
+        if args.cache and stored.is_file():
+            runs[path] = pickle.loads(stored.read_bytes())
+            continue
+        print(f"{path}:", flush=True)
+        check_exact(images[:args.check], BUDGETS, path)
+        model = minitofe.load_model(path, dtype=np.float32)
+        runs[path] = {b: measure(model, images, labels, raw, budget_ratios(model, "tofe", b))
+                      for b in BUDGETS}
         if args.cache:
-            pathlib.Path(args.cache).write_bytes(pickle.dumps(res))
-    print(f"\n{len(labels)} test images; background: mean raw pixel < {THRESHOLD}\n")
+            stored.parent.mkdir(parents=True, exist_ok=True)
+            stored.write_bytes(pickle.dumps(runs[path]))
+    res = runs[next(iter(runs))]
+    print(f"\n{len(labels)} test images; background: mean raw pixel < {THRESHOLD}; tables of "
+          f"{next(iter(runs))}\n")
     for title, text in (("Attention (self excluded)", attention_table(res)),
                         ("Where reused tokens sit", where_table(res, labels)),
-                        ("Interventions", edit_table(res, labels))):
+                        ("Interventions", edit_table(res, labels)),
+                        ("Over the models", seed_table(runs, labels))):
         print(f"### {title}\n\n{text}\n")
     if not args.no_pictures:
         pictures(res, raw, labels)
