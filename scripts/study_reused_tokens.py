@@ -165,6 +165,9 @@ def _figures(r, labels):
     for who, what in (("reused", "dense"), ("reused", "zeros"), ("reused (matched)", "zeros"),
                       ("control", "zeros")):
         out[f"top-1 change (points), {who} -> {what}"] = top1(r["logits"][(who, what)]) - base
+    for who in ("reused (matched)", "control", "reused, background", "reused, garment"):
+        change = R.logit_change(r["logits"][("none", "as run")], r["logits"][(who, "zeros")])
+        out[f"mean abs logit change, {who} -> zeros"] = change["abs"]
     return out
 
 
