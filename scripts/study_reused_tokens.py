@@ -171,10 +171,17 @@ def _figures(r, labels):
     return out
 
 
+def _label(path):
+    """A model's column name: its run's folder for a trainer's ``final.npz``, else its file name."""
+    path = pathlib.Path(path)
+    return path.parent.name if path.name == "final.npz" else path.name
+
+
 def seed_table(runs, labels):
     """Mean ± std over the models of ``runs`` ({model name: {budget: measure's result}}), per budget."""
     names = list(runs)
-    lines = [f"| budget | figure | mean ± std over {len(names)} models | " + " | ".join(names) + " |",
+    columns = [_label(n) for n in names]
+    lines = [f"| budget | figure | mean ± std over {len(names)} models | " + " | ".join(columns) + " |",
              "|---" * (3 + len(names)) + "|"]
     for b in BUDGETS:
         per = [_figures(runs[n][b], labels) for n in names]
