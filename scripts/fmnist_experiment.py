@@ -44,14 +44,15 @@ Every training job is one ``minitofe train`` process with one BLAS/Numba thread,
 this machine, or one task each on the workers of a Dask cluster (``--engine dask``: docs/cluster.md;
 ``experiment_runners.py``); its wall time goes to ``RUN_DIR/times.json`` and its log to
 ``RUN_DIR/<phase>/<name>/``; the job's process and its driver hold ``job.lock`` there, so a second
-driver on the same run folder (the command started twice, or on two phases at once) skips the jobs the first
-one runs instead of writing their folders too. The dense teacher's outputs are computed by the first job of
-a teacher and stage layout and kept in ``RUN_DIR/teacher-cache/`` (~4 GB each) for the others, which map
-them read-only (``MINITOFE_TEACHER_CACHE_DIR``; minitofe.train.teacher_cache). Each run's record (method, budget, seed, flags, the recipe
-and the val scores that chose it, commit, NumPy / Numba versions, the BLAS library with its core type, wall
-minutes, val and test top-1) goes to ``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the
-repository: a regeneration on another machine is compared with it run by run (``records`` prints them side
-by side).
+driver on the same run folder (the command started twice, or on two phases at once) skips the jobs the
+first one runs instead of writing their folders too. The dense teacher's outputs are computed by the first
+job of a teacher and stage layout and kept in ``RUN_DIR/teacher-cache/`` (~4 GB each) for the others,
+which map them read-only (``MINITOFE_TEACHER_CACHE_DIR``; minitofe.train.teacher_cache). Each run's
+record (method, budget, seed, flags, the recipe and the val scores that chose it, commit, NumPy / Numba
+versions, the BLAS library with its core type, wall minutes, val and test top-1) goes to
+``results/fmnist/<RUN_DIR name>/<phase>/<name>.json``, which is kept in the repository: a regeneration on
+another machine is compared with it run by run (``records`` prints them side by side; ``report
+--against`` compares their test figures and widens the verdicts by what they moved).
 """
 import argparse
 import json
