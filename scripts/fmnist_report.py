@@ -99,15 +99,24 @@ def table(cache, models, dense, machine=0.0):
     lines += ["", "tofe against each other method at the same MACs; 'apart' when |mean difference| > "
                   "std_tofe + std_other (the seed spread)" + (f" + {machine:.2f} (the machine spread: "
                                                             "rerun.md)" if machine else "") + ":"]
-    for (method, budget), (m, s, n) in rows.items():
-        if method not in CLAIMS or ("tofe", budget) not in rows:
-            continue
-        mt, st, nt = rows[("tofe", budget)]
-        spread, say = verdict(mt, st, nt, m, 0.0 if math.isnan(s) else s, n, machine)
+    for (method, budget), (mt, m, spread, say) in claims(rows, machine).items():
         lines.append(f"- {100 * budget:.0f} %, {CLAIMS[method]}: tofe {mt:.2f} vs {method} {m:.2f} "
                      f"(diff {mt - m:+.2f}" + ("" if spread is None else f", spread {spread:.2f}") +
                      f"): apart? {say}")
     return "\n".join(lines) + "\n"
+
+
+def claims(rows, machine=0.0):
+    """{(method, budget): (tofe's mean, the method's mean, spread, verdict)} for every claim of ``CLAIMS``
+    that ``rows`` {(method, budget): (mean, std, seeds)} can test against tofe at the same budget
+    (``verdict``, ``machine`` added to the spread)."""
+    out = {}
+    for (method, budget), (m, s, n) in rows.items():
+        if method not in CLAIMS or ("tofe", budget) not in rows:
+            continue
+        mt, st, nt = rows[("tofe", budget)]
+        out[(method, budget)] = (mt, m, *verdict(mt, st, nt, m, 0.0 if math.isnan(s) else s, n, machine))
+    return out
 
 
 def training_log(run_dir, phase, name):

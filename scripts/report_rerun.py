@@ -15,17 +15,22 @@ chose and the two seed-0 test top-1s. From them:
 Writes ``RUN_DIR/report/rerun.md`` and ``rerun.json``.
 """
 import json
-import math
 import pathlib
 
 import fmnist_experiment as X
 import fmnist_report as R
 
 
-def seed0(cache, models):
-    """{(method, budget): test top-1 (%) of the seed-0 final run} over ``models`` (``final_models``)."""
-    return {key: 100 * R._eval(cache, path, key[0], None if key[0] == "dense" else key[1])["top1"]
-            for key, runs in models.items() for seed, path in runs if seed == 0}
+def test_top1(cache, models, seeds=None):
+    """{(method, budget): {seed: test top-1 (%)}} of the final runs ``models`` (``final_models``), of
+    ``seeds`` only when given."""
+    return {key: {seed: 100 * R._eval(cache, path, key[0], None if key[0] == "dense" else key[1])["top1"]
+                  for seed, path in runs if seeds is None or seed in seeds} for key, runs in models.items()}
+
+
+def seed0(by_seed):
+    """{(method, budget): seed 0's figure} of ``test_top1``'s result, where seed 0 ran."""
+    return {key: seeds[0] for key, seeds in by_seed.items() if 0 in seeds}
 
 
 def machine_spread(here, there):
@@ -35,18 +40,8 @@ def machine_spread(here, there):
 
 
 def verdicts(rows, machine=0.0):
-    """{(claim method, budget): (tofe mean, other mean, spread, "yes"/"no" ...)} for ``rows`` {(method,
-    budget): [test top-1 per seed]} by the table's rule, ``machine`` added to the spread."""
-    out = {}
-    for (method, budget), values in rows.items():
-        if method not in R.CLAIMS or ("tofe", budget) not in rows:
-            continue
-        mt, st = R.mean_std(rows[("tofe", budget)])
-        m, s = R.mean_std(values)
-        spread, say = R.verdict(mt, st, len(rows[("tofe", budget)]), m, 0.0 if math.isnan(s) else s,
-                                len(values), machine)
-        out[(method, budget)] = (mt, m, spread, say)
-    return out
+    """``fmnist_report.claims`` of ``rows`` {(method, budget): [test top-1 per seed]}."""
+    return R.claims({key: (*R.mean_std(v), len(v)) for key, v in rows.items()}, machine)
 
 
 def rerun_report(cache, run_dir, against, methods):
@@ -54,11 +49,9 @@ def rerun_report(cache, run_dir, against, methods):
     against = pathlib.Path(against)
     if not against.is_dir():
         raise FileNotFoundError(f"--against {against}: no such run folder")
-    models, others = R.final_models(run_dir, methods), R.final_models(against, methods)
-    here, there = seed0(cache, models), seed0(cache, others)
-    spread, both = machine_spread(here, there)
-    by_seed = {key: {seed: 100 * R._eval(cache, p, key[0], None if key[0] == "dense" else key[1])["top1"]
-                     for seed, p in runs} for key, runs in models.items()}
+    by_seed = test_top1(cache, R.final_models(run_dir, methods))
+    there = seed0(test_top1(cache, R.final_models(against, methods), seeds=(0,)))
+    spread, both = machine_spread(seed0(by_seed), there)
     per_seed = {key: [v for _, v in sorted(seeds.items())] for key, seeds in by_seed.items()}
     swapped = {key: [there[key] if seed == 0 and key in there else v for seed, v in sorted(seeds.items())]
                for key, seeds in by_seed.items()}

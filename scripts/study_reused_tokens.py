@@ -95,6 +95,17 @@ def measure(model, images, labels, raw, ratios, batch=500, seed=0):
                 frozen=np.concatenate(frozen), logits=logits, bg=bg, n_edit=n_edit)
 
 
+def _top1(logits, labels):
+    """Top-1 accuracy (%) of ``logits`` (n, classes)."""
+    return 100 * (logits.argmax(1) == labels).mean()
+
+
+def _to_reused(a):
+    """(attention mass to reused tokens, the same under uniform attention), from every query group
+    (``a``: ``measure``'s ``att`` entry of one freeze path and stage, per group [mass, uniform, count])."""
+    return tuple(sum(a[g][i][1] for g in R.GROUPS) for i in (0, 1))
+
+
 def attention_table(res):
     lines = ["| budget | freeze path | stage | K | reused / image | reused share of keys "
              "| attention to reused / uniform, from CLS | from other kept | from reused | from all "
@@ -105,7 +116,7 @@ def attention_table(res):
             for s in (1, 2):
                 a = r["att"][path][s]
                 rel = {g: a[g][0][1] / a[g][1][1] if a[g][2] else float("nan") for g in R.GROUPS}
-                mass, uni = (sum(a[g][i][1] for g in R.GROUPS) for i in (0, 1))
+                mass, uni = _to_reused(a)
                 n = sum(a[g][2] for g in R.GROUPS)
                 cls = sum(a[g][0][0] for g in R.GROUPS[1:]) / sum(a[g][1][0] for g in R.GROUPS[1:])
                 lines.append(f"| {100 * b:.0f} % | {path} | {s + 1} | {int(r['kept'][0, s].sum())} | "
@@ -140,7 +151,7 @@ def edit_table(res, labels):
             c = R.logit_change(z0, z)
             n = {"none": 0, "identity": "–"}.get(who, r["n_edit"].get(who))
             label = {"none": "none (as run)", "identity": "frozen tokens: identity path"}.get(who, who)
-            top1 = 100 * (z.argmax(1) == labels).mean()
+            top1 = _top1(z, labels)
             lines.append(f"| {100 * b:.0f} % | {label} | {what} | {n} | {top1:.2f} | "
                          f"{100 * c['agree']:.2f} | "
                          f"{c['abs']:.4f} | {c['kl']:.5f} |")
@@ -152,19 +163,17 @@ def _figures(r, labels):
     out = {}
     for path in PATHS:
         for s in (1, 2):
-            a = r["att"][path][s]
-            mass, uni = (sum(a[g][i][1] for g in R.GROUPS) for i in (0, 1))
+            mass, uni = _to_reused(r["att"][path][s])
             out[f"attention to reused / uniform, from all ({path}, stage {s + 1})"] = mass / uni
     for s in (1, 2):
         out[f"reused / image, stage {s + 1}"] = r["reused"][:, s].sum(1).mean()
     u = r["reused"]
     out["background share of reused"] = (u & r["bg"][:, None]).sum() / max(u.sum(), 1)
-    top1 = lambda z: 100 * (z.argmax(1) == labels).mean()          # noqa: E731
-    base = top1(r["logits"][("none", "as run")])
+    base = _top1(r["logits"][("none", "as run")], labels)
     out["top-1 as run (%)"] = base
     for who, what in (("reused", "dense"), ("reused", "zeros"), ("reused (matched)", "zeros"),
                       ("control", "zeros")):
-        out[f"top-1 change (points), {who} -> {what}"] = top1(r["logits"][(who, what)]) - base
+        out[f"top-1 change (points), {who} -> {what}"] = _top1(r["logits"][(who, what)], labels) - base
     for who in ("reused (matched)", "control", "reused, background", "reused, garment"):
         change = R.logit_change(r["logits"][("none", "as run")], r["logits"][(who, "zeros")])
         out[f"mean abs logit change, {who} -> zeros"] = change["abs"]
@@ -238,8 +247,8 @@ def pictures(res, images_raw, labels):
     for ax, (b, r) in zip(np.atleast_1d(axes), res.items()):
         keys = [k for k in r["logits"] if k[0] in n_edit and k[1] != "as run"]
         z0 = r["logits"][("none", "as run")]
-        acc0 = 100 * (z0.argmax(1) == labels).mean()
-        vals = [100 * (r["logits"][k].argmax(1) == labels).mean() for k in keys]
+        acc0 = _top1(z0, labels)
+        vals = [_top1(r["logits"][k], labels) for k in keys]
         ax.bar(range(len(keys)), vals, color=["C7" if k[0] == "control" else "C1" for k in keys])
         ax.axhline(acc0, color="k", lw=0.8, label=f"as run {acc0:.2f} %")
         ax.set_xticks(range(len(keys)), [f"{k[0]}\n-> {k[1]}".replace(" (", "\n(").replace(", ", ",\n")

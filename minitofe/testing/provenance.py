@@ -9,6 +9,7 @@ a Haswell one). So a pinned file records ``arithmetic()`` of the machine that wr
 booleans, masks, indices and counts are exact in both modes.
 """
 import json
+import pathlib
 import platform
 
 import numpy as np
@@ -26,22 +27,31 @@ def _numpy_cpu_features():
     return sorted(k for k, on in __cpu_features__.items() if on)
 
 
+def blas_libraries(numpy_only=False):
+    """Each BLAS library loaded now, as threadpoolctl reports it: [{internal_api, version, architecture}],
+    sorted, duplicates once. ``numpy_only``: the one shipped in NumPy's wheel when there is one (others, as
+    SciPy's, load on first use, so the full list depends on what ran before), else all of them."""
+    from threadpoolctl import threadpool_info
+    infos = [info for info in threadpool_info() if info.get("user_api") == "blas"]
+    if numpy_only:
+        infos = [i for i in infos if pathlib.Path(i.get("filepath", "")).parent.name.startswith("numpy")] \
+            or infos
+    blas = {json.dumps({k: str(info.get(k)) for k in ("internal_api", "version", "architecture")},
+                       sort_keys=True) for info in infos}
+    return [json.loads(b) for b in sorted(blas)]
+
+
 def arithmetic():
     """-> {python, machine, numpy, numpy_simd, numba, blas}: what float results depend on here. ``blas``
-    lists each BLAS library NumPy / SciPy loaded as threadpoolctl reports it (api, version, core type);
-    the thread count is left out (OpenBLAS's gemm splits rows and columns, not the sum)."""
-    from threadpoolctl import threadpool_info
+    lists each BLAS library NumPy / SciPy loaded (``blas_libraries``: api, version, core type); the thread
+    count is left out (OpenBLAS's gemm splits rows and columns, not the sum)."""
     try:
         import numba
         numba_version = numba.__version__
     except ImportError:
         numba_version = None
-    blas = {json.dumps({k: str(info.get(k)) for k in ("internal_api", "version", "architecture")},
-                       sort_keys=True)
-            for info in threadpool_info() if info.get("user_api") == "blas"}
     return {"python": platform.python_version(), "machine": platform.machine(), "numpy": np.__version__,
-            "numpy_simd": _numpy_cpu_features(), "numba": numba_version,
-            "blas": [json.loads(b) for b in sorted(blas)]}
+            "numpy_simd": _numpy_cpu_features(), "numba": numba_version, "blas": blas_libraries()}
 
 
 def differences(saved, now, exact):

@@ -80,23 +80,13 @@ def _source_digest():
     return h.hexdigest()
 
 
-def _numpy_blas():
-    """The BLAS NumPy's products run on (version, core type), as threadpoolctl reports it: the library
-    shipped in NumPy's wheel when there is one, else every BLAS loaded (others, as SciPy's, load on first
-    use and would make the key depend on what ran before)."""
-    from threadpoolctl import threadpool_info
-    blas = [i for i in threadpool_info() if i.get("user_api") == "blas"]
-    own = [i for i in blas if pathlib.Path(i.get("filepath", "")).parent.name.startswith("numpy")]
-    return sorted(json.dumps({k: str(i.get(k)) for k in ("internal_api", "version", "architecture")})
-                  for i in (own or blas))
-
-
 def cache_key(teacher_params, images, cfg, stages, chunk, fast):
     """A digest of everything a ``TeacherCache``'s arrays depend on (see the module docstring)."""
     from dataclasses import asdict
-    from ..testing.provenance import arithmetic
+    from ..testing.provenance import arithmetic, blas_libraries
     what = {"cfg": asdict(cfg), "stages": [int(s) for s in stages], "chunk": int(chunk), "fast": bool(fast),
-            "arithmetic": dict(arithmetic(), blas=_numpy_blas()), "source": _source_digest()}
+            "arithmetic": dict(arithmetic(), blas=blas_libraries(numpy_only=True)),
+            "source": _source_digest()}
     h = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode())
     for name, a in [("images", images)] + sorted(teacher_params.items()):
         a = np.ascontiguousarray(a)
