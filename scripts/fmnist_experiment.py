@@ -61,6 +61,7 @@ import pathlib
 import statistics
 import subprocess
 import sys
+import time
 
 import experiment_runners as runners
 import experiment_studies as studies
@@ -271,6 +272,22 @@ def record_path(run_dir, phase, name):
     return RECORDS / pathlib.Path(run_dir).name / phase / f"{name}.json"
 
 
+def starts(run_dir, phase, name):
+    """The run's starts so far, as its record lists them (``start_entry``; [] for a new run)."""
+    path = record_path(run_dir, phase, name)
+    return json.loads(path.read_text()).get("starts", []) if path.is_file() else []
+
+
+def start_entry(where):
+    """One start of a run (its first, or a resume after a stop): when, and the checkout and BLAS kernel of
+    ``where`` (``environment``). A run resumed at another commit or under another kernel lists both, where
+    the record's own fields name the last start only."""
+    blas = where.get("blas") or [{}]
+    return {"at": time.strftime("%Y-%m-%dT%H:%M:%S"), "commit": where.get("commit"),
+            "dirty": where.get("dirty"), "openblas_coretype": where.get("openblas_coretype"),
+            "blas_architecture": blas[0].get("architecture")}
+
+
 def write_record(run_dir, phase, name, **fields):
     """Merge ``fields`` into the run's record (``record_path``); the record is plain JSON, one per run."""
     path = record_path(run_dir, phase, name)
@@ -342,6 +359,8 @@ def run_jobs(jobs, run_dir, n_parallel, client=None):
         pathlib.Path(job.out).mkdir(parents=True, exist_ok=True)
         where = {"status": "queued", "engine": "dask"} if client else \
             {**environment(runners.job_env(overrides)), "status": "running"}
+        if not client:
+            where["starts"] = starts(run_dir, phase, name) + [start_entry(where)]
         write_record(run_dir, phase, name, **job_fields(run_dir, phase, name, flags), **where)
 
     def finished(job, result):
@@ -349,8 +368,10 @@ def run_jobs(jobs, run_dir, n_parallel, client=None):
         times[job.key] = times.get(job.key, 0.0) + result.get("seconds", 0.0)
         times_path.write_text(json.dumps(times, indent=1, sort_keys=True))
         code = result.get("returncode")
-        state = "done" if code == 0 else f"FAILED ({result['error']})" if "error" in result else \
-            f"FAILED (exit {code})"
+        if code == 0:           # a clean stop (Ctrl-C) exits 0 too, with its checkpoint and no final.npz
+            state = "done" if is_done(run_dir, *job.key.split("/")) else "stopped (resumes on the next run)"
+        else:
+            state = f"FAILED ({result['error']})" if "error" in result else f"FAILED (exit {code})"
         worker = {"worker": result["host"], **(result.get("environment") or {})} if "host" in result else {}
         write_record(run_dir, *job.key.split("/"), status=state, wall_minutes=round(times[job.key] / 60, 2),
                      last_eval=last_eval(pathlib.Path(job.out)), **worker)

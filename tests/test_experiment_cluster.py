@@ -250,3 +250,31 @@ def test_the_records_the_driver_writes_do_not_make_the_checkout_dirty(tmp_path, 
     code.write_text("x = 2\n")
     state = runners.checkout_state(tmp_path)
     assert state["dirty"] is True and len(state["commit"]) == 40
+
+
+def test_a_resumed_runs_record_lists_every_start_with_its_commit_and_kernel(tmp_path, monkeypatch):
+    """The local pool: a run stopped midway and resumed by a second driver keeps one record, whose
+    ``starts`` lists both starts (when, commit, BLAS kernel) in order, while its own fields name the last;
+    the stopped run's status says so until it is done."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
+    backbone = tiny_backbone(tmp_path / "backbone.npz")
+    for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("BATCH", 16),
+                        ("RECORDS", tmp_path / "records")):
+        monkeypatch.setattr(X, name, value)
+    flags = ["--method", "tofe", "--budget", "0.5", "--seed", "0", "--steps", "6", "--no-fast"]
+    run_dir = tmp_path / "exp"
+    X.run_jobs([("search", "job", flags + ["--stop-at", "3"])], run_dir, 1)        # stops after step 3
+    first = json.loads(X.record_path(run_dir, "search", "job").read_text())
+    assert not X.is_done(run_dir, "search", "job") and len(first["starts"]) == 1
+    assert first["status"].startswith("stopped"), first["status"]              # not "done": no final.npz
+    X.run_jobs([("search", "job", flags)], run_dir, 1)                            # resumes it
+    record = json.loads(X.record_path(run_dir, "search", "job").read_text())
+    assert X.is_done(run_dir, "search", "job") and record["status"] == "done"
+    starts = record["starts"]
+    assert len(starts) == 2 and starts[0] == first["starts"][0] and starts[0]["at"] <= starts[1]["at"]
+    assert all(s["commit"] == record["commit"] and "blas_architecture" in s for s in starts)
+    commands = [line for line in (X.job_dir(run_dir, "search", "job") / "stdout.log").read_text().splitlines()
+                if "minitofe" in line and " train " in line]
+    assert any("--resume" in line for line in commands), commands
