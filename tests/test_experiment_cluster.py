@@ -71,6 +71,19 @@ def _two_workers(kind):
     return SubprocessCluster(host="127.0.0.1", n_workers=2, threads_per_worker=1, dashboard_address=None)
 
 
+def _tiny_driver(tmp_path, monkeypatch):
+    """The experiment driver (``fmnist_experiment``) on tiny Fashion-MNIST files and a tiny backbone, its
+    records under ``tmp_path``."""
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import fmnist_experiment as X
+    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
+    backbone = tiny_backbone(tmp_path / "backbone.npz")
+    for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("BATCH", 16),
+                        ("RECORDS", tmp_path / "records")):
+        monkeypatch.setattr(X, name, value)
+    return X
+
+
 # the scheduler in a process of its own, as the cluster user runs it, in the default run; in this process
 # (``LocalCluster``) with the slow tests: the same code, ~30 s more
 @pytest.mark.parametrize("kind", [pytest.param("LocalCluster", marks=pytest.mark.slow), "SubprocessCluster"])
@@ -83,13 +96,7 @@ def test_a_job_whose_worker_is_killed_is_rescheduled_and_resumes_its_checkpoint(
     the trainer's steps are functions of (seed, step) (``minitofe.train.loop``). Across machines of
     different BLAS builds they would only be close."""
     distributed = pytest.importorskip("distributed")
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    import fmnist_experiment as X
-    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
-    backbone = tiny_backbone(tmp_path / "backbone.npz")
-    for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("BATCH", 16),
-                        ("RECORDS", tmp_path / "records")):
-        monkeypatch.setattr(X, name, value)
+    X = _tiny_driver(tmp_path, monkeypatch)
     flags = ["--method", "tofe", "--budget", "0.5", "--seed", "0", "--steps", str(STEPS),
              "--checkpoint-every", "5", "--no-fast"]        # --no-fast: no Numba compiling in each process
     run_dir = tmp_path / "exp"
@@ -256,13 +263,7 @@ def test_a_resumed_runs_record_lists_every_start_with_its_commit_and_kernel(tmp_
     """The local pool: a run stopped midway and resumed by a second driver keeps one record, whose
     ``starts`` lists both starts (when, commit, BLAS kernel) in order, while its own fields name the last;
     the stopped run's status says so until it is done."""
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    import fmnist_experiment as X
-    monkeypatch.setenv("MINITOFE_FASHION_MNIST", str(fashion_mnist(tmp_path / "fm")))
-    backbone = tiny_backbone(tmp_path / "backbone.npz")
-    for name, value in (("BACKBONE", backbone), ("BACKBONE_NPZ", backbone), ("BATCH", 16),
-                        ("RECORDS", tmp_path / "records")):
-        monkeypatch.setattr(X, name, value)
+    X = _tiny_driver(tmp_path, monkeypatch)
     flags = ["--method", "tofe", "--budget", "0.5", "--seed", "0", "--steps", "6", "--no-fast"]
     run_dir = tmp_path / "exp"
     X.run_jobs([("search", "job", flags + ["--stop-at", "3"])], run_dir, 1)        # stops after step 3
