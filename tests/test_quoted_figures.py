@@ -148,3 +148,25 @@ def test_the_readmes_results_are_the_reports():
             assert seeds in ("–", row[1])
             checked += 1
     assert checked >= 11
+
+
+def _records_mean_std(method, budget):
+    """'mean ± std' (%) of the test top-1 in the kept records of the regenerated experiment's final runs of
+    ``method`` at ``budget`` (%), and their number."""
+    import statistics
+    paths = sorted((REPO / "results" / "fmnist" / "experiment" / "final").glob(f"{method}_{budget}_s*.json"))
+    tops = [100 * json.loads(p.read_text())["test_top1"] for p in paths]
+    return f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}", len(tops)
+
+
+def test_the_regenerated_figures_quoted_are_the_kept_records():
+    """docs/results.md's table of the regeneration, and the README's sentence on ``tofe-uniform``, quote
+    the mean ± std of the test figures in the runs' records (``results/fmnist/experiment/final/``)."""
+    rows = _table((REPO / "docs" / "results.md").read_text(), "| method (regenerated) | seeds |")
+    assert {r[0] for r in rows} >= {"`tofe`", "`tofe-uniform`"}
+    for label, seeds, *cells in rows:
+        for budget, cell in zip(("50", "35"), cells):
+            assert (cell, int(seeds)) == _records_mean_std(label.strip("`"), budget), (label, budget)
+    readme = " ".join((REPO / "README.md").read_text().split())
+    uniform = [_records_mean_std("tofe-uniform", b)[0] for b in ("50", "35")]
+    assert f"gives {uniform[0]} and {uniform[1]}, ahead of ToFe at 50 %" in readme
