@@ -35,6 +35,7 @@ their last checkpoint):
    training-free baselines at budgets 0.3 ... 1.0 (the curves), the learned keep ratios per stage, the
    per-stage approximation error; writes ``RUN_DIR/report/`` (JSON, markdown table, PNGs), and the studies'
    tables and figure (``report_studies.py``: ``studies.md``, ``studies.json``, ``skip.png``).
+   ``publish_report.py RUN_DIR`` then copies that report, whole, into docs/fmnist-results.md.
 
 ``budget`` prints, per phase and study, the runs left and their estimated core-hours and wall hours at
 ``--jobs N`` (``experiment_budget.py``: the median wall time of finished runs of the same kind in
