@@ -51,24 +51,26 @@ def minutes_per_run(kind, finished):
     return minutes, "default"
 
 
-def phase_jobs(run_dir, phase, methods, only):
-    """{kind: [(phase, name), ...]} of ``phase``'s jobs, recipes the search has not chosen yet counted
-    at ``DEFAULT_GRID`` (their number does not depend on which)."""
+def phase_jobs(run_dir, phase, methods, only, seeds=None):
+    """{kind: [(phase, name), ...]} of ``phase``'s jobs (final and study runs: of ``seeds`` only, None: all),
+    recipes the search has not chosen yet counted at ``DEFAULT_GRID`` (their number does not depend on
+    which)."""
     chosen = {m: {"grid": X.DEFAULT_GRID} for m in X.METHODS}
     chosen.update(X.load_choice(run_dir))
     jobs = {"search": lambda: X.search_jobs(methods),
-            "final": lambda: X.final_jobs(methods, run_dir, chosen=chosen),
+            "final": lambda: X.final_jobs(methods, run_dir, seeds, chosen=chosen),
             "remedy": lambda: X.remedy_jobs(run_dir, chosen) if "tofe" in methods else [],
-            "study": lambda: studies.study_jobs(run_dir, only)}[phase]()
+            "study": lambda: studies.study_jobs(run_dir, only, seeds)}[phase]()
     kinds = {}
     for ph, name, _ in jobs:
         kinds.setdefault(kind_of(ph, name), []).append((ph, name))
     return kinds
 
 
-def budget(run_dir, phase, methods, only, n_jobs):
+def budget(run_dir, phase, methods, only, n_jobs, seeds=None):
     """The table ``budget`` prints: per phase and kind, runs left, minutes per run (and whence), core-hours,
-    wall hours at ``n_jobs`` processes; then the totals."""
+    wall hours at ``n_jobs`` processes; then the totals. ``seeds``: the final and study runs of these
+    seeds only, as ``run --seeds`` runs them."""
     if n_jobs < 1:
         raise ValueError(f"--jobs {n_jobs}: at least one process")
     phases = ("search", "final", "remedy", "study") if phase in ("all", "backbone") else (phase,)
@@ -77,7 +79,7 @@ def budget(run_dir, phase, methods, only, n_jobs):
              "| phase | runs left | of | minutes per run | core-hours | wall hours |", "|---|---|---|---|---|---|"]
     total_core = total_wall = 0.0
     for ph in phases:
-        for kind, jobs in phase_jobs(run_dir, ph, methods, only).items():
+        for kind, jobs in phase_jobs(run_dir, ph, methods, only, seeds).items():
             left = [j for j in jobs if not X.is_done(run_dir, *j)]
             minutes, whence = minutes_per_run(kind, finished)
             core = len(left) * minutes / 60
@@ -87,7 +89,7 @@ def budget(run_dir, phase, methods, only, n_jobs):
                          f"{wall:.1f} |")
     lines += ["", f"total: {total_core:.1f} core-hours, {total_wall:.1f} wall hours at --jobs {n_jobs} "
                   f"(the phases one after the other)"]
-    if "remedy" in phases and "tofe" in methods:
+    if "remedy" in phases and "tofe" in methods and (seeds is None or set(seeds) - {0}):
         extra = len(X.REMEDIES) * len(X.BUDGETS) * (len(X.SEEDS) - 1)
         lines.append(f"not counted: up to {extra} runs of the remedies kept on val (seeds 1, 2), "
                      f"{math.ceil(extra * minutes_per_run('remedy', finished)[0] / 60)} core-hours at most")

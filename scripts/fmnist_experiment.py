@@ -576,14 +576,17 @@ def main(argv=None):
         p.error("--engine dask needs --scheduler ADDRESS" if args.engine == "dask" else
                 "--scheduler is for --engine dask")
     run_dir = pathlib.Path(args.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if args.what == "run":
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir() and args.what == "report":
+        p.error(f"--run-dir {run_dir}: no such folder (`run` makes it)")
     methods = list(METHODS) if args.only is None else [m for m in args.only if m in METHODS]
     if args.what == "status":
         status(run_dir, methods, args.only)
         return 0
     if args.what == "budget":
         from experiment_budget import budget
-        print(budget(run_dir, args.phase, methods, args.only, args.jobs))
+        print(budget(run_dir, args.phase, methods, args.only, args.jobs, args.seeds))
         return 0
     if args.what == "records":
         records(run_dir, args.against)

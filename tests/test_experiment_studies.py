@@ -160,6 +160,16 @@ def test_budget_counts_the_runs_left_at_the_median_of_finished_runs_of_their_kin
     out = capsys.readouterr().out
     assert "| study evit-diff | 3 | 3 | 40.0 (median of the final runs) | 2.0 | 0.7 |" in out     # one run: 40 min
     assert "total: 2.0 core-hours, 0.7 wall hours at --jobs 8" in out and "| final |" not in out
+    # --seeds, as `run --seeds 0` runs them: the final and study runs of seed 0 only (the remedies are seed 0)
+    assert X.main(["budget", "--seeds", "0", "--jobs", "4", "--run-dir", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "| final | 8 | 11 | 40.0 (median of 3 finished) | 5.3 | 1.3 |" in out            # 5 x 2 + dense
+    assert "| study selector | 3 | 4 |" in out and "not counted" not in out
+    # a report needs its run folder; a budget of a run not started yet makes none
+    assert X.main(["budget", "--run-dir", str(tmp_path / "new")]) == 0 and not (tmp_path / "new").exists()
+    with pytest.raises(SystemExit):
+        X.main(["report", "--run-dir", str(tmp_path / "new")])
+    assert "no such folder" in capsys.readouterr().err
 
 
 def _fake_runs(X, S, run_dir, monkeypatch):
